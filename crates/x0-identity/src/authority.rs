@@ -74,11 +74,17 @@ pub fn handle_join(
         || verify_mldsa65(&req.mldsa_public_key, &transcript, &req.mldsa_signature).is_err()
     {
         warn!("join refused: proof of possession does not verify");
-        return Ok(refuse(RefusalCode::BadProof, "proof of key possession does not verify"));
+        return Ok(refuse(
+            RefusalCode::BadProof,
+            "proof of key possession does not verify",
+        ));
     }
     let node = node_id_of(point, &req.mldsa_public_key);
     if is_revoked(store, node)? {
-        return Ok(refuse(RefusalCode::Revoked, format!("node {node} is revoked")));
+        return Ok(refuse(
+            RefusalCode::Revoked,
+            format!("node {node} is revoked"),
+        ));
     }
     match store.redeem_invitation(&req.invitation_id, &req.secret, node, now.as_secs())? {
         Ok(()) => {}
@@ -113,17 +119,33 @@ pub fn handle_renew(
         ));
     };
     if node_id_of(&peer.tls_point, &req.mldsa_public_key) != peer.node_id {
-        return Ok(refuse(RefusalCode::BadProof, "ML-DSA key is not bound to this node ID"));
+        return Ok(refuse(
+            RefusalCode::BadProof,
+            "ML-DSA key is not bound to this node ID",
+        ));
     }
     let transcript = link_transcript(ProofRole::Renewer, exporter, peer.node_id);
     if verify_mldsa65(&req.mldsa_public_key, &transcript, &req.pop_signature).is_err() {
-        return Ok(refuse(RefusalCode::BadProof, "proof of possession does not verify"));
+        return Ok(refuse(
+            RefusalCode::BadProof,
+            "proof of possession does not verify",
+        ));
     }
     if is_revoked(store, peer.node_id)? {
-        return Ok(refuse(RefusalCode::Revoked, format!("node {} is revoked", peer.node_id)));
+        return Ok(refuse(
+            RefusalCode::Revoked,
+            format!("node {} is revoked", peer.node_id),
+        ));
     }
     info!(node = %peer.node_id, "SVID renewed");
-    issue(store, ca, peer.node_id, &peer.tls_point, &req.mldsa_public_key, now)
+    issue(
+        store,
+        ca,
+        peer.node_id,
+        &peer.tls_point,
+        &req.mldsa_public_key,
+        now,
+    )
 }
 
 /// Why an `Issued` answer was not accepted.
@@ -162,10 +184,17 @@ pub fn accept_issued(
     {
         return Err(AcceptError::WrongCa);
     }
-    let td = issued.trust_domain.parse().map_err(|_| AcceptError::TrustDomain)?;
+    let td = issued
+        .trust_domain
+        .parse()
+        .map_err(|_| AcceptError::TrustDomain)?;
     let bundle = TrustBundle::new(
         td,
-        issued.bundle_der.iter().map(|c| CertificateDer::from(c.clone())).collect(),
+        issued
+            .bundle_der
+            .iter()
+            .map(|c| CertificateDer::from(c.clone()))
+            .collect(),
     )?;
     let svid = CertificateDer::from(issued.svid_der.clone());
     let verified = bundle.verify(&svid, &[], now, Role::Client)?;
@@ -194,7 +223,14 @@ pub fn self_issue(
     ca: &MeshCa,
     now: UnixTime,
 ) -> Result<Membership, AcceptError> {
-    match issue(store, ca, keys.node_id(), keys.tls_public_point(), keys.mldsa_public_key(), now)? {
+    match issue(
+        store,
+        ca,
+        keys.node_id(),
+        keys.tls_public_point(),
+        keys.mldsa_public_key(),
+        now,
+    )? {
         ControlMessage::Issued(issued) => accept_issued(store, keys, &issued, None, None, now),
         _ => Err(AcceptError::NotOurs),
     }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType,
-    SerialNumber, SignatureAlgorithm,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
+    SignatureAlgorithm,
 };
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, UnixTime};
 use thiserror::Error;
@@ -76,7 +76,10 @@ impl PublicKeyData for P256Point<'_> {
 }
 
 fn offset(t: UnixTime, plus: Duration, minus: Duration) -> Result<OffsetDateTime, CaError> {
-    let secs = t.as_secs().saturating_add(plus.as_secs()).saturating_sub(minus.as_secs());
+    let secs = t
+        .as_secs()
+        .saturating_add(plus.as_secs())
+        .saturating_sub(minus.as_secs());
     OffsetDateTime::from_unix_timestamp(i64::try_from(secs).map_err(|_| CaError::Time)?)
         .map_err(|_| CaError::Time)
 }
@@ -92,8 +95,13 @@ fn random_serial() -> Result<SerialNumber, CaError> {
 impl MeshCa {
     /// Creates a new CA for `trust_domain`, valid from `now` for [`CA_LIFETIME`].
     pub fn create(trust_domain: TrustDomain, now: UnixTime) -> Result<Self, CaError> {
-        let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).map_err(|_| CaError::Key)?;
-        let key_pkcs8 = key.to_pkcs8v1().map_err(|_| CaError::Key)?.as_ref().to_vec();
+        let key =
+            EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING).map_err(|_| CaError::Key)?;
+        let key_pkcs8 = key
+            .to_pkcs8v1()
+            .map_err(|_| CaError::Key)?
+            .as_ref()
+            .to_vec();
         let signer = rcgen_key(&key_pkcs8)?;
 
         let mut params = CertificateParams::default();

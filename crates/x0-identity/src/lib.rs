@@ -15,7 +15,10 @@
 //!
 //! All cryptography is aws-lc-rs (FIPS 203/204 ML-KEM/ML-DSA, ECDSA) and rcgen/webpki for X.509.
 //! Nothing here reads the clock: callers pass `now`.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 #![warn(missing_docs)]
 
 pub mod authority;

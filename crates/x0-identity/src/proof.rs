@@ -76,6 +76,9 @@ mod tests {
         assert_ne!(d, link_transcript(ProofRole::Listener, &e, n));
         assert_ne!(d, link_transcript(ProofRole::Renewer, &e, n));
         assert_ne!(d, link_transcript(ProofRole::Dialer, &[8u8; 32], n));
-        assert_ne!(d, link_transcript(ProofRole::Dialer, &e, NodeId::from_bytes([2; 16])));
+        assert_ne!(
+            d,
+            link_transcript(ProofRole::Dialer, &e, NodeId::from_bytes([2; 16]))
+        );
     }
 }

@@ -26,7 +26,9 @@ pub enum SpiffeError {
     #[error("invalid SPIFFE ID {0:?}")]
     Id(String),
     /// A valid SPIFFE ID that does not name a node.
-    #[error("SPIFFE ID {0:?} does not name a node (expected spiffe://<trust-domain>/node/<node-id>)")]
+    #[error(
+        "SPIFFE ID {0:?} does not name a node (expected spiffe://<trust-domain>/node/<node-id>)"
+    )]
     NotANode(String),
 }
 

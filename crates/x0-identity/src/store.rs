@@ -54,7 +54,9 @@ pub enum StoreError {
         source: io::Error,
     },
     /// The database is damaged or not an x0t database. Nothing was changed.
-    #[error("{path}: state database is damaged ({detail}); it was left untouched; restore it from a backup")]
+    #[error(
+        "{path}: state database is damaged ({detail}); it was left untouched; restore it from a backup"
+    )]
     Corrupt {
         /// The database path.
         path: PathBuf,
@@ -156,6 +158,11 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     }
 }
 
+/// `(trust_domain, svid_der, bundle_pem, ca_addr, not_after)`
+type MembershipRow = (String, Vec<u8>, String, Option<String>, i64);
+/// `(secret_sha256, expires_at, used_at, used_by)`
+type InvitationRow = (Vec<u8>, i64, Option<i64>, Option<String>);
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -249,8 +256,10 @@ impl StateStore {
                 detail: check,
             });
         }
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(corrupt)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(corrupt)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(corrupt)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(corrupt)?;
         let store = Self {
             conn,
             dir: dir.to_owned(),
@@ -263,7 +272,9 @@ impl StateStore {
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema {
                 found: version,
@@ -338,7 +349,9 @@ impl StateStore {
 
     /// Changes whenever another connection commits; cheap to poll.
     pub fn data_version(&self) -> Result<i64, StoreError> {
-        Ok(self.conn.query_row("PRAGMA data_version", [], |r| r.get(0))?)
+        Ok(self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
     }
 
     /// The node's keys, if `init` ran.
@@ -356,7 +369,9 @@ impl StateStore {
         };
         let keys = NodeKeys::from_stored(&tls, &seed)?;
         if keys.node_id().to_string() != stored_id {
-            return Err(StoreError::InvalidValue("node identity (node ID does not match keys)"));
+            return Err(StoreError::InvalidValue(
+                "node identity (node ID does not match keys)",
+            ));
         }
         Ok(Some(keys))
     }
@@ -394,7 +409,12 @@ impl StateStore {
     }
 
     /// Stores a new CA. Returns `false`, changing nothing, if a CA exists.
-    pub fn create_ca(&self, ca: &MeshCa, svid_ttl: Duration, now_unix: u64) -> Result<bool, StoreError> {
+    pub fn create_ca(
+        &self,
+        ca: &MeshCa,
+        svid_ttl: Duration,
+        now_unix: u64,
+    ) -> Result<bool, StoreError> {
         let n = self.conn.execute(
             "INSERT OR IGNORE INTO ca (id, trust_domain, key_pkcs8, cert_der, svid_ttl_s, created_at)
              VALUES (1, ?1, ?2, ?3, ?4, ?5)",
@@ -420,7 +440,7 @@ impl StateStore {
 
     /// The node's membership, once it holds an SVID.
     pub fn membership(&self) -> Result<Option<Membership>, StoreError> {
-        let row: Option<(String, Vec<u8>, String, Option<String>, i64)> = self
+        let row: Option<MembershipRow> = self
             .conn
             .query_row(
                 "SELECT trust_domain, svid_der, bundle_pem, ca_addr, not_after FROM membership WHERE id = 1",
@@ -485,8 +505,10 @@ impl StateStore {
         node: NodeId,
         now_unix: u64,
     ) -> Result<Result<(), InvitationError>, StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let row: Option<(Vec<u8>, i64, Option<i64>, Option<String>)> = tx
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let row: Option<InvitationRow> = tx
             .query_row(
                 "SELECT secret_sha256, expires_at, used_at, used_by FROM invitations WHERE id = ?1",
                 params![&id[..]],
@@ -534,7 +556,9 @@ impl StateStore {
         for row in rows {
             let (id, created, expires, used_at, used_by) = row?;
             out.push(InvitationRecord {
-                id: id.try_into().map_err(|_| StoreError::InvalidValue("invitation id"))?,
+                id: id
+                    .try_into()
+                    .map_err(|_| StoreError::InvalidValue("invitation id"))?,
                 created_at: to_u64(created),
                 expires_at: to_u64(expires),
                 used_at: used_at.map(to_u64),
@@ -585,7 +609,9 @@ impl StateStore {
         reason: &str,
         now_unix: u64,
     ) -> Result<Option<SignedRevocationList>, StoreError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let added = tx.execute(
             "INSERT OR IGNORE INTO revoked_nodes (node_id, revoked_at, reason) VALUES (?1, ?2, ?3)",
             params![node.to_string(), to_i64(now_unix), reason],
@@ -594,14 +620,19 @@ impl StateStore {
             return Ok(None);
         }
         let serial: i64 = tx
-            .query_row("SELECT serial FROM revocation_list WHERE id = 1", [], |r| r.get(0))
+            .query_row("SELECT serial FROM revocation_list WHERE id = 1", [], |r| {
+                r.get(0)
+            })
             .optional()?
             .unwrap_or(0);
         let mut revoked = Vec::new();
         {
             let mut stmt = tx.prepare("SELECT node_id FROM revoked_nodes")?;
             for id in stmt.query_map([], |r| r.get::<_, String>(0))? {
-                revoked.push(id?.parse().map_err(|_| StoreError::InvalidValue("revoked node id"))?);
+                revoked.push(
+                    id?.parse()
+                        .map_err(|_| StoreError::InvalidValue("revoked node id"))?,
+                );
             }
         }
         revoked.sort();
@@ -622,13 +653,18 @@ impl StateStore {
     }
 
     /// The newest verified revocation list this node holds.
-    pub fn revocation_list(&self) -> Result<Option<(SignedRevocationList, RevocationList)>, StoreError> {
+    pub fn revocation_list(
+        &self,
+    ) -> Result<Option<(SignedRevocationList, RevocationList)>, StoreError> {
         let blob: Option<Vec<u8>> = self
             .conn
-            .query_row("SELECT signed FROM revocation_list WHERE id = 1", [], |r| r.get(0))
+            .query_row("SELECT signed FROM revocation_list WHERE id = 1", [], |r| {
+                r.get(0)
+            })
             .optional()?;
         blob.map(|b| {
-            SignedRevocationList::decode(&b).map_err(|_| StoreError::InvalidValue("revocation list"))
+            SignedRevocationList::decode(&b)
+                .map_err(|_| StoreError::InvalidValue("revocation list"))
         })
         .transpose()
     }
@@ -653,7 +689,9 @@ impl StateStore {
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 

@@ -159,18 +159,28 @@ impl TrustBundle {
         now: UnixTime,
         role: Role,
     ) -> Result<VerifiedSvid, SvidError> {
-        let ee = EndEntityCert::try_from(end_entity).map_err(|e| SvidError::Malformed(e.to_string()))?;
+        let ee =
+            EndEntityCert::try_from(end_entity).map_err(|e| SvidError::Malformed(e.to_string()))?;
         let usage = match role {
             Role::Server => KeyUsage::server_auth(),
             Role::Client => KeyUsage::client_auth(),
         };
-        ee.verify_for_usage(ALGORITHMS, &self.anchors, intermediates, now, usage, None, None)
-            .map_err(map_webpki)?;
+        ee.verify_for_usage(
+            ALGORITHMS,
+            &self.anchors,
+            intermediates,
+            now,
+            usage,
+            None,
+            None,
+        )
+        .map_err(map_webpki)?;
         self.check_svid_rules(end_entity)
     }
 
     fn check_svid_rules(&self, der: &[u8]) -> Result<VerifiedSvid, SvidError> {
-        let (rest, x) = X509Certificate::from_der(der).map_err(|e| SvidError::Malformed(e.to_string()))?;
+        let (rest, x) =
+            X509Certificate::from_der(der).map_err(|e| SvidError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
             return Err(SvidError::Malformed("trailing bytes".into()));
         }
@@ -218,7 +228,9 @@ impl TrustBundle {
             return Err(SvidError::NotSvid("KeyUsage lacks digitalSignature"));
         }
         if ku.value.key_cert_sign() || ku.value.crl_sign() {
-            return Err(SvidError::NotSvid("leaf KeyUsage has keyCertSign or cRLSign"));
+            return Err(SvidError::NotSvid(
+                "leaf KeyUsage has keyCertSign or cRLSign",
+            ));
         }
         let eku = x
             .extended_key_usage()
@@ -265,7 +277,8 @@ impl TrustBundle {
 /// The uncompressed P-256 point of a certificate's key.
 pub fn p256_point(x: &X509Certificate<'_>) -> Result<Vec<u8>, SvidError> {
     let raw = x.public_key().raw;
-    if raw.len() != P256_SPKI_PREFIX.len() + 65 || raw[..P256_SPKI_PREFIX.len()] != P256_SPKI_PREFIX {
+    if raw.len() != P256_SPKI_PREFIX.len() + 65 || raw[..P256_SPKI_PREFIX.len()] != P256_SPKI_PREFIX
+    {
         return Err(SvidError::NotSvid("key is not ECDSA P-256"));
     }
     Ok(raw[P256_SPKI_PREFIX.len()..].to_vec())
@@ -279,7 +292,9 @@ pub fn cert_p256_point(der: &[u8]) -> Result<Vec<u8>, SvidError> {
 
 /// The uncompressed P-256 point inside a DER SubjectPublicKeyInfo.
 pub fn spki_p256_point(spki: &[u8]) -> Result<&[u8], BadSignature> {
-    if spki.len() != P256_SPKI_PREFIX.len() + 65 || spki[..P256_SPKI_PREFIX.len()] != P256_SPKI_PREFIX {
+    if spki.len() != P256_SPKI_PREFIX.len() + 65
+        || spki[..P256_SPKI_PREFIX.len()] != P256_SPKI_PREFIX
+    {
         return Err(BadSignature);
     }
     Ok(&spki[P256_SPKI_PREFIX.len()..])
@@ -337,12 +352,21 @@ mod tests {
     }
 
     fn issue(ca: &MeshCa, keys: &NodeKeys, ttl: u64) -> CertificateDer<'static> {
-        ca.issue_svid(keys.tls_public_point(), keys.node_id(), now(), Duration::from_secs(ttl))
-            .unwrap()
+        ca.issue_svid(
+            keys.tls_public_point(),
+            keys.node_id(),
+            now(),
+            Duration::from_secs(ttl),
+        )
+        .unwrap()
     }
 
     /// Signs arbitrary params with the CA key, to build certificates that break one SVID rule.
-    fn forge(ca: &MeshCa, keys: &NodeKeys, edit: impl FnOnce(&mut CertificateParams)) -> CertificateDer<'static> {
+    fn forge(
+        ca: &MeshCa,
+        keys: &NodeKeys,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> CertificateDer<'static> {
         let ca_key = KeyPair::from_pkcs8_der_and_sign_algo(
             &PrivatePkcs8KeyDer::from(ca.key_pkcs8_der().to_vec()),
             &PKCS_ECDSA_P256_SHA256,
@@ -359,9 +383,16 @@ mod tests {
         p.not_after = time::OffsetDateTime::from_unix_timestamp(NOW as i64 + 3600).unwrap();
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         p.subject_alt_names = vec![SanType::URI(
-            ca.trust_domain().node_id(keys.node_id()).to_string().try_into().unwrap(),
+            ca.trust_domain()
+                .node_id(keys.node_id())
+                .to_string()
+                .try_into()
+                .unwrap(),
         )];
         edit(&mut p);
         p.signed_by(&node_key, &issuer).unwrap().der().clone()
@@ -374,12 +405,18 @@ mod tests {
         let v = bundle.verify(&der, &[], now(), Role::Server).unwrap();
         assert_eq!(v.node_id, keys.node_id());
         assert_eq!(v.tls_point, keys.tls_public_point());
-        assert_eq!(v.spiffe_id.to_string(), format!("spiffe://mesh.test/node/{}", keys.node_id()));
+        assert_eq!(
+            v.spiffe_id.to_string(),
+            format!("spiffe://mesh.test/node/{}", keys.node_id())
+        );
         assert_eq!(v.not_after_unix, NOW + 3600);
         bundle.verify(&der, &[], now(), Role::Client).unwrap();
 
         let (_, x) = X509Certificate::from_der(&der).unwrap();
-        let bc = x.basic_constraints().unwrap().expect("basicConstraints present");
+        let bc = x
+            .basic_constraints()
+            .unwrap()
+            .expect("basicConstraints present");
         assert!(!bc.value.ca);
         let ku = x.key_usage().unwrap().unwrap();
         assert!(ku.critical && ku.value.digital_signature());
@@ -393,9 +430,15 @@ mod tests {
         let (ca, bundle, keys) = setup("mesh.test");
         let der = issue(&ca, &keys, 60);
         let later = UnixTime::since_unix_epoch(Duration::from_secs(NOW + 61));
-        assert_eq!(bundle.verify(&der, &[], later, Role::Server), Err(SvidError::Expired));
+        assert_eq!(
+            bundle.verify(&der, &[], later, Role::Server),
+            Err(SvidError::Expired)
+        );
         let earlier = UnixTime::since_unix_epoch(Duration::from_secs(NOW - 3600));
-        assert_eq!(bundle.verify(&der, &[], earlier, Role::Server), Err(SvidError::NotYetValid));
+        assert_eq!(
+            bundle.verify(&der, &[], earlier, Role::Server),
+            Err(SvidError::NotYetValid)
+        );
     }
 
     #[test]
@@ -403,11 +446,17 @@ mod tests {
         let (ca, bundle, keys) = setup("mesh.test");
         let (other_ca, _, _) = setup("mesh.test");
         let foreign = issue(&other_ca, &keys, 3600);
-        assert_eq!(bundle.verify(&foreign, &[], now(), Role::Server), Err(SvidError::UntrustedIssuer));
+        assert_eq!(
+            bundle.verify(&foreign, &[], now(), Role::Server),
+            Err(SvidError::UntrustedIssuer)
+        );
 
         let (evil_ca, _, _) = setup("evil.test");
-        let evil_bundle_same_ca_other_td =
-            TrustBundle::new(TrustDomain::new("mesh.test").unwrap(), vec![evil_ca.cert_der().clone()]).unwrap();
+        let evil_bundle_same_ca_other_td = TrustBundle::new(
+            TrustDomain::new("mesh.test").unwrap(),
+            vec![evil_ca.cert_der().clone()],
+        )
+        .unwrap();
         let evil = issue(&evil_ca, &keys, 3600);
         assert!(matches!(
             evil_bundle_same_ca_other_td.verify(&evil, &[], now(), Role::Server),
@@ -422,29 +471,64 @@ mod tests {
         let ok = forge(&ca, &keys, |_| {});
         bundle.verify(&ok, &[], now(), Role::Server).unwrap();
 
-        let cases: Vec<(&str, Box<dyn FnOnce(&mut CertificateParams)>)> = vec![
-            ("two URI SANs", Box::new(|p: &mut CertificateParams| {
-                p.subject_alt_names.push(SanType::URI("spiffe://mesh.test/node/x".try_into().unwrap()))
-            })),
-            ("no URI SAN", Box::new(|p: &mut CertificateParams| {
-                p.subject_alt_names = vec![SanType::DnsName("node.example".try_into().unwrap())]
-            })),
-            ("not a node path", Box::new(|p: &mut CertificateParams| {
-                p.subject_alt_names = vec![SanType::URI("spiffe://mesh.test/workload/a".try_into().unwrap())]
-            })),
-            ("no key usage", Box::new(|p: &mut CertificateParams| p.key_usages.clear())),
-            ("keyCertSign", Box::new(|p: &mut CertificateParams| {
-                p.key_usages.push(KeyUsagePurpose::KeyCertSign)
-            })),
-            ("server auth only", Box::new(|p: &mut CertificateParams| {
-                p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]
-            })),
+        type Edit = Box<dyn FnOnce(&mut CertificateParams)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            (
+                "two URI SANs",
+                Box::new(|p: &mut CertificateParams| {
+                    p.subject_alt_names.push(SanType::URI(
+                        "spiffe://mesh.test/node/x".try_into().unwrap(),
+                    ))
+                }),
+            ),
+            (
+                "no URI SAN",
+                Box::new(|p: &mut CertificateParams| {
+                    p.subject_alt_names = vec![SanType::DnsName("node.example".try_into().unwrap())]
+                }),
+            ),
+            (
+                "not a node path",
+                Box::new(|p: &mut CertificateParams| {
+                    p.subject_alt_names = vec![SanType::URI(
+                        "spiffe://mesh.test/workload/a".try_into().unwrap(),
+                    )]
+                }),
+            ),
+            (
+                "no key usage",
+                Box::new(|p: &mut CertificateParams| p.key_usages.clear()),
+            ),
+            (
+                "keyCertSign",
+                Box::new(|p: &mut CertificateParams| {
+                    p.key_usages.push(KeyUsagePurpose::KeyCertSign)
+                }),
+            ),
+            (
+                "server auth only",
+                Box::new(|p: &mut CertificateParams| {
+                    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth]
+                }),
+            ),
         ];
         for (name, edit) in cases {
             let der = forge(&ca, &keys, edit);
-            assert!(bundle.verify(&der, &[], now(), Role::Server).is_err(), "{name} accepted");
+            assert!(
+                bundle.verify(&der, &[], now(), Role::Server).is_err(),
+                "{name} accepted"
+            );
         }
-        assert!(bundle.verify(&CertificateDer::from(vec![0x30, 0x03, 1, 2, 3]), &[], now(), Role::Server).is_err());
+        assert!(
+            bundle
+                .verify(
+                    &CertificateDer::from(vec![0x30, 0x03, 1, 2, 3]),
+                    &[],
+                    now(),
+                    Role::Server
+                )
+                .is_err()
+        );
     }
 
     #[test]
@@ -461,7 +545,10 @@ mod tests {
         let mut tampered = signed.clone();
         let last = tampered.body.len() - 1;
         tampered.body[last] ^= 1;
-        assert_eq!(bundle.verify_revocations(&tampered), Err(SvidError::BadCaSignature));
+        assert_eq!(
+            bundle.verify_revocations(&tampered),
+            Err(SvidError::BadCaSignature)
+        );
         let (other, _, _) = setup("mesh.test");
         assert_eq!(
             bundle.verify_revocations(&other.sign_revocations(&list).unwrap()),

@@ -246,14 +246,22 @@ mod tests {
         let mut r = Reader::new(&[0xff, 0xff, 0xff, 0xff]);
         assert!(matches!(
             r.bytes_u32("blob", 16),
-            Err(DecodeError::TooLong { len: 0xffff_ffff, .. })
+            Err(DecodeError::TooLong {
+                len: 0xffff_ffff,
+                ..
+            })
         ));
     }
 
     #[test]
     fn writer_and_reader_agree() {
         let mut w = Writer::new();
-        w.u8(7).u16(300).u32(70_000).u64(1 << 40).bytes_u8(b"ab").bytes_u16(b"cde");
+        w.u8(7)
+            .u16(300)
+            .u32(70_000)
+            .u64(1 << 40)
+            .bytes_u8(b"ab")
+            .bytes_u16(b"cde");
         let bytes = w.into_inner();
         let mut r = Reader::new(&bytes);
         assert_eq!(r.u8("a").unwrap(), 7);

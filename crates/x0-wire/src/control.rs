@@ -242,7 +242,11 @@ impl ControlMessage {
                 for cert in &i.bundle_der {
                     p.bytes_u16(cert);
                 }
-                let revocations = i.revocations.as_ref().map(|r| r.encode()).unwrap_or_default();
+                let revocations = i
+                    .revocations
+                    .as_ref()
+                    .map(|r| r.encode())
+                    .unwrap_or_default();
                 p.bytes_u32(&revocations);
                 tag::ISSUED
             }
@@ -275,7 +279,9 @@ impl ControlMessage {
                 secret: r.array("secret")?,
                 tls_spki_der: r.bytes_u16("tls_spki_der", MAX_SPKI)?.to_vec(),
                 mldsa_public_key: r.bytes_u16("mldsa_public_key", MAX_PUBLIC_KEY)?.to_vec(),
-                tls_signature: r.bytes_u16("tls_signature", MAX_CLASSIC_SIGNATURE)?.to_vec(),
+                tls_signature: r
+                    .bytes_u16("tls_signature", MAX_CLASSIC_SIGNATURE)?
+                    .to_vec(),
                 mldsa_signature: r.bytes_u16("mldsa_signature", MAX_PQ_SIGNATURE)?.to_vec(),
             }),
             tag::RENEW_REQUEST => Self::RenewRequest(RenewRequest {
@@ -362,8 +368,12 @@ mod tests {
     }
 
     fn signed_list() -> impl Strategy<Value = SignedRevocationList> {
-        (any::<u64>(), proptest::collection::btree_set(any::<[u8; 16]>(), 0..4), bytes(72)).prop_map(
-            |(serial, ids, signature)| SignedRevocationList {
+        (
+            any::<u64>(),
+            proptest::collection::btree_set(any::<[u8; 16]>(), 0..4),
+            bytes(72),
+        )
+            .prop_map(|(serial, ids, signature)| SignedRevocationList {
                 body: RevocationList {
                     trust_domain: "mesh".into(),
                     serial,
@@ -372,31 +382,58 @@ mod tests {
                 }
                 .encode(),
                 signature,
-            },
-        )
+            })
     }
 
     fn message() -> impl Strategy<Value = ControlMessage> {
         prop_oneof![
             (bytes(2000), bytes(3400), any::<u64>()).prop_map(|(k, s, n)| ControlMessage::Hello(
-                Hello { mldsa_public_key: k, pop_signature: s, revocation_serial: n }
+                Hello {
+                    mldsa_public_key: k,
+                    pop_signature: s,
+                    revocation_serial: n
+                }
             )),
             signed_list().prop_map(ControlMessage::Revocations),
-            (any::<[u8; 16]>(), any::<[u8; 32]>(), bytes(100), bytes(2000), bytes(72), bytes(3400))
-                .prop_map(|(id, secret, spki, k, ts, ms)| ControlMessage::JoinRequest(JoinRequest {
-                    invitation_id: id, secret, tls_spki_der: spki, mldsa_public_key: k,
-                    tls_signature: ts, mldsa_signature: ms,
-                })),
+            (
+                any::<[u8; 16]>(),
+                any::<[u8; 32]>(),
+                bytes(100),
+                bytes(2000),
+                bytes(72),
+                bytes(3400)
+            )
+                .prop_map(|(id, secret, spki, k, ts, ms)| ControlMessage::JoinRequest(
+                    JoinRequest {
+                        invitation_id: id,
+                        secret,
+                        tls_spki_der: spki,
+                        mldsa_public_key: k,
+                        tls_signature: ts,
+                        mldsa_signature: ms,
+                    }
+                )),
             (bytes(2000), bytes(3400)).prop_map(|(k, s)| ControlMessage::RenewRequest(
-                RenewRequest { mldsa_public_key: k, pop_signature: s }
+                RenewRequest {
+                    mldsa_public_key: k,
+                    pop_signature: s
+                }
             )),
-            ("[a-z.]{1,30}", bytes(900), proptest::collection::vec(bytes(900), 1..4),
-                proptest::option::of(signed_list()))
+            (
+                "[a-z.]{1,30}",
+                bytes(900),
+                proptest::collection::vec(bytes(900), 1..4),
+                proptest::option::of(signed_list())
+            )
                 .prop_map(|(td, svid, bundle, rl)| ControlMessage::Issued(Issued {
-                    trust_domain: td, svid_der: svid, bundle_der: bundle, revocations: rl,
+                    trust_domain: td,
+                    svid_der: svid,
+                    bundle_der: bundle,
+                    revocations: rl,
                 })),
             (1u16..20, ".{0,100}").prop_map(|(c, m)| ControlMessage::Refused(Refused {
-                code: RefusalCode::from_u16(c), message: m,
+                code: RefusalCode::from_u16(c),
+                message: m,
             })),
         ]
     }
@@ -406,7 +443,10 @@ mod tests {
         let mut h = [0u8; 5];
         h[0] = tag::HELLO;
         h[1..].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(FrameHeader::parse(h), Err(DecodeError::TooLong { .. })));
+        assert!(matches!(
+            FrameHeader::parse(h),
+            Err(DecodeError::TooLong { .. })
+        ));
     }
 
     #[test]

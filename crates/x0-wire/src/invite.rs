@@ -148,7 +148,10 @@ mod tests {
         let t = token();
         let text = t.to_text();
         assert!(text.starts_with("x0t1."));
-        assert_eq!(InvitationToken::from_text(&format!("  {text}\n")).unwrap(), t);
+        assert_eq!(
+            InvitationToken::from_text(&format!("  {text}\n")).unwrap(),
+            t
+        );
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //! | [`invite`] | one-time invitation tokens handed to a joining node |
 //! | [`control`] | framed messages on a link's control stream and on the CA service |
 //! | [`revocation`] | CA-signed lists of revoked node IDs, flooded over links |
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 #![warn(missing_docs)]
 
 pub mod codec;

@@ -88,9 +88,17 @@ mod tests {
 
     #[test]
     fn rejects_uppercase_and_wrong_length() {
-        assert!("00112233445566778899AABBCCDDEEFF".parse::<NodeId>().is_err());
+        assert!(
+            "00112233445566778899AABBCCDDEEFF"
+                .parse::<NodeId>()
+                .is_err()
+        );
         assert!("0011".parse::<NodeId>().is_err());
-        assert!("g0112233445566778899aabbccddeeff".parse::<NodeId>().is_err());
+        assert!(
+            "g0112233445566778899aabbccddeeff"
+                .parse::<NodeId>()
+                .is_err()
+        );
     }
 
     proptest! {
