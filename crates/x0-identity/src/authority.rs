@@ -12,6 +12,7 @@ use x0_wire::{ControlMessage, NodeId};
 use crate::ca::MeshCa;
 use crate::keys::{NodeKeys, node_id_of, sha256, verify_mldsa65, verify_p256};
 use crate::proof::{EXPORTER_LEN, ProofRole, join_transcript, link_transcript};
+use crate::spiffe::TrustDomain;
 use crate::store::{InvitationError, Membership, StateStore, StoreError};
 use crate::svid::{Role, SvidError, TrustBundle, VerifiedSvid, spki_p256_point};
 
@@ -152,8 +153,11 @@ pub fn handle_renew(
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum AcceptError {
-    /// No bundle certificate has the pinned fingerprint.
-    #[error("the bootstrap node's CA does not match the invitation's CA fingerprint")]
+    /// No bundle certificate is the pinned CA (on a join) or a CA we already trust (on a
+    /// renewal).
+    #[error(
+        "the answering node's CA is not the mesh CA (the invitation's CA fingerprint or the trust bundle held)"
+    )]
     WrongCa,
     /// The SVID is invalid or not ours.
     #[error("issued SVID is invalid: {0}")]
@@ -161,8 +165,8 @@ pub enum AcceptError {
     /// The SVID names another node or key.
     #[error("issued SVID is for another node or key")]
     NotOurs,
-    /// Bad trust domain.
-    #[error("issued trust domain is invalid")]
+    /// Bad trust domain, or on a renewal not the one we are a member of.
+    #[error("issued trust domain is invalid or not this node's")]
     TrustDomain,
     /// Storing failed.
     #[error(transparent)]
@@ -171,6 +175,10 @@ pub enum AcceptError {
 
 /// Checks an `Issued` answer against our keys (and, on a join, the pinned CA fingerprint), then
 /// stores the membership and any revocation list it carries.
+///
+/// Any mesh member can answer on the CA service, so the bundle in the answer is not trusted as
+/// such: on a join (`pinned_ca`) only the pinned CA certificate is kept, and on a renewal only
+/// the CA certificates of the bundle we already hold. The SVID must chain to what is kept.
 pub fn accept_issued(
     store: &StateStore,
     keys: &NodeKeys,
@@ -179,23 +187,35 @@ pub fn accept_issued(
     ca_addr: Option<String>,
     now: UnixTime,
 ) -> Result<Membership, AcceptError> {
-    if let Some(fp) = pinned_ca
-        && !issued.bundle_der.iter().any(|c| &sha256(c) == fp)
-    {
-        return Err(AcceptError::WrongCa);
-    }
-    let td = issued
+    let td: TrustDomain = issued
         .trust_domain
         .parse()
         .map_err(|_| AcceptError::TrustDomain)?;
-    let bundle = TrustBundle::new(
-        td,
-        issued
-            .bundle_der
-            .iter()
-            .map(|c| CertificateDer::from(c.clone()))
-            .collect(),
-    )?;
+    let trusted: Option<Vec<[u8; 32]>> = match (pinned_ca, store.membership()?) {
+        (Some(fp), _) => Some(vec![*fp]),
+        (None, Some(current)) => {
+            if current.trust_domain != td {
+                return Err(AcceptError::TrustDomain);
+            }
+            let held = TrustBundle::from_pem(current.trust_domain, &current.bundle_pem)?;
+            Some(held.certs().iter().map(|c| sha256(c)).collect())
+        }
+        // First SVID of the CA node itself (`self_issue`): nothing came over the network.
+        (None, None) => None,
+    };
+    let mut certs: Vec<CertificateDer<'static>> = Vec::new();
+    for der in &issued.bundle_der {
+        let known = trusted
+            .as_ref()
+            .is_none_or(|fps| fps.contains(&sha256(der)));
+        if known && !certs.iter().any(|c| c.as_ref() == der.as_slice()) {
+            certs.push(CertificateDer::from(der.clone()));
+        }
+    }
+    if certs.is_empty() && trusted.is_some() {
+        return Err(AcceptError::WrongCa);
+    }
+    let bundle = TrustBundle::new(td, certs)?;
     let svid = CertificateDer::from(issued.svid_der.clone());
     let verified = bundle.verify(&svid, &[], now, Role::Client)?;
     if verified.node_id != keys.node_id() || verified.tls_point != keys.tls_public_point() {
@@ -233,5 +253,582 @@ pub fn self_issue(
     )? {
         ControlMessage::Issued(issued) => accept_issued(store, keys, &issued, None, None, now),
         _ => Err(AcceptError::NotOurs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::store::InvitationRecord;
+
+    const NOW: u64 = 1_800_000_000;
+    const EXPORTER: [u8; EXPORTER_LEN] = [0x42; EXPORTER_LEN];
+    const INVITE_ID: [u8; 16] = [0x11; 16];
+    const SECRET: [u8; 32] = [0x22; 32];
+
+    fn now() -> UnixTime {
+        UnixTime::since_unix_epoch(Duration::from_secs(NOW))
+    }
+
+    fn at(secs: u64) -> UnixTime {
+        UnixTime::since_unix_epoch(Duration::from_secs(secs))
+    }
+
+    fn open(dir: &TempDir) -> StateStore {
+        StateStore::open(&dir.path().join("state")).unwrap()
+    }
+
+    /// The CA node: a store holding a CA and one invitation.
+    struct CaNode {
+        _dir: TempDir,
+        store: StateStore,
+        ca: MeshCa,
+    }
+
+    impl CaNode {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(&dir);
+            let ca = MeshCa::create(TrustDomain::new("mesh.test").unwrap(), now()).unwrap();
+            assert!(
+                store
+                    .create_ca(&ca, Duration::from_secs(3600), NOW)
+                    .unwrap()
+            );
+            store
+                .add_invitation(INVITE_ID, &SECRET, NOW, NOW + 600)
+                .unwrap();
+            Self {
+                _dir: dir,
+                store,
+                ca,
+            }
+        }
+
+        fn bundle(&self) -> TrustBundle {
+            TrustBundle::new(
+                self.ca.trust_domain().clone(),
+                vec![self.ca.cert_der().clone()],
+            )
+            .unwrap()
+        }
+
+        fn join(&mut self, req: &JoinRequest) -> ControlMessage {
+            handle_join(&mut self.store, &self.ca, req, &EXPORTER, now()).unwrap()
+        }
+
+        fn invitation(&self) -> InvitationRecord {
+            let all = self.store.invitations().unwrap();
+            all.into_iter().find(|r| r.id == INVITE_ID).unwrap()
+        }
+    }
+
+    /// A node that is not in the mesh yet.
+    struct Joiner {
+        _dir: TempDir,
+        store: StateStore,
+        keys: NodeKeys,
+    }
+
+    impl Joiner {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(&dir);
+            let keys = NodeKeys::generate().unwrap();
+            assert!(store.create_node_keys(&keys, NOW).unwrap());
+            Self {
+                _dir: dir,
+                store,
+                keys,
+            }
+        }
+
+        /// What `x0t join` sends: both keys sign the join transcript of this session.
+        fn request(&self, exporter: &[u8; EXPORTER_LEN]) -> JoinRequest {
+            let spki = self.keys.tls_spki_der().unwrap();
+            let t = join_transcript(exporter, &INVITE_ID, &spki, self.keys.mldsa_public_key());
+            JoinRequest {
+                invitation_id: INVITE_ID,
+                secret: SECRET,
+                tls_spki_der: spki,
+                mldsa_public_key: self.keys.mldsa_public_key().to_vec(),
+                tls_signature: self.keys.sign_tls(&t).unwrap(),
+                mldsa_signature: self.keys.sign_mldsa(&t).unwrap(),
+            }
+        }
+
+        fn renew_request(&self, exporter: &[u8; EXPORTER_LEN]) -> RenewRequest {
+            let t = link_transcript(ProofRole::Renewer, exporter, self.keys.node_id());
+            RenewRequest {
+                mldsa_public_key: self.keys.mldsa_public_key().to_vec(),
+                pop_signature: self.keys.sign_mldsa(&t).unwrap(),
+            }
+        }
+
+        fn accept(
+            &self,
+            issued: &Issued,
+            pin: Option<&[u8; 32]>,
+        ) -> Result<Membership, AcceptError> {
+            accept_issued(
+                &self.store,
+                &self.keys,
+                issued,
+                pin,
+                Some("192.0.2.1:7101".into()),
+                now(),
+            )
+        }
+    }
+
+    fn issued(msg: ControlMessage) -> Issued {
+        match msg {
+            ControlMessage::Issued(i) => i,
+            other => panic!("expected Issued, got {other:?}"),
+        }
+    }
+
+    fn refusal(msg: ControlMessage) -> RefusalCode {
+        match msg {
+            ControlMessage::Refused(r) => {
+                assert!(!r.message.is_empty());
+                r.code
+            }
+            other => panic!("expected Refused, got {other:?}"),
+        }
+    }
+
+    /// Joins `joiner` and returns the verified SVID the CA node would see on a later renewal.
+    fn joined(ca: &mut CaNode, joiner: &Joiner) -> VerifiedSvid {
+        let i = issued(ca.join(&joiner.request(&EXPORTER)));
+        let m = joiner.accept(&i, Some(&ca.ca.fingerprint())).unwrap();
+        ca.bundle()
+            .verify(&m.svid_der.clone().into(), &[], now(), Role::Client)
+            .unwrap()
+    }
+
+    #[test]
+    fn join_issues_an_svid_the_joiner_accepts() {
+        let mut ca = CaNode::new();
+        let joiner = Joiner::new();
+        let node = joiner.keys.node_id();
+        let i = issued(ca.join(&joiner.request(&EXPORTER)));
+        assert_eq!(i.trust_domain, "mesh.test");
+        assert_eq!(i.bundle_der, [ca.ca.cert_der().to_vec()]);
+        assert!(i.revocations.is_none());
+
+        let m = joiner.accept(&i, Some(&ca.ca.fingerprint())).unwrap();
+        assert_eq!(m.trust_domain.as_str(), "mesh.test");
+        assert_eq!(m.ca_addr.as_deref(), Some("192.0.2.1:7101"));
+        assert_eq!(m.not_after_unix, NOW + 3600);
+        assert_eq!(joiner.store.membership().unwrap(), Some(m.clone()));
+
+        let v = ca
+            .bundle()
+            .verify(&m.svid_der.into(), &[], now(), Role::Server)
+            .unwrap();
+        assert_eq!(v.node_id, node);
+        assert_eq!(v.tls_point, joiner.keys.tls_public_point());
+        assert!(ca.store.is_member(node).unwrap());
+        let inv = ca.invitation();
+        assert_eq!(inv.used_at, Some(NOW));
+        assert_eq!(inv.used_by, Some(node.to_string()));
+    }
+
+    #[test]
+    fn bad_proofs_are_refused_and_leave_the_invitation_unused() {
+        let mut ca = CaNode::new();
+        let joiner = Joiner::new();
+        let other = NodeKeys::generate().unwrap();
+        let good = joiner.request(&EXPORTER);
+
+        let mut cases: Vec<(&str, JoinRequest)> = Vec::new();
+        cases.push((
+            "signed for another session",
+            joiner.request(&[0x43; EXPORTER_LEN]),
+        ));
+        let mut r = good.clone();
+        r.tls_signature = other.sign_tls(b"whatever").unwrap();
+        cases.push(("TLS signature by another key", r));
+        let mut r = good.clone();
+        r.mldsa_signature[10] ^= 1;
+        cases.push(("tampered ML-DSA signature", r));
+        let mut r = good.clone();
+        r.mldsa_public_key = other.mldsa_public_key().to_vec();
+        cases.push(("someone else's ML-DSA key", r));
+        let mut r = good.clone();
+        r.tls_spki_der = other.tls_spki_der().unwrap();
+        cases.push(("someone else's TLS key", r));
+        let mut r = good.clone();
+        r.tls_spki_der.truncate(40);
+        cases.push(("TLS key not P-256", r));
+        let mut r = good.clone();
+        r.mldsa_signature.clear();
+        cases.push(("no ML-DSA signature", r));
+        let mut r = good.clone();
+        r.invitation_id = [0x12; 16];
+        cases.push(("transcript for another invitation", r));
+
+        for (name, req) in cases {
+            assert_eq!(refusal(ca.join(&req)), RefusalCode::BadProof, "{name}");
+        }
+        assert_eq!(ca.invitation().used_at, None);
+        assert!(!ca.store.is_member(joiner.keys.node_id()).unwrap());
+        issued(ca.join(&good));
+    }
+
+    #[test]
+    fn invitation_problems_have_their_own_codes() {
+        let mut ca = CaNode::new();
+        let joiner = Joiner::new();
+
+        let mut r = joiner.request(&EXPORTER);
+        r.secret = [0x23; 32];
+        assert_eq!(refusal(ca.join(&r)), RefusalCode::BadSecret);
+
+        // An unknown ID, with a proof made for that ID.
+        let spki = joiner.keys.tls_spki_der().unwrap();
+        let id = [0x99; 16];
+        let t = join_transcript(&EXPORTER, &id, &spki, joiner.keys.mldsa_public_key());
+        let unknown = JoinRequest {
+            invitation_id: id,
+            tls_signature: joiner.keys.sign_tls(&t).unwrap(),
+            mldsa_signature: joiner.keys.sign_mldsa(&t).unwrap(),
+            ..joiner.request(&EXPORTER)
+        };
+        assert_eq!(refusal(ca.join(&unknown)), RefusalCode::UnknownInvitation);
+
+        let late = handle_join(
+            &mut ca.store,
+            &ca.ca,
+            &joiner.request(&EXPORTER),
+            &EXPORTER,
+            at(NOW + 600),
+        )
+        .unwrap();
+        assert_eq!(refusal(late), RefusalCode::InvitationExpired);
+
+        issued(ca.join(&joiner.request(&EXPORTER)));
+        let second = Joiner::new();
+        assert_eq!(
+            refusal(ca.join(&second.request(&EXPORTER))),
+            RefusalCode::InvitationUsed
+        );
+        assert_eq!(
+            refusal(ca.join(&joiner.request(&EXPORTER))),
+            RefusalCode::InvitationUsed,
+            "the same node cannot replay its join either"
+        );
+    }
+
+    #[test]
+    fn revoked_node_cannot_join() {
+        let mut ca = CaNode::new();
+        let joiner = Joiner::new();
+        let node = joiner.keys.node_id();
+        ca.store.revoke(&ca.ca, node, "test", NOW).unwrap().unwrap();
+        assert_eq!(
+            refusal(ca.join(&joiner.request(&EXPORTER))),
+            RefusalCode::Revoked
+        );
+        assert_eq!(ca.invitation().used_at, None, "invitation not burned");
+        issued(ca.join(&Joiner::new().request(&EXPORTER)));
+    }
+
+    #[test]
+    fn issued_carries_the_revocation_list_and_the_member_stores_it() {
+        let mut ca = CaNode::new();
+        let revoked = NodeId::from_bytes([0xee; 16]);
+        let signed = ca.store.revoke(&ca.ca, revoked, "test", NOW).unwrap();
+        let joiner = Joiner::new();
+        let i = issued(ca.join(&joiner.request(&EXPORTER)));
+        assert_eq!(i.revocations, signed);
+        joiner.accept(&i, Some(&ca.ca.fingerprint())).unwrap();
+        let (_, list) = joiner.store.revocation_list().unwrap().unwrap();
+        assert_eq!(list.revoked, [revoked]);
+    }
+
+    #[test]
+    fn accept_refuses_a_ca_that_is_not_the_pinned_one() {
+        let mut ca = CaNode::new();
+        let joiner = Joiner::new();
+        let i = issued(ca.join(&joiner.request(&EXPORTER)));
+        let mut wrong = ca.ca.fingerprint();
+        wrong[0] ^= 1;
+        assert!(matches!(
+            joiner.accept(&i, Some(&wrong)),
+            Err(AcceptError::WrongCa)
+        ));
+        assert!(joiner.store.membership().unwrap().is_none());
+    }
+
+    /// A bootstrap node that holds a mesh SVID but not the CA key must not be able to slip its
+    /// own CA into the joiner's trust bundle next to the pinned one.
+    #[test]
+    fn accept_trusts_only_the_pinned_ca_on_a_join() {
+        let mut ca = CaNode::new();
+        let joiner = Joiner::new();
+        let genuine = issued(ca.join(&joiner.request(&EXPORTER)));
+
+        let rogue = MeshCa::create(TrustDomain::new("mesh.test").unwrap(), now()).unwrap();
+        let rogue_svid = rogue
+            .issue_svid(
+                joiner.keys.tls_public_point(),
+                joiner.keys.node_id(),
+                now(),
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let forged = Issued {
+            svid_der: rogue_svid.to_vec(),
+            bundle_der: vec![ca.ca.cert_der().to_vec(), rogue.cert_der().to_vec()],
+            ..genuine.clone()
+        };
+        assert!(matches!(
+            joiner.accept(&forged, Some(&ca.ca.fingerprint())),
+            Err(AcceptError::Svid(SvidError::UntrustedIssuer))
+        ));
+        assert!(joiner.store.membership().unwrap().is_none());
+
+        // A genuine SVID with an extra CA in the bundle: the extra CA is not trusted.
+        let padded = Issued {
+            bundle_der: vec![rogue.cert_der().to_vec(), ca.ca.cert_der().to_vec()],
+            ..genuine
+        };
+        let m = joiner.accept(&padded, Some(&ca.ca.fingerprint())).unwrap();
+        let stored = TrustBundle::from_pem(m.trust_domain.clone(), &m.bundle_pem).unwrap();
+        assert_eq!(stored.certs(), [ca.ca.cert_der().clone()]);
+    }
+
+    #[test]
+    fn accept_refuses_an_svid_for_another_node() {
+        let mut ca = CaNode::new();
+        let joiner = Joiner::new();
+        let bystander = Joiner::new();
+        let i = issued(ca.join(&bystander.request(&EXPORTER)));
+        assert!(matches!(
+            joiner.accept(&i, Some(&ca.ca.fingerprint())),
+            Err(AcceptError::NotOurs)
+        ));
+
+        // Same node ID is impossible to fake, but the TLS key is checked on its own as well.
+        let wrong_key = Issued {
+            svid_der: ca
+                .ca
+                .issue_svid(
+                    bystander.keys.tls_public_point(),
+                    joiner.keys.node_id(),
+                    now(),
+                    Duration::from_secs(60),
+                )
+                .unwrap()
+                .to_vec(),
+            ..i
+        };
+        assert!(matches!(
+            joiner.accept(&wrong_key, Some(&ca.ca.fingerprint())),
+            Err(AcceptError::NotOurs)
+        ));
+        assert!(joiner.store.membership().unwrap().is_none());
+    }
+
+    #[test]
+    fn accept_refuses_bad_trust_domain_and_expired_svid() {
+        let mut ca = CaNode::new();
+        let joiner = Joiner::new();
+        let i = issued(ca.join(&joiner.request(&EXPORTER)));
+        let bad_td = Issued {
+            trust_domain: "Not A Domain".into(),
+            ..i.clone()
+        };
+        assert!(matches!(
+            joiner.accept(&bad_td, None),
+            Err(AcceptError::TrustDomain)
+        ));
+        let other_td = Issued {
+            trust_domain: "other.test".into(),
+            ..i.clone()
+        };
+        assert!(matches!(
+            joiner.accept(&other_td, None),
+            Err(AcceptError::Svid(SvidError::WrongTrustDomain { .. }))
+        ));
+        let late = accept_issued(&joiner.store, &joiner.keys, &i, None, None, at(NOW + 3601));
+        assert!(matches!(late, Err(AcceptError::Svid(SvidError::Expired))));
+    }
+
+    #[test]
+    fn renewal_needs_an_svid() {
+        let ca = CaNode::new();
+        let joiner = Joiner::new();
+        let msg = handle_renew(
+            &ca.store,
+            &ca.ca,
+            None,
+            &joiner.renew_request(&EXPORTER),
+            &EXPORTER,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(refusal(msg), RefusalCode::NotAuthenticated);
+    }
+
+    #[test]
+    fn renewal_with_a_valid_svid_issues_a_fresh_one() {
+        let mut ca = CaNode::new();
+        let joiner = Joiner::new();
+        let peer = joined(&mut ca, &joiner);
+
+        let later = at(NOW + 1800);
+        let msg = handle_renew(
+            &ca.store,
+            &ca.ca,
+            Some(&peer),
+            &joiner.renew_request(&EXPORTER),
+            &EXPORTER,
+            later,
+        )
+        .unwrap();
+        let i = issued(msg);
+        let m = accept_issued(&joiner.store, &joiner.keys, &i, None, None, later).unwrap();
+        assert_eq!(m.not_after_unix, NOW + 1800 + 3600);
+        assert_eq!(m.ca_addr, None);
+        assert_eq!(joiner.store.membership().unwrap(), Some(m));
+    }
+
+    #[test]
+    fn renewal_refuses_bad_proofs_and_revoked_nodes() {
+        let mut ca = CaNode::new();
+        let joiner = Joiner::new();
+        let peer = joined(&mut ca, &joiner);
+        let other = NodeKeys::generate().unwrap();
+        let renew = |req: &RenewRequest, ca: &CaNode| {
+            handle_renew(&ca.store, &ca.ca, Some(&peer), req, &EXPORTER, now()).unwrap()
+        };
+
+        let replayed = joiner.renew_request(&[0x43; EXPORTER_LEN]);
+        assert_eq!(refusal(renew(&replayed, &ca)), RefusalCode::BadProof);
+
+        let t = link_transcript(ProofRole::Renewer, &EXPORTER, joiner.keys.node_id());
+        let foreign_key = RenewRequest {
+            mldsa_public_key: other.mldsa_public_key().to_vec(),
+            pop_signature: other.sign_mldsa(&t).unwrap(),
+        };
+        assert_eq!(refusal(renew(&foreign_key, &ca)), RefusalCode::BadProof);
+
+        let dialer = link_transcript(ProofRole::Dialer, &EXPORTER, joiner.keys.node_id());
+        let wrong_role = RenewRequest {
+            pop_signature: joiner.keys.sign_mldsa(&dialer).unwrap(),
+            ..joiner.renew_request(&EXPORTER)
+        };
+        assert_eq!(refusal(renew(&wrong_role, &ca)), RefusalCode::BadProof);
+
+        issued(renew(&joiner.renew_request(&EXPORTER), &ca));
+        ca.store
+            .revoke(&ca.ca, joiner.keys.node_id(), "test", NOW)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            refusal(renew(&joiner.renew_request(&EXPORTER), &ca)),
+            RefusalCode::Revoked
+        );
+    }
+
+    /// On a renewal the answer may come from any member: it cannot swap the trust bundle.
+    #[test]
+    fn renewal_answer_cannot_replace_the_trust_bundle() {
+        let mut ca = CaNode::new();
+        let joiner = Joiner::new();
+        let peer = joined(&mut ca, &joiner);
+        let genuine = issued(
+            handle_renew(
+                &ca.store,
+                &ca.ca,
+                Some(&peer),
+                &joiner.renew_request(&EXPORTER),
+                &EXPORTER,
+                now(),
+            )
+            .unwrap(),
+        );
+        let rogue = MeshCa::create(TrustDomain::new("mesh.test").unwrap(), now()).unwrap();
+        let rogue_svid = rogue
+            .issue_svid(
+                joiner.keys.tls_public_point(),
+                joiner.keys.node_id(),
+                now(),
+                Duration::from_secs(3600),
+            )
+            .unwrap()
+            .to_vec();
+        let before = joiner.store.membership().unwrap();
+
+        let only_rogue = Issued {
+            svid_der: rogue_svid.clone(),
+            bundle_der: vec![rogue.cert_der().to_vec()],
+            ..genuine.clone()
+        };
+        assert!(matches!(
+            joiner.accept(&only_rogue, None),
+            Err(AcceptError::WrongCa)
+        ));
+        let both = Issued {
+            svid_der: rogue_svid,
+            bundle_der: vec![rogue.cert_der().to_vec(), ca.ca.cert_der().to_vec()],
+            ..genuine.clone()
+        };
+        assert!(matches!(
+            joiner.accept(&both, None),
+            Err(AcceptError::Svid(SvidError::UntrustedIssuer))
+        ));
+        let elsewhere = Issued {
+            trust_domain: "other.test".into(),
+            ..genuine.clone()
+        };
+        assert!(matches!(
+            joiner.accept(&elsewhere, None),
+            Err(AcceptError::TrustDomain)
+        ));
+        assert_eq!(joiner.store.membership().unwrap(), before);
+
+        let m = joiner.accept(&genuine, None).unwrap();
+        let stored = TrustBundle::from_pem(m.trust_domain, &m.bundle_pem).unwrap();
+        assert_eq!(stored.certs(), [ca.ca.cert_der().clone()]);
+    }
+
+    #[test]
+    fn self_issue_gives_the_ca_node_a_valid_svid() {
+        let ca = CaNode::new();
+        let keys = NodeKeys::generate().unwrap();
+        assert!(ca.store.create_node_keys(&keys, NOW).unwrap());
+        let m = self_issue(&ca.store, &keys, &ca.ca, now()).unwrap();
+        assert_eq!(m.ca_addr, None);
+        assert_eq!(m.not_after_unix, NOW + 3600);
+        let v = ca
+            .bundle()
+            .verify(&m.svid_der.clone().into(), &[], now(), Role::Server)
+            .unwrap();
+        assert_eq!(v.node_id, keys.node_id());
+        assert_eq!(ca.store.membership().unwrap(), Some(m.clone()));
+        assert!(ca.store.is_member(keys.node_id()).unwrap());
+        let bundle = TrustBundle::from_pem(m.trust_domain, &m.bundle_pem).unwrap();
+        assert_eq!(bundle.certs(), [ca.ca.cert_der().clone()]);
+
+        // Renewing its own SVID later goes through the held bundle.
+        let renewed = self_issue(&ca.store, &keys, &ca.ca, at(NOW + 1800)).unwrap();
+        assert_eq!(renewed.not_after_unix, NOW + 1800 + 3600);
+    }
+
+    #[test]
+    fn refusals_survive_the_wire() {
+        let mut ca = CaNode::new();
+        let msg = ca.join(&Joiner::new().request(&[0; EXPORTER_LEN]));
+        let again = ControlMessage::decode_frame(&msg.encode()).unwrap();
+        assert_eq!(again, msg);
+        assert_eq!(refusal(again), RefusalCode::BadProof);
     }
 }

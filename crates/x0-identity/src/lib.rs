@@ -5,11 +5,13 @@
 //! | Module | Job |
 //! |---|---|
 //! | [`keys`] | the node's ECDSA P-256 TLS key and ML-DSA-65 key, the node ID derived from both |
+//! | [`kem`] | ML-KEM-768 key encapsulation (FIPS 203) for shared secrets outside TLS |
 //! | [`spiffe`] | trust domains and SPIFFE IDs (`spiffe://<td>/node/<node-id>`) |
 //! | [`overlay`] | the mesh's /48 ULA prefix and each node's overlay IPv6 address |
 //! | [`ca`] | the mesh CA: self-signed root, X.509-SVID issuance, signed revocation lists |
 //! | [`svid`] | trust bundles and the SVID verification every peer certificate passes |
 //! | [`proof`] | proof-of-possession transcripts bound to a TLS session |
+//! | [`invitation`] | one-time invitation tokens for joining nodes |
 //! | [`authority`] | join and renewal handling on the CA node, and acceptance on the member |
 //! | [`store`] | the SQLite state database (WAL, 0600) holding all of the above |
 //!
@@ -23,6 +25,8 @@
 
 pub mod authority;
 pub mod ca;
+pub mod invitation;
+pub mod kem;
 pub mod keys;
 pub mod overlay;
 pub mod proof;

@@ -163,6 +163,31 @@ type MembershipRow = (String, Vec<u8>, String, Option<String>, i64);
 /// `(secret_sha256, expires_at, used_at, used_by)`
 type InvitationRow = (Vec<u8>, i64, Option<i64>, Option<String>);
 
+/// `None` if SQLite finds the database sound, else its first findings. The first row of a
+/// failed check is only the header `*** in database main ***`, so all rows are kept.
+fn quick_check(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    let mut stmt = conn.prepare("PRAGMA quick_check(8)")?;
+    let mut rows = stmt.query([])?;
+    let mut findings: Vec<String> = Vec::new();
+    loop {
+        match rows.next() {
+            Ok(Some(row)) => findings.push(row.get(0)?),
+            Ok(None) => break,
+            // The check can itself trip over the damage after reporting some of it.
+            Err(e) if !findings.is_empty() => {
+                findings.push(e.to_string());
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if findings == ["ok"] {
+        Ok(None)
+    } else {
+        Ok(Some(findings.join("; ").replace('\n', "; ")))
+    }
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -247,13 +272,10 @@ impl StateStore {
         };
         let conn = Connection::open(&db_path).map_err(corrupt)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(corrupt)?;
-        let check: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(corrupt)?;
-        if check != "ok" {
+        if let Some(detail) = quick_check(&conn).map_err(corrupt)? {
             return Err(StoreError::Corrupt {
                 path: db_path,
-                detail: check,
+                detail,
             });
         }
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -703,5 +725,558 @@ impl StateStore {
             params![key, value],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+
+    use rustls_pki_types::{CertificateDer, UnixTime};
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::svid::TrustBundle;
+
+    const NOW: u64 = 1_800_000_000;
+    /// Set in the child process of [`invitation_survives_abort_right_after_the_write`].
+    const CRASH_CHILD_ENV: &str = "X0T_STORE_CRASH_CHILD_DIR";
+    const CRASH_ID: [u8; 16] = [0xc7; 16];
+    const CRASH_SECRET: [u8; 32] = [0x5e; 32];
+
+    fn now() -> UnixTime {
+        UnixTime::since_unix_epoch(Duration::from_secs(NOW))
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn chmod(path: &Path, mode: u32) {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// A fresh state directory that does not exist yet, inside a temporary directory.
+    fn state_dir() -> (TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        (tmp, dir)
+    }
+
+    fn ca() -> MeshCa {
+        MeshCa::create(TrustDomain::new("mesh.test").unwrap(), now()).unwrap()
+    }
+
+    /// Deterministic bytes that are not an SQLite header or page.
+    fn garbage(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[3]
+            })
+            .collect()
+    }
+
+    /// A closed store in `dir` holding keys, a CA, invitations and a revocation list.
+    fn populated(dir: &Path) {
+        let mut store = StateStore::open(dir).unwrap();
+        store
+            .create_node_keys(&NodeKeys::generate().unwrap(), NOW)
+            .unwrap();
+        let ca = ca();
+        store
+            .create_ca(&ca, Duration::from_secs(3600), NOW)
+            .unwrap();
+        for i in 0..32u8 {
+            store
+                .add_invitation([i; 16], &[i; 32], NOW, NOW + 3600)
+                .unwrap();
+        }
+        store
+            .revoke(&ca, NodeId::from_bytes([9; 16]), "test", NOW)
+            .unwrap();
+        drop(store);
+        assert!(
+            !dir.join("state.db-wal").exists(),
+            "closing the last connection checkpoints the WAL"
+        );
+    }
+
+    /// Returns SQLite's findings.
+    fn assert_corrupt_and_untouched(dir: &Path) -> String {
+        let db = dir.join(DB_FILE);
+        let before = fs::read(&db).unwrap();
+        let mut details = Vec::new();
+        for result in [StateStore::open(dir), StateStore::open_existing(dir)] {
+            match result {
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    assert!(e.to_string().contains("left untouched"));
+                    let StoreError::Corrupt { path, detail } = e else {
+                        unreachable!()
+                    };
+                    assert_eq!(path, db);
+                    details.push(detail);
+                }
+                other => panic!("expected Corrupt, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            fs::read(&db).unwrap(),
+            before,
+            "a damaged file must not be changed"
+        );
+        assert_eq!(mode(&db), 0o600);
+        assert_eq!(details[0], details[1]);
+        details.swap_remove(0)
+    }
+
+    #[test]
+    fn creates_a_0700_directory_and_a_0600_database() {
+        let (_tmp, dir) = state_dir();
+        let store = StateStore::open(&dir).unwrap();
+        assert_eq!(store.dir(), dir);
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(DB_FILE)), 0o600);
+        // SQLite gives the WAL and shared-memory files the database's mode.
+        store.set_meta("k", "v").unwrap();
+        for sidecar in ["state.db-wal", "state.db-shm"] {
+            let p = dir.join(sidecar);
+            if p.exists() {
+                assert_eq!(mode(&p), 0o600, "{sidecar}");
+            }
+        }
+        let journal: String = store
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        let synchronous: i64 = store
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(synchronous, 2, "synchronous=FULL");
+    }
+
+    #[test]
+    fn refuses_a_directory_writable_by_others() {
+        let (_tmp, dir) = state_dir();
+        drop(StateStore::open(&dir).unwrap());
+        chmod(&dir, 0o777);
+        for result in [StateStore::open(&dir), StateStore::open_existing(&dir)] {
+            match result {
+                Err(e @ StoreError::InsecurePermissions { .. }) => {
+                    let StoreError::InsecurePermissions { path, mode, fix } = &e else {
+                        unreachable!()
+                    };
+                    assert_eq!(path, &dir);
+                    assert_eq!(*mode, 0o777);
+                    assert_eq!(fix, &format!("run `chmod 700 {}`", dir.display()));
+                    let text = e.to_string();
+                    assert!(text.contains(&dir.display().to_string()), "{text}");
+                    assert!(
+                        text.contains("0777") && text.contains("chmod 700"),
+                        "{text}"
+                    );
+                }
+                other => panic!("expected InsecurePermissions, got {other:?}"),
+            }
+        }
+        chmod(&dir, 0o700);
+        StateStore::open_existing(&dir).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_database_readable_by_others() {
+        let (_tmp, dir) = state_dir();
+        drop(StateStore::open(&dir).unwrap());
+        let db = dir.join(DB_FILE);
+        chmod(&db, 0o644);
+        match StateStore::open_existing(&dir) {
+            Err(e @ StoreError::InsecurePermissions { .. }) => {
+                let StoreError::InsecurePermissions { path, mode, fix } = &e else {
+                    unreachable!()
+                };
+                assert_eq!(path, &db);
+                assert_eq!(*mode, 0o644);
+                assert_eq!(fix, &format!("run `chmod 600 {}`", db.display()));
+                assert!(e.to_string().contains(&db.display().to_string()));
+            }
+            other => panic!("expected InsecurePermissions, got {other:?}"),
+        }
+        assert_eq!(mode(&db), 0o644, "opening must not change the mode");
+        chmod(&db, 0o600);
+        StateStore::open_existing(&dir).unwrap();
+    }
+
+    #[test]
+    fn open_existing_needs_a_database() {
+        let tmp = tempfile::tempdir().unwrap();
+        match StateStore::open_existing(tmp.path()) {
+            Err(StoreError::Missing(path, dir)) => {
+                assert_eq!(path, tmp.path().join(DB_FILE));
+                assert_eq!(dir, tmp.path().display().to_string());
+            }
+            other => panic!("expected Missing, got {other:?}"),
+        }
+        assert!(!tmp.path().join(DB_FILE).exists(), "nothing was created");
+
+        let (_tmp, absent) = state_dir();
+        assert!(matches!(
+            StateStore::open_existing(&absent),
+            Err(StoreError::Missing(..))
+        ));
+        assert!(!absent.exists());
+    }
+
+    #[test]
+    fn refuses_a_file_where_the_directory_should_be() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        assert!(matches!(
+            StateStore::open(&file),
+            Err(StoreError::Io { path, .. }) if path == file
+        ));
+    }
+
+    #[test]
+    fn garbage_file_is_reported_corrupt_and_left_alone() {
+        let (_tmp, dir) = state_dir();
+        populated(&dir);
+        fs::write(dir.join(DB_FILE), garbage(3 * 4096, 7)).unwrap();
+        let detail = assert_corrupt_and_untouched(&dir);
+        assert!(detail.contains("not a database"), "{detail}");
+    }
+
+    #[test]
+    fn damaged_page_is_reported_corrupt_and_left_alone() {
+        let (_tmp, dir) = state_dir();
+        populated(&dir);
+        let db = dir.join(DB_FILE);
+        let mut bytes = fs::read(&db).unwrap();
+        let page_size = match u16::from_be_bytes([bytes[16], bytes[17]]) {
+            1 => 65_536,
+            n => usize::from(n),
+        };
+        let pages = bytes.len() / page_size;
+        assert!(pages >= 4, "want a page in the middle, have {pages} pages");
+        let middle = pages / 2;
+        bytes[middle * page_size..(middle + 1) * page_size]
+            .copy_from_slice(&garbage(page_size, 11));
+        fs::write(&db, &bytes).unwrap();
+        let detail = assert_corrupt_and_untouched(&dir);
+        // More than SQLite's header line: the operator learns which page is damaged.
+        assert!(detail.contains(&format!("page {}", middle + 1)), "{detail}");
+        assert!(!detail.contains('\n'), "one line: {detail}");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let (_tmp, dir) = state_dir();
+        drop(StateStore::open(&dir).unwrap());
+        Connection::open(dir.join(DB_FILE))
+            .unwrap()
+            .pragma_update(None, "user_version", 2)
+            .unwrap();
+        assert!(matches!(
+            StateStore::open(&dir),
+            Err(StoreError::NewerSchema {
+                found: 2,
+                supported: 1
+            })
+        ));
+    }
+
+    #[test]
+    fn node_keys_are_created_once() {
+        let (_tmp, dir) = state_dir();
+        let store = StateStore::open(&dir).unwrap();
+        assert!(store.node_keys().unwrap().is_none());
+        let first = NodeKeys::generate().unwrap();
+        let second = NodeKeys::generate().unwrap();
+        assert!(store.create_node_keys(&first, NOW).unwrap());
+        assert!(!store.create_node_keys(&second, NOW + 1).unwrap());
+        let kept = store.node_keys().unwrap().unwrap();
+        assert_eq!(kept.node_id(), first.node_id());
+        assert_eq!(kept.mldsa_seed(), first.mldsa_seed());
+    }
+
+    #[test]
+    fn keys_ca_and_membership_survive_reopen() {
+        let (_tmp, dir) = state_dir();
+        let keys = NodeKeys::generate().unwrap();
+        let ca = ca();
+        let membership = Membership {
+            trust_domain: ca.trust_domain().clone(),
+            svid_der: vec![1, 2, 3],
+            bundle_pem: "pem".into(),
+            ca_addr: Some("[2001:db8::1]:7101".into()),
+            not_after_unix: NOW + 60,
+        };
+        {
+            let store = StateStore::open(&dir).unwrap();
+            assert!(store.ca().unwrap().is_none());
+            assert!(store.membership().unwrap().is_none());
+            assert!(store.create_node_keys(&keys, NOW).unwrap());
+            assert!(store.create_ca(&ca, Duration::from_secs(600), NOW).unwrap());
+            assert!(
+                !store
+                    .create_ca(&self::ca(), Duration::from_secs(1), NOW)
+                    .unwrap()
+            );
+            store.set_membership(&membership, NOW).unwrap();
+            store.set_meta("listen", "[::]:7100").unwrap();
+        }
+        let store = StateStore::open_existing(&dir).unwrap();
+        let k = store.node_keys().unwrap().unwrap();
+        assert_eq!(k.node_id(), keys.node_id());
+        assert_eq!(k.tls_pkcs8_der(), keys.tls_pkcs8_der());
+        let c = store.ca().unwrap().unwrap();
+        assert_eq!(c.fingerprint(), ca.fingerprint());
+        assert_eq!(c.key_pkcs8_der(), ca.key_pkcs8_der());
+        assert_eq!(c.trust_domain(), ca.trust_domain());
+        assert_eq!(store.svid_ttl().unwrap(), Duration::from_secs(600));
+        assert_eq!(store.membership().unwrap().unwrap(), membership);
+        assert_eq!(store.meta("listen").unwrap().as_deref(), Some("[::]:7100"));
+        assert_eq!(store.meta("absent").unwrap(), None);
+    }
+
+    #[test]
+    fn invitations_redeem_once() {
+        let (_tmp, dir) = state_dir();
+        let mut store = StateStore::open(&dir).unwrap();
+        let node = NodeId::from_bytes([1; 16]);
+        let other = NodeId::from_bytes([2; 16]);
+        let (id, secret) = ([0xaa; 16], [0xbb; 32]);
+        store.add_invitation(id, &secret, NOW, NOW + 600).unwrap();
+        assert!(
+            store.add_invitation(id, &[0; 32], NOW, NOW + 600).is_err(),
+            "IDs are unique"
+        );
+
+        assert_eq!(
+            store
+                .redeem_invitation(&id, &[0xbc; 32], node, NOW + 1)
+                .unwrap(),
+            Err(InvitationError::BadSecret)
+        );
+        assert_eq!(
+            store
+                .redeem_invitation(&[0xab; 16], &secret, node, NOW + 1)
+                .unwrap(),
+            Err(InvitationError::Unknown)
+        );
+        assert_eq!(
+            store
+                .redeem_invitation(&id, &secret, node, NOW + 2)
+                .unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            store
+                .redeem_invitation(&id, &secret, other, NOW + 3)
+                .unwrap(),
+            Err(InvitationError::Used {
+                at: NOW + 2,
+                by: node.to_string()
+            })
+        );
+        let listed = store.invitations().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, id);
+        assert_eq!(listed[0].expires_at, NOW + 600);
+        assert_eq!(listed[0].used_at, Some(NOW + 2));
+        assert_eq!(listed[0].used_by, Some(node.to_string()));
+    }
+
+    #[test]
+    fn expired_invitations_are_refused() {
+        let (_tmp, dir) = state_dir();
+        let mut store = StateStore::open(&dir).unwrap();
+        let node = NodeId::from_bytes([1; 16]);
+        store
+            .add_invitation([1; 16], &[1; 32], NOW, NOW + 600)
+            .unwrap();
+        assert_eq!(
+            store
+                .redeem_invitation(&[1; 16], &[1; 32], node, NOW + 600)
+                .unwrap(),
+            Err(InvitationError::Expired(NOW + 600))
+        );
+        assert_eq!(
+            store
+                .redeem_invitation(&[1; 16], &[1; 32], node, NOW + 599)
+                .unwrap(),
+            Ok(()),
+            "a refused redemption leaves the invitation usable"
+        );
+    }
+
+    #[test]
+    fn invitations_are_listed_newest_first() {
+        let (_tmp, dir) = state_dir();
+        let store = StateStore::open(&dir).unwrap();
+        for (i, at) in [(1u8, NOW), (2, NOW + 20), (3, NOW + 10)] {
+            store
+                .add_invitation([i; 16], &[i; 32], at, at + 60)
+                .unwrap();
+        }
+        let ids: Vec<u8> = store
+            .invitations()
+            .unwrap()
+            .iter()
+            .map(|r| r.id[0])
+            .collect();
+        assert_eq!(ids, [2, 3, 1]);
+    }
+
+    #[test]
+    fn revoke_signs_lists_with_increasing_serials() {
+        let (_tmp, dir) = state_dir();
+        let mut store = StateStore::open(&dir).unwrap();
+        let ca = ca();
+        let bundle =
+            TrustBundle::new(ca.trust_domain().clone(), vec![ca.cert_der().clone()]).unwrap();
+        assert!(store.revocation_list().unwrap().is_none());
+        let (a, b) = (
+            NodeId::from_bytes([0xb0; 16]),
+            NodeId::from_bytes([0xa0; 16]),
+        );
+
+        let first = store.revoke(&ca, a, "lost", NOW).unwrap().unwrap();
+        let list = bundle.verify_revocations(&first).unwrap();
+        assert_eq!(list.serial, 1);
+        assert_eq!(list.revoked, [a]);
+        assert_eq!(list.trust_domain, "mesh.test");
+
+        let second = store.revoke(&ca, b, "stolen", NOW + 5).unwrap().unwrap();
+        let list = bundle.verify_revocations(&second).unwrap();
+        assert_eq!(list.serial, 2);
+        assert_eq!(list.revoked, [b, a], "sorted");
+        assert_eq!(list.issued_at_unix, NOW + 5);
+
+        assert!(store.revoke(&ca, a, "again", NOW + 9).unwrap().is_none());
+        let (stored, stored_list) = store.revocation_list().unwrap().unwrap();
+        assert_eq!(stored, second);
+        assert_eq!(stored_list.serial, 2);
+    }
+
+    #[test]
+    fn only_newer_revocation_lists_are_stored() {
+        let (_tmp, ca_dir) = state_dir();
+        let (_tmp2, member_dir) = state_dir();
+        let mut ca_store = StateStore::open(&ca_dir).unwrap();
+        let member = StateStore::open(&member_dir).unwrap();
+        let ca = ca();
+        let lists: Vec<_> = (1..=3u8)
+            .map(|i| {
+                let signed = ca_store
+                    .revoke(&ca, NodeId::from_bytes([i; 16]), "test", NOW)
+                    .unwrap()
+                    .unwrap();
+                let list = RevocationList::decode(&signed.body).unwrap();
+                (signed, list)
+            })
+            .collect();
+        let store = |i: usize| {
+            member
+                .store_revocation_list_if_newer(&lists[i].0, &lists[i].1)
+                .unwrap()
+        };
+        assert!(store(1), "serial 2 into an empty store");
+        assert!(!store(0), "serial 1 is older");
+        assert!(!store(1), "serial 2 is not newer than itself");
+        assert_eq!(member.revocation_list().unwrap().unwrap().1.serial, 2);
+        assert!(store(2));
+        assert_eq!(member.revocation_list().unwrap().unwrap().0, lists[2].0);
+    }
+
+    #[test]
+    fn data_version_changes_when_another_connection_commits() {
+        let (_tmp, dir) = state_dir();
+        let reader = StateStore::open(&dir).unwrap();
+        let writer = StateStore::open_existing(&dir).unwrap();
+        let before = reader.data_version().unwrap();
+        writer.set_meta("k", "v").unwrap();
+        assert_ne!(reader.data_version().unwrap(), before);
+        assert_eq!(reader.meta("k").unwrap().as_deref(), Some("v"));
+    }
+
+    /// Runs only as the child of [`invitation_survives_abort_right_after_the_write`]: writes an
+    /// invitation and dies without unwinding, closing or checkpointing.
+    #[test]
+    fn crash_child_writes_invitation_then_aborts() {
+        let Some(dir) = std::env::var_os(CRASH_CHILD_ENV) else {
+            return;
+        };
+        let store = StateStore::open(Path::new(&dir)).unwrap();
+        store
+            .add_invitation(CRASH_ID, &CRASH_SECRET, NOW, NOW + 3600)
+            .unwrap();
+        std::process::abort();
+    }
+
+    #[test]
+    fn invitation_survives_abort_right_after_the_write() {
+        let (_tmp, dir) = state_dir();
+        drop(StateStore::open(&dir).unwrap());
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::tests::crash_child_writes_invitation_then_aborts",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_CHILD_ENV, &dir)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(6),
+            "child should die of SIGABRT: {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let wal = dir.join("state.db-wal");
+        assert!(
+            fs::metadata(&wal).is_ok_and(|m| m.len() > 0),
+            "the write should still be in the WAL, not checkpointed"
+        );
+
+        let mut store = StateStore::open_existing(&dir).unwrap();
+        let listed = store.invitations().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, CRASH_ID);
+        assert_eq!(
+            store
+                .redeem_invitation(&CRASH_ID, &CRASH_SECRET, NodeId::from_bytes([1; 16]), NOW)
+                .unwrap(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn membership_rows_hold_what_accept_stores() {
+        // A DER blob that is not a certificate still round-trips: the store does not interpret it.
+        let (_tmp, dir) = state_dir();
+        let store = StateStore::open(&dir).unwrap();
+        let der = CertificateDer::from(vec![0x30, 0x00]);
+        let m = Membership {
+            trust_domain: TrustDomain::new("a.b").unwrap(),
+            svid_der: der.to_vec(),
+            bundle_pem: String::new(),
+            ca_addr: None,
+            not_after_unix: u64::MAX,
+        };
+        store.set_membership(&m, NOW).unwrap();
+        let back = store.membership().unwrap().unwrap();
+        assert_eq!(back.ca_addr, None);
+        assert_eq!(back.svid_der, m.svid_der);
+        // Stored as i64: the largest value saturates instead of wrapping negative.
+        assert_eq!(back.not_after_unix, i64::MAX as u64);
     }
 }

@@ -58,12 +58,21 @@ async fn exchange(
 ) -> Result<Issued, CaClientError> {
     let exporter = export(conn).map_err(|e| CaClientError::Protocol(e.to_string()))?;
     let msg = request(&exporter)?;
-    let (send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| CaClientError::Protocol(e.to_string()))?;
+    // The CA node may refuse our certificate just after our side of the handshake completed:
+    // then the failure is why the connection closed.
+    let failed = |e: String| match conn.close_reason() {
+        Some(closed) => {
+            let (reason, detail) = classify(&closed);
+            CaClientError::Link {
+                addr: conn.remote_address(),
+                source: LinkError::Failed { reason, detail },
+            }
+        }
+        None => CaClientError::Protocol(e),
+    };
+    let (send, recv) = conn.open_bi().await.map_err(|e| failed(e.to_string()))?;
     let mut stream = ControlStream::new(send, recv, std::sync::Arc::new(LinkMetrics::default()));
-    let io = |e: ControlError| CaClientError::Protocol(e.to_string());
+    let io = |e: ControlError| failed(e.to_string());
     stream.send.send(&msg).await.map_err(io)?;
     stream.send.finish();
     let answer = stream.recv.recv().await.map_err(io)?;
@@ -119,7 +128,7 @@ pub async fn join(
     let conn = match tokio::time::timeout(config.handshake_timeout, connecting).await {
         Err(_) => return Err(link_err(timeout())),
         Ok(Err(e)) => {
-            let (reason, _, detail) = classify(&e);
+            let (reason, detail) = classify(&e);
             return Err(link_err(LinkError::Failed { reason, detail }));
         }
         Ok(Ok(c)) => c,
@@ -169,11 +178,11 @@ pub async fn renew(endpoint: &LinkEndpoint, ca_addr: SocketAddr) -> Result<Issue
         addr: ca_addr,
         source,
     };
-    let (config, _) = endpoint
+    let (config, verifier) = endpoint
         .member_client_config(CA_ALPN, endpoint.config().kx_policy, &recorder)
         .map_err(link_err)?;
     let conn = endpoint
-        .connect_raw(ca_addr, config)
+        .connect_raw(ca_addr, config, &verifier)
         .await
         .map_err(link_err)?;
     let keys = endpoint.identity().keys().clone();

@@ -151,27 +151,25 @@ impl LinkError {
     }
 }
 
-/// Classifies a quinn connection error, and says whether our own verifier already counted it.
-pub(crate) fn classify(e: &ConnectionError) -> (FailureReason, bool, String) {
+/// Classifies a quinn connection error.
+pub(crate) fn classify(e: &ConnectionError) -> (FailureReason, String) {
     match e {
         ConnectionError::TransportError(te) => {
             let r = te.reason.as_str();
             if r.contains("NoKxGroupsInCommon") || r.contains("NoKxGroupOverlap") {
                 (
                     FailureReason::NoCommonGroup,
-                    false,
                     "peer offers no X25519MLKEM768 key exchange; classical-only peers are refused \
                      (link.allow_classical_key_exchange_dangerous = true would allow them)"
                         .into(),
                 )
             } else if r.contains("invalid peer certificate") {
                 (
-                    FailureReason::Other,
-                    true,
+                    FailureReason::BadCertificate,
                     format!("peer certificate refused: {r}"),
                 )
             } else {
-                (FailureReason::Other, false, te.to_string())
+                (FailureReason::Other, te.to_string())
             }
         }
         ConnectionError::ConnectionClosed(cc) => {
@@ -184,7 +182,7 @@ pub(crate) fn classify(e: &ConnectionError) -> (FailureReason, bool, String) {
                 Some(42) | Some(43) | Some(46) | Some(116) => FailureReason::BadCertificate,
                 _ => FailureReason::Other,
             };
-            (reason, false, format!("peer refused the handshake: {cc}"))
+            (reason, format!("peer refused the handshake: {cc}"))
         }
         ConnectionError::ApplicationClosed(ac) => {
             let reason = match u32::try_from(u64::from(ac.error_code)).unwrap_or(u32::MAX) {
@@ -194,10 +192,40 @@ pub(crate) fn classify(e: &ConnectionError) -> (FailureReason, bool, String) {
                 close_code::REVOKED => FailureReason::Revoked,
                 _ => FailureReason::Other,
             };
-            (reason, false, format!("peer closed the link: {ac}"))
+            (reason, format!("peer closed the link: {ac}"))
         }
-        ConnectionError::TimedOut => (FailureReason::Timeout, false, "timed out".into()),
-        other => (FailureReason::Other, false, other.to_string()),
+        ConnectionError::TimedOut => (FailureReason::Timeout, "timed out".into()),
+        other => (FailureReason::Other, other.to_string()),
+    }
+}
+
+/// A failed handshake as a [`LinkError`], counted exactly once: if our verifier refused the
+/// peer's certificate it has already counted the precise reason, otherwise it is counted here.
+fn handshake_failed(
+    metrics: &LinkMetrics,
+    verifier: &SpiffeVerifier,
+    e: &ConnectionError,
+) -> LinkError {
+    let (reason, detail) = classify(e);
+    match verifier.refusal() {
+        Some(refused) => LinkError::failed(refused, detail),
+        None => {
+            metrics.failure(reason);
+            LinkError::failed(reason, detail)
+        }
+    }
+}
+
+/// A control-stream failure during the proof of possession. If the connection is gone, the
+/// failure is why it closed: a peer that refuses our certificate closes the connection just
+/// after our side of the handshake completed, which is not a proof-of-possession failure.
+fn pop_stream_failed(conn: &quinn::Connection, e: ControlError) -> LinkError {
+    match conn.close_reason() {
+        Some(closed) => {
+            let (reason, detail) = classify(&closed);
+            LinkError::failed(reason, detail)
+        }
+        None => protocol(e),
     }
 }
 
@@ -354,10 +382,20 @@ impl LinkEndpoint {
         let runtime = quinn::default_runtime()
             .ok_or_else(|| std::io::Error::other("no async runtime (run inside tokio)"))?;
         let udp = runtime.wrap_udp_socket(socket)?;
+        let mut key = [0u8; 8];
+        rustls::crypto::aws_lc_rs::default_provider()
+            .secure_random
+            .fill(&mut key)
+            .map_err(|_| std::io::Error::other("system randomness unavailable"))?;
+        let cid_key = u64::from_le_bytes(key);
+        let mut endpoint_config = EndpointConfig::default();
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let counting: Arc<dyn quinn::AsyncUdpSocket> =
-            Arc::new(CountingSocket::new(udp, metrics.clone()));
+            Arc::new(CountingSocket::new(udp, metrics.clone(), cid_key));
         let endpoint = Endpoint::new_with_abstract_socket(
-            EndpointConfig::default(),
+            endpoint_config,
             Some(base_server.clone()),
             counting,
             runtime,
@@ -430,10 +468,12 @@ impl LinkEndpoint {
         Ok((client_config(tls, &self.inner.config)?, verifier))
     }
 
+    /// Connects with `config`, whose server verifier is `verifier`; failures are counted.
     pub(crate) async fn connect_raw(
         &self,
         addr: SocketAddr,
         config: quinn::ClientConfig,
+        verifier: &SpiffeVerifier,
     ) -> Result<quinn::Connection, LinkError> {
         let connecting = self
             .inner
@@ -444,13 +484,7 @@ impl LinkEndpoint {
                 FailureReason::Timeout,
                 "handshake timed out",
             )),
-            Ok(Err(e)) => {
-                let (reason, counted, detail) = classify(&e);
-                if !counted {
-                    self.inner.metrics.failure(reason);
-                }
-                Err(LinkError::failed(reason, detail))
-            }
+            Ok(Err(e)) => Err(handshake_failed(&self.inner.metrics, verifier, &e)),
             Ok(Ok(conn)) => Ok(conn),
         }
     }
@@ -477,7 +511,7 @@ impl LinkEndpoint {
         let started = Instant::now();
         let recorder = KxRecorder::new();
         let (config, verifier) = self.member_client_config(LINK_ALPN, policy, &recorder)?;
-        let conn = self.connect_raw(addr, config).await?;
+        let conn = self.connect_raw(addr, config, &verifier).await?;
         let result = tokio::time::timeout(
             self.inner.config.handshake_timeout,
             self.finish_dial(conn.clone(), &recorder, &verifier, expected, started),
@@ -528,8 +562,16 @@ impl LinkEndpoint {
             .await
             .map_err(|e| LinkError::failed(classify(&e).0, e.to_string()))?;
         let mut control = ControlStream::new(send, recv, self.inner.metrics.clone());
-        control.send.send(&hello).await.map_err(protocol)?;
-        let their = control.recv.recv().await.map_err(protocol)?;
+        control
+            .send
+            .send(&hello)
+            .await
+            .map_err(|e| pop_stream_failed(&conn, e))?;
+        let their = control
+            .recv
+            .recv()
+            .await
+            .map_err(|e| pop_stream_failed(&conn, e))?;
         let (peer_key, serial) = verify_hello(&peer, their, ProofRole::Listener, &exporter)?;
         self.established(
             conn,
@@ -728,19 +770,13 @@ impl LinkEndpoint {
         )?;
         let mut server = self.inner.base_server.clone();
         server.crypto = crypto;
-        let connecting = incoming
-            .accept_with(Arc::new(server))
-            .map_err(|e| LinkError::failed(classify(&e).0, e.to_string()))?;
-        let conn = match connecting.await {
-            Ok(c) => c,
-            Err(e) => {
-                let (reason, counted, detail) = classify(&e);
-                if !counted {
-                    self.inner.metrics.failure(reason);
-                }
-                return Err(LinkError::failed(reason, detail));
-            }
-        };
+        // A ClientHello that fits in the first datagram (a classical-only one does) is
+        // processed, and may fail, in `accept_with` itself.
+        let conn = match incoming.accept_with(Arc::new(server)) {
+            Ok(connecting) => connecting.await,
+            Err(e) => Err(e),
+        }
+        .map_err(|e| handshake_failed(&self.inner.metrics, &verifier, &e))?;
         let alpn = conn
             .handshake_data()
             .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
@@ -789,8 +825,16 @@ impl LinkEndpoint {
             .await
             .map_err(|e| LinkError::failed(classify(&e).0, e.to_string()))?;
         let mut control = ControlStream::new(send, recv, self.inner.metrics.clone());
-        control.send.send(&hello).await.map_err(protocol)?;
-        let their = control.recv.recv().await.map_err(protocol)?;
+        control
+            .send
+            .send(&hello)
+            .await
+            .map_err(|e| pop_stream_failed(&conn, e))?;
+        let their = control
+            .recv
+            .recv()
+            .await
+            .map_err(|e| pop_stream_failed(&conn, e))?;
         let (peer_key, serial) = verify_hello(&peer, their, ProofRole::Dialer, &exporter)?;
         debug!(peer = %peer.node_id, "accepted link");
         self.established(

@@ -34,6 +34,9 @@ pub mod metrics;
 mod socket;
 pub mod trust;
 
+#[cfg(test)]
+mod tests;
+
 pub use endpoint::{
     Accepted, CA_ALPN, CaRequest, Handshake, LINK_ALPN, Link, LinkConfig, LinkEndpoint, LinkError,
 };

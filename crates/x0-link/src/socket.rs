@@ -1,8 +1,14 @@
 //! The link UDP socket, wrapped to count what arrives.
 //!
 //! quinn silently drops datagrams that are not QUIC. To count them (an operator wants to see a
-//! flood of garbage), every received datagram is checked against QUIC's version-independent
-//! invariants (RFC 8999) and QUIC v1's fixed bit before quinn sees it; quinn still drops them.
+//! flood of garbage), every received datagram is checked before quinn sees it; quinn still drops
+//! the ones we flag. The endpoint issues connection IDs from a keyed
+//! `HashedConnectionIdGenerator`, so any packet addressed to one of *our* connection IDs can be
+//! checked cheaply: a short-header packet, a Handshake or Retry packet, or a Version Negotiation
+//! packet whose destination ID we did not issue is garbage. The only packets addressed to an ID
+//! we did not issue are a client's first Initials (and 0-RTT), which RFC 9000 §14.1 requires to
+//! arrive in datagrams of at least 1,200 bytes. The QUIC bit is not checked: peers may grease it
+//! (RFC 9287).
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -13,19 +19,23 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit};
-use quinn::{AsyncUdpSocket, UdpPoller};
+use quinn::{AsyncUdpSocket, ConnectionId, ConnectionIdGenerator, UdpPoller};
+use quinn_proto::HashedConnectionIdGenerator;
 
 use crate::metrics::LinkMetrics;
 
-/// Connection IDs quinn issues are 8 bytes.
+/// Connection IDs we issue are 8 bytes.
 const LOCAL_CID_LEN: usize = 8;
 /// Shortest 1-RTT packet: header byte, our CID, and the 20 bytes header protection samples.
 const MIN_SHORT_HEADER_LEN: usize = 1 + LOCAL_CID_LEN + 20;
 const MAX_CID_LEN_V1: usize = 20;
+/// RFC 9000 §14.1: datagrams carrying a client's first Initial are at least this long.
+const MIN_INITIAL_DATAGRAM: usize = 1200;
 
 pub(crate) struct CountingSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     metrics: Arc<LinkMetrics>,
+    cids: HashedConnectionIdGenerator,
 }
 
 impl fmt::Debug for CountingSocket {
@@ -35,37 +45,60 @@ impl fmt::Debug for CountingSocket {
 }
 
 impl CountingSocket {
-    pub(crate) fn new(inner: Arc<dyn AsyncUdpSocket>, metrics: Arc<LinkMetrics>) -> Self {
-        Self { inner, metrics }
+    /// `cid_key` must be the key of the endpoint's connection ID generator.
+    pub(crate) fn new(
+        inner: Arc<dyn AsyncUdpSocket>,
+        metrics: Arc<LinkMetrics>,
+        cid_key: u64,
+    ) -> Self {
+        Self {
+            inner,
+            metrics,
+            cids: HashedConnectionIdGenerator::from_key(cid_key),
+        }
     }
-}
 
-/// Whether a datagram could be QUIC at all.
-pub(crate) fn plausible_quic(d: &[u8]) -> bool {
-    let Some(&first) = d.first() else {
-        return false;
-    };
-    if first & 0x80 == 0 {
-        return first & 0x40 != 0 && d.len() >= MIN_SHORT_HEADER_LEN;
+    fn ours(&self, cid: &[u8]) -> bool {
+        cid.len() == LOCAL_CID_LEN && self.cids.validate(&ConnectionId::new(cid)).is_ok()
     }
-    if d.len() < 7 {
-        return false;
+
+    /// Whether a datagram could be QUIC meant for this endpoint.
+    pub(crate) fn plausible(&self, d: &[u8]) -> bool {
+        let Some(&first) = d.first() else {
+            return false;
+        };
+        if first & 0x80 == 0 {
+            return d.len() >= MIN_SHORT_HEADER_LEN && self.ours(&d[1..=LOCAL_CID_LEN]);
+        }
+        if d.len() < 7 {
+            return false;
+        }
+        let version = u32::from_be_bytes([d[1], d[2], d[3], d[4]]);
+        let dcid_len = usize::from(d[5]);
+        let Some(dcid) = d.get(6..6 + dcid_len) else {
+            return false;
+        };
+        match version {
+            0 => self.ours(dcid),
+            1 => {
+                let Some(&scid_len) = d.get(6 + dcid_len) else {
+                    return false;
+                };
+                if dcid_len > MAX_CID_LEN_V1 || usize::from(scid_len) > MAX_CID_LEN_V1 {
+                    return false;
+                }
+                match (first >> 4) & 0x03 {
+                    // Initial and 0-RTT: a reply to our dial, or a new client's first flight.
+                    0 | 1 => self.ours(dcid) || (d.len() >= MIN_INITIAL_DATAGRAM && dcid_len >= 8),
+                    // Handshake and Retry are always addressed to an ID we issued.
+                    _ => self.ours(dcid),
+                }
+            }
+            // Another version: quinn answers with Version Negotiation, but only to a full-size
+            // datagram; smaller ones are dropped.
+            _ => d.len() >= MIN_INITIAL_DATAGRAM,
+        }
     }
-    let version = u32::from_be_bytes([d[1], d[2], d[3], d[4]]);
-    if version == 0 {
-        return true; // version negotiation
-    }
-    let dcid_len = usize::from(d[5]);
-    let Some(&scid_len) = d.get(6 + dcid_len) else {
-        return false;
-    };
-    if version == 1 {
-        return first & 0x40 != 0
-            && dcid_len <= MAX_CID_LEN_V1
-            && usize::from(scid_len) <= MAX_CID_LEN_V1
-            && d.len() > 7 + dcid_len + usize::from(scid_len);
-    }
-    true // another version: quinn answers with version negotiation
 }
 
 impl AsyncUdpSocket for CountingSocket {
@@ -91,7 +124,7 @@ impl AsyncUdpSocket for CountingSocket {
                     self.metrics
                         .datagrams_received
                         .fetch_add(1, Ordering::Relaxed);
-                    if !plausible_quic(datagram) {
+                    if !self.plausible(datagram) {
                         self.metrics
                             .datagrams_malformed
                             .fetch_add(1, Ordering::Relaxed);
@@ -123,30 +156,65 @@ impl AsyncUdpSocket for CountingSocket {
 mod tests {
     use super::*;
 
+    fn socket() -> CountingSocket {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, udp).unwrap();
+        CountingSocket::new(inner, Arc::new(LinkMetrics::default()), 42)
+    }
+
     #[test]
-    fn invariants() {
-        assert!(!plausible_quic(&[]));
+    fn recognises_our_connection_ids_and_refuses_garbage() {
+        let s = socket();
+        let ours = HashedConnectionIdGenerator::from_key(42).generate_cid();
+        let mut short = vec![0x40];
+        short.extend_from_slice(&ours);
+        short.extend_from_slice(&[0u8; 30]);
+        assert!(s.plausible(&short));
+        short[0] = 0x00; // greased QUIC bit is fine
+        assert!(s.plausible(&short));
+        short[3] ^= 0xff; // not an ID we issued
+        assert!(!s.plausible(&short));
+        assert!(!s.plausible(&[]));
+        assert!(!s.plausible(&[0x40; 10]));
+
+        let initial = |dcid: &[u8], len: usize| {
+            let mut p = vec![0xc0, 0, 0, 0, 1, dcid.len() as u8];
+            p.extend_from_slice(dcid);
+            p.push(8);
+            p.extend_from_slice(&[2; 8]);
+            p.resize(len, 0);
+            p
+        };
         assert!(
-            !plausible_quic(&[0x00; 100]),
-            "short header without fixed bit"
+            s.plausible(&initial(&[9; 8], 1200)),
+            "a new client's Initial"
         );
-        assert!(plausible_quic(&[0x40; 40]));
-        assert!(!plausible_quic(&[0x40; 10]), "too short for a 1-RTT packet");
-        let mut initial = vec![0xc0, 0, 0, 0, 1, 8];
-        initial.extend_from_slice(&[1; 8]);
-        initial.push(8);
-        initial.extend_from_slice(&[2; 8]);
-        initial.extend_from_slice(&[0; 1200]);
-        assert!(plausible_quic(&initial));
-        let mut bad_cid = initial.clone();
-        bad_cid[5] = 200;
-        assert!(!plausible_quic(&bad_cid));
-        let mut no_fixed = initial.clone();
-        no_fixed[0] = 0x80;
-        assert!(!plausible_quic(&no_fixed));
         assert!(
-            plausible_quic(&[0x80, 0, 0, 0, 0, 0, 0]),
-            "version negotiation"
+            !s.plausible(&initial(&[9; 8], 600)),
+            "a truncated client Initial"
         );
+        assert!(
+            s.plausible(&initial(&ours, 300)),
+            "a server's reply to our dial"
+        );
+        let mut handshake = initial(&[9; 8], 1200);
+        handshake[0] = 0xe0;
+        assert!(
+            !s.plausible(&handshake),
+            "Handshake packet to an ID we never issued"
+        );
+        let mut bad_cid_len = initial(&[9; 8], 1200);
+        bad_cid_len[5] = 200;
+        assert!(!s.plausible(&bad_cid_len));
+        let mut other_version = initial(&[9; 8], 1200);
+        other_version[4] = 7;
+        assert!(s.plausible(&other_version));
+        other_version.truncate(100);
+        assert!(!s.plausible(&other_version));
     }
 }

@@ -114,6 +114,18 @@ impl TrustState {
         now: UnixTime,
         role: Role,
     ) -> Result<VerifiedSvid, Error> {
+        self.verify_peer_classified(end_entity, intermediates, now, role)
+            .map_err(|(_, e)| e)
+    }
+
+    /// [`TrustState::verify_peer`], also saying under which reason a refusal was counted.
+    fn verify_peer_classified(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        role: Role,
+    ) -> Result<VerifiedSvid, (FailureReason, Error)> {
         let result = check_sizes(end_entity, intermediates).and_then(|()| {
             let snap = self.snapshot();
             let svid = snap
@@ -129,12 +141,11 @@ impl TrustState {
             }
             Ok(svid)
         });
-        result.map_err(|(reason, err)| {
+        result.inspect_err(|(reason, _)| {
             self.metrics
                 .certificates_refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.metrics.failure(reason);
-            err
+            self.metrics.failure(*reason);
         })
     }
 }
@@ -185,11 +196,13 @@ fn signature_algorithms() -> WebPkiSupportedAlgorithms {
     rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
 }
 
-/// Verifies the peer's SVID on one connection, in either direction, and keeps the result.
+/// Verifies the peer's SVID on one connection, in either direction, and keeps the result (or
+/// the reason it refused).
 #[derive(Debug)]
 pub struct SpiffeVerifier {
     trust: Arc<TrustState>,
     verified: Mutex<Option<VerifiedSvid>>,
+    refusal: Mutex<Option<FailureReason>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -199,8 +212,14 @@ impl SpiffeVerifier {
         Arc::new(Self {
             trust,
             verified: Mutex::new(None),
+            refusal: Mutex::new(None),
             algorithms: signature_algorithms(),
         })
+    }
+
+    /// Why this verifier refused the peer's certificate (already counted), if it did.
+    pub fn refusal(&self) -> Option<FailureReason> {
+        *self.refusal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The peer's SVID, once the handshake verified it.
@@ -218,7 +237,13 @@ impl SpiffeVerifier {
         now: UnixTime,
         role: Role,
     ) -> Result<(), Error> {
-        let svid = self.trust.verify_peer(ee, im, now, role)?;
+        let svid = self
+            .trust
+            .verify_peer_classified(ee, im, now, role)
+            .map_err(|(reason, e)| {
+                *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+                e
+            })?;
         *self.verified.lock().unwrap_or_else(|e| e.into_inner()) = Some(svid);
         Ok(())
     }

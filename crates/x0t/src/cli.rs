@@ -1,0 +1,182 @@
+//! Command-line syntax.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "x0t",
+    version,
+    about = "x0tta6bl4: a self-healing, post-quantum-secure mesh network",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug). `X0T_LOG` overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create this node's identity (ECDSA P-256 TLS key + ML-DSA-65 key) in a state directory.
+    Init(InitArgs),
+    /// Show, sign with, or verify with the node identity.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+    /// Mesh certificate authority: create it, invite nodes, revoke nodes.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Join a mesh with an invitation token from `x0t ca invite`.
+    Join(JoinArgs),
+    /// Run the daemon.
+    Up(UpArgs),
+    /// Measure figures (results as JSON under bench-results/).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct StateDirArg {
+    /// State directory (created 0700 if missing).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub state: StateDirArg,
+    /// Trust domain of the mesh, if already known (fixes the overlay address before joining).
+    #[arg(long, value_name = "DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Print node ID, overlay address, SPIFFE ID, SVID, trust bundle and ML-DSA-65 public key.
+    Show {
+        #[command(flatten)]
+        state: StateDirArg,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a file with the node's ML-DSA-65 key (FIPS 204, pure, empty context); prints base64.
+    Sign {
+        #[command(flatten)]
+        state: StateDirArg,
+        /// File to sign.
+        file: PathBuf,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify an ML-DSA-65 signature over a file (exit 0 valid, 1 invalid).
+    Verify {
+        /// File that was signed.
+        file: PathBuf,
+        /// Base64 signature (as printed by `identity sign`).
+        #[arg(long)]
+        signature: String,
+        /// Base64 raw ML-DSA-65 public key of the signer.
+        #[arg(
+            long,
+            conflicts_with = "state_dir",
+            required_unless_present = "state_dir"
+        )]
+        public_key: Option<String>,
+        /// Use this state directory's own public key instead.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create the mesh CA (ECDSA P-256 root) in a state directory.
+    Init {
+        /// SPIFFE trust domain of the mesh, e.g. `mesh.example.org`.
+        #[arg(long, value_name = "DOMAIN")]
+        trust_domain: String,
+        #[command(flatten)]
+        state: StateDirArg,
+        /// Lifetime of issued SVIDs.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
+        svid_ttl: Duration,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a one-time invitation token.
+    Invite {
+        #[command(flatten)]
+        state: StateDirArg,
+        /// How long the token stays valid.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+        ttl: Duration,
+        /// Address joining nodes dial (default: the address the CA node's daemon advertises).
+        #[arg(long, value_name = "HOST:PORT")]
+        bootstrap: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a node: the CA node refuses its links at once; others learn it by flooding.
+    Revoke {
+        /// The node ID (32 hex digits).
+        node_id: String,
+        #[command(flatten)]
+        state: StateDirArg,
+        /// Why (kept in the CA's records).
+        #[arg(long, default_value = "revoked by operator")]
+        reason: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Invitation token (`x0t1.…`), or `-` to read it from stdin.
+    pub token: String,
+    #[command(flatten)]
+    pub state: StateDirArg,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Configuration file (TOML; see docs/configuration.md).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Real link setups on loopback with the project's link code: QUIC + TLS 1.3
+    /// (X25519MLKEM768) + mutual SVIDs + ML-DSA-65 proof of possession.
+    Handshake {
+        /// Link setups to time.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Directory for the JSON result file.
+        #[arg(long, default_value = "bench-results")]
+        out: PathBuf,
+    },
+}

@@ -1,0 +1,289 @@
+//! The daemon's configuration file (TOML).
+//!
+//! Every key is documented in `docs/configuration.md`. Unknown keys and out-of-range values are
+//! refused at start with the key's dotted name and what is allowed; `x0t up` then exits 64
+//! (EX_USAGE).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use x0_identity::NodeId;
+use x0_link::{KxPolicy, LinkConfig};
+
+/// A configuration error, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    /// The file.
+    pub file: String,
+    /// What is wrong, starting with the key.
+    pub message: String,
+}
+
+/// `x0t up` configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// State directory (keys, SVID, CA). Relative paths are relative to the config file.
+    pub state_dir: PathBuf,
+    /// UDP address the link endpoint listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Address other nodes should use to reach this one (put into invitations). Defaults to
+    /// `listen` when that is a specific address.
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// `text` or `json` log lines on stderr.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Neighbours to dial and keep linked.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Link settings.
+    #[serde(default)]
+    pub link: LinkSection,
+    /// SVID settings.
+    #[serde(default)]
+    pub svid: SvidSection,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A static neighbour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// Its link address (`host:port`).
+    pub addr: String,
+    /// Its node ID; if set, a different node answering there is refused.
+    #[serde(default)]
+    pub node_id: Option<NodeId>,
+}
+
+/// `[link]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkSection {
+    /// Close a link after this many milliseconds without packets.
+    pub idle_timeout_ms: u64,
+    /// Keep-alive interval, milliseconds.
+    pub keep_alive_ms: u64,
+    /// Handshake plus proof-of-possession timeout, milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// Initial UDP payload size, 1200–65527.
+    pub initial_mtu: u16,
+    /// Probe for larger path MTUs.
+    pub mtu_discovery: bool,
+    /// Handshakes in progress above which unvalidated clients get a stateless retry.
+    pub retry_threshold: usize,
+    /// First redial delay after a failed dial, milliseconds (doubles up to `redial_max_ms`).
+    pub redial_min_ms: u64,
+    /// Longest redial delay, milliseconds.
+    pub redial_max_ms: u64,
+    /// DANGEROUS: also accept classical X25519/P-256 key exchange from peers without
+    /// X25519MLKEM768. Traffic with such peers loses its post-quantum protection.
+    pub allow_classical_key_exchange_dangerous: bool,
+}
+
+impl Default for LinkSection {
+    fn default() -> Self {
+        let d = LinkConfig::default();
+        Self {
+            idle_timeout_ms: d.idle_timeout.as_millis() as u64,
+            keep_alive_ms: d.keep_alive.as_millis() as u64,
+            handshake_timeout_ms: d.handshake_timeout.as_millis() as u64,
+            initial_mtu: d.initial_mtu,
+            mtu_discovery: d.mtu_discovery,
+            retry_threshold: d.retry_threshold,
+            redial_min_ms: 200,
+            redial_max_ms: 30_000,
+            allow_classical_key_exchange_dangerous: false,
+        }
+    }
+}
+
+/// `[svid]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SvidSection {
+    /// Renew when this fraction of the SVID's lifetime has passed (0.1–0.9).
+    pub renew_at_fraction: f64,
+}
+
+impl Default for SvidSection {
+    fn default() -> Self {
+        Self {
+            renew_at_fraction: 0.5,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7101))
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let err = |message: String| ConfigError {
+            file: file.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let mut config = Self::parse(&text).map_err(err)?;
+        if config.state_dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.state_dir = base.join(&config.state_dir);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let de = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
+        let config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_string();
+            if path.is_empty() || path == "." {
+                msg
+            } else {
+                format!("key `{path}`: {msg}")
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let l = &self.link;
+        let range = |key: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "key `{key}`: must be between {lo} and {hi}, got {v}"
+                ))
+            }
+        };
+        range("link.idle_timeout_ms", l.idle_timeout_ms, 1_000, 600_000)?;
+        range("link.keep_alive_ms", l.keep_alive_ms, 100, 60_000)?;
+        if l.keep_alive_ms >= l.idle_timeout_ms {
+            return Err("key `link.keep_alive_ms`: must be less than link.idle_timeout_ms".into());
+        }
+        range(
+            "link.handshake_timeout_ms",
+            l.handshake_timeout_ms,
+            100,
+            60_000,
+        )?;
+        range("link.initial_mtu", u64::from(l.initial_mtu), 1200, 65_527)?;
+        range(
+            "link.retry_threshold",
+            l.retry_threshold as u64,
+            0,
+            1_000_000,
+        )?;
+        range("link.redial_min_ms", l.redial_min_ms, 10, 600_000)?;
+        range(
+            "link.redial_max_ms",
+            l.redial_max_ms,
+            l.redial_min_ms,
+            3_600_000,
+        )?;
+        let f = self.svid.renew_at_fraction;
+        if !(0.1..=0.9).contains(&f) {
+            return Err(format!(
+                "key `svid.renew_at_fraction`: must be between 0.1 and 0.9, got {f}"
+            ));
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.addr
+                .rsplit_once(':')
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(format!(
+                    "key `peers[{i}].addr`: must be host:port, got {:?}",
+                    p.addr
+                ));
+            }
+        }
+        if let Some(a) = &self.advertise
+            && a.rsplit_once(':')
+                .and_then(|(_, port)| port.parse::<u16>().ok())
+                .is_none()
+        {
+            return Err(format!("key `advertise`: must be host:port, got {a:?}"));
+        }
+        Ok(())
+    }
+
+    /// The link endpoint settings.
+    pub fn link_config(&self) -> LinkConfig {
+        let l = &self.link;
+        LinkConfig {
+            kx_policy: if l.allow_classical_key_exchange_dangerous {
+                KxPolicy::AllowClassicalDangerous
+            } else {
+                KxPolicy::PostQuantumOnly
+            },
+            idle_timeout: Duration::from_millis(l.idle_timeout_ms),
+            keep_alive: Duration::from_millis(l.keep_alive_ms),
+            handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
+            initial_mtu: l.initial_mtu,
+            mtu_discovery: l.mtu_discovery,
+            retry_threshold: l.retry_threshold,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse("state_dir = \"/tmp/x\"\n").unwrap();
+        assert_eq!(c.listen, default_listen());
+        assert!(!c.link.allow_classical_key_exchange_dangerous);
+        assert_eq!(c.link_config().kx_policy, KxPolicy::PostQuantumOnly);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::parse("state_dir = \"/x\"\n[link]\nfoo = 1\n").unwrap_err();
+        assert!(e.contains("link") && e.contains("foo"), "{e}");
+        let e = Config::parse("state_dir = \"/x\"\nlisten_addr = \"1.2.3.4:5\"\n").unwrap_err();
+        assert!(e.contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named_with_what_is_allowed() {
+        let e = Config::parse("state_dir = \"/x\"\n[link]\ninitial_mtu = 100\n").unwrap_err();
+        assert!(e.contains("link.initial_mtu") && e.contains("1200"), "{e}");
+        let e = Config::parse("state_dir = \"/x\"\nlisten = \"nope\"\n").unwrap_err();
+        assert!(e.contains("listen"), "{e}");
+        let e = Config::parse("state_dir = \"/x\"\n[[peers]]\naddr = \"x\"\n").unwrap_err();
+        assert!(e.contains("peers[0].addr"), "{e}");
+        let e = Config::parse("state_dir = \"/x\"\n[[peers]]\naddr = \"a:1\"\nnode_id = \"zz\"\n")
+            .unwrap_err();
+        assert!(e.contains("peers[0].node_id"), "{e}");
+        let e = Config::parse("state_dir = \"/x\"\n[svid]\nrenew_at_fraction = 2.0\n").unwrap_err();
+        assert!(e.contains("svid.renew_at_fraction"), "{e}");
+        let e = Config::parse("listen = \"0.0.0.0:1\"\n").unwrap_err();
+        assert!(e.contains("state_dir"), "{e}");
+    }
+}

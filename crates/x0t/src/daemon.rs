@@ -1,0 +1,561 @@
+//! `x0t up`: the daemon.
+//!
+//! A thin tokio shell around the link layer. Who owns what:
+//!
+//! * [`Shared`] (one per process) owns the link endpoint, the state store (behind a mutex; every
+//!   use is a short synchronous SQLite call, never held across an await), the CA when this is the
+//!   CA node, and the table of live links keyed by peer node ID.
+//! * The **accept loop** admits handshakes and completes each in its own task; links go into
+//!   the table, CA-service requests are answered from the store.
+//! * One **dialler** task per configured peer keeps that link up, redialling with exponential
+//!   backoff.
+//! * One **link task** per link reads its control stream (revocation lists) and writes what
+//!   other tasks queue for it; when the connection closes it leaves the table.
+//! * The **renewal** task renews the node's SVID at the configured fraction of its lifetime.
+//! * On the CA node the **revocation watcher** polls the database's `data_version` every 250 ms,
+//!   so `x0t ca revoke` (another process) takes effect within that time: the revoked node's
+//!   links are closed, its handshakes refused, and the signed list is flooded to every link.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use quinn::VarInt;
+use rustls_pki_types::CertificateDer;
+use tokio::sync::{Notify, mpsc};
+use tracing::{debug, error, info, warn};
+use x0_identity::authority::{accept_issued, handle_join, handle_renew, self_issue};
+use x0_identity::ca::CLOCK_SKEW_ALLOWANCE;
+use x0_identity::proof::ProofRole;
+use x0_identity::svid::Role;
+use x0_identity::{MeshCa, MeshPrefix, NodeId, StateStore, TrustBundle};
+use x0_link::ca_client;
+use x0_link::control::{ControlError, ControlStream};
+use x0_link::endpoint::close_code;
+use x0_link::{Accepted, CaRequest, Link, LinkEndpoint, LocalIdentity, TrustState};
+use x0_wire::control::{RefusalCode, Refused};
+use x0_wire::{ControlMessage, RevocationList, SignedRevocationList};
+
+use crate::cli::UpArgs;
+use crate::commands::{META_ADVERTISE, refresh_ca_node_svid};
+use crate::config::{Config, PeerConfig};
+use crate::exit::{CmdResult, Exit};
+use crate::logging;
+use crate::time::{now, now_secs, rfc3339};
+
+/// Close code for the losing half of two simultaneous links between the same pair.
+const CLOSE_DUPLICATE: u32 = 6;
+const REVOCATION_POLL: Duration = Duration::from_millis(250);
+
+pub fn run(args: UpArgs) -> CmdResult {
+    let config = Config::load(&args.config).map_err(|e| Exit::usage(e.to_string()))?;
+    logging::init_daemon(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("x0t")
+        .build()
+        .map_err(|e| Exit::failure(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let shared = start(config)?;
+        serve(shared).await
+    })
+}
+
+struct LinkEntry {
+    connection: quinn::Connection,
+    role: ProofRole,
+    tx: mpsc::UnboundedSender<ControlMessage>,
+}
+
+struct Shared {
+    config: Config,
+    node_id: NodeId,
+    endpoint: LinkEndpoint,
+    store: Mutex<StateStore>,
+    ca: Option<MeshCa>,
+    ca_addr: Option<String>,
+    links: Mutex<HashMap<NodeId, LinkEntry>>,
+    links_changed: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn start(config: Config) -> Result<Arc<Shared>, Exit> {
+    let store = StateStore::open_existing(&config.state_dir)?;
+    let keys = store.node_keys()?.ok_or_else(|| {
+        Exit::new(
+            crate::exit::NO_INPUT,
+            format!(
+                "{}: no node identity; run `x0t init --state-dir {}`",
+                config.state_dir.display(),
+                config.state_dir.display()
+            ),
+        )
+    })?;
+    refresh_ca_node_svid(&store)?;
+    let ca = store.ca()?;
+    let membership = store.membership()?.ok_or_else(|| {
+        Exit::failure(
+            "this node is not a member of any mesh yet: run `x0t join TOKEN` (or `x0t ca init` \
+             on the mesh's first node)",
+        )
+    })?;
+    if membership.not_after_unix <= now_secs() {
+        return Err(Exit::failure(format!(
+            "this node's SVID expired at {}; it must join again with a new invitation",
+            rfc3339(membership.not_after_unix)
+        )));
+    }
+    let bundle = TrustBundle::from_pem(membership.trust_domain.clone(), &membership.bundle_pem)
+        .map_err(|e| Exit::new(crate::exit::DATA, format!("stored trust bundle: {e}")))?;
+    let metrics = Arc::new(x0_link::LinkMetrics::default());
+    let trust = TrustState::new(bundle, metrics.clone());
+    if let Some((signed, _)) = store.revocation_list()? {
+        if let Err(e) = trust.apply_revocations(&signed) {
+            warn!("stored revocation list does not verify and was ignored: {e}");
+        }
+    }
+    let keys = Arc::new(keys);
+    let identity = LocalIdentity::new(
+        keys.clone(),
+        membership.svid_der.clone(),
+        ca.as_ref().map(|c| c.cert_der().to_vec()),
+    )
+    .map_err(|e| Exit::failure(format!("loading the TLS key: {e}")))?;
+    let endpoint = LinkEndpoint::bind(
+        config.listen,
+        config.link_config(),
+        identity,
+        trust,
+        metrics,
+    )
+    .map_err(|e| Exit::failure(format!("cannot listen on {}: {e}", config.listen)))?;
+    let local = endpoint
+        .local_addr()
+        .map_err(|e| Exit::failure(e.to_string()))?;
+    let advertised = config
+        .advertise
+        .clone()
+        .or_else(|| (!local.ip().is_unspecified()).then(|| local.to_string()));
+    if ca.is_some() {
+        match &advertised {
+            Some(a) => store.set_meta(META_ADVERTISE, a)?,
+            None => warn!(
+                "listening on an unspecified address and no `advertise` set: `x0t ca invite` will need --bootstrap"
+            ),
+        }
+    }
+    let td = membership.trust_domain.clone();
+    info!(
+        node = %keys.node_id(),
+        spiffe_id = %td.node_id(keys.node_id()),
+        overlay = %MeshPrefix::of(&td).address_of(keys.node_id()),
+        listen = %local,
+        ca_node = ca.is_some(),
+        svid_expires = %rfc3339(membership.not_after_unix),
+        "x0t up"
+    );
+    Ok(Arc::new(Shared {
+        node_id: keys.node_id(),
+        endpoint,
+        store: Mutex::new(store),
+        ca,
+        ca_addr: membership.ca_addr.clone(),
+        links: Mutex::new(HashMap::new()),
+        links_changed: Notify::new(),
+        config,
+    }))
+}
+
+async fn serve(shared: Arc<Shared>) -> CmdResult {
+    tokio::spawn(accept_loop(shared.clone()));
+    for peer in shared.config.peers.clone() {
+        tokio::spawn(dialler(shared.clone(), peer));
+    }
+    tokio::spawn(renewal(shared.clone()));
+    if shared.ca.is_some() {
+        tokio::spawn(revocation_watcher(shared.clone()));
+    }
+    shutdown_signal().await;
+    info!("shutting down");
+    shared.endpoint.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), shared.endpoint.wait_idle()).await;
+    info!(counters = ?shared.endpoint.metrics().snapshot(), "stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    match term {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>) {
+    while let Some(handshake) = shared.endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            match handshake.complete().await {
+                Ok(Accepted::Link(link)) => register(&shared, link),
+                Ok(Accepted::Ca(req)) => serve_ca(&shared, req).await,
+                Err(_) => {} // logged and counted by the link layer
+            }
+        });
+    }
+}
+
+async fn serve_ca(shared: &Shared, req: CaRequest) {
+    let refuse = |code, message: &str| {
+        ControlMessage::Refused(Refused {
+            code,
+            message: message.to_owned(),
+        })
+    };
+    let answer = match (&shared.ca, &req.request) {
+        (None, _) => refuse(
+            RefusalCode::NotCa,
+            "this node holds no CA key; joins and renewals go to the CA node",
+        ),
+        (Some(ca), ControlMessage::JoinRequest(j)) => {
+            let mut store = lock(&shared.store);
+            handle_join(&mut store, ca, j, &req.exporter, now()).unwrap_or_else(|e| {
+                error!("join failed in the CA store: {e}");
+                refuse(RefusalCode::Internal, "CA storage error")
+            })
+        }
+        (Some(ca), ControlMessage::RenewRequest(r)) => {
+            let store = lock(&shared.store);
+            handle_renew(&store, ca, req.peer.as_ref(), r, &req.exporter, now()).unwrap_or_else(
+                |e| {
+                    error!("renewal failed in the CA store: {e}");
+                    refuse(RefusalCode::Internal, "CA storage error")
+                },
+            )
+        }
+        (Some(_), other) => refuse(
+            RefusalCode::Internal,
+            &format!("unexpected request {} on the CA service", other.name()),
+        ),
+    };
+    if let Err(e) = req.respond(&answer).await {
+        debug!("CA answer not delivered: {e}");
+    }
+}
+
+/// Puts a new link in the table (resolving simultaneous dials) and starts its task.
+fn register(shared: &Arc<Shared>, link: Link) {
+    let peer = link.peer_id();
+    let (tx, rx) = mpsc::unbounded_channel();
+    {
+        let mut links = lock(&shared.links);
+        if let Some(existing) = links.get(&peer)
+            && existing.connection.close_reason().is_none()
+        {
+            // Both ends keep the link dialled by the smaller node ID.
+            let preferred = shared.node_id.min(peer);
+            let dialler_of = |role: ProofRole| {
+                if role == ProofRole::Dialer {
+                    shared.node_id
+                } else {
+                    peer
+                }
+            };
+            if dialler_of(link.role) != preferred {
+                link.connection
+                    .close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate link");
+                return;
+            }
+            debug_assert!(dialler_of(existing.role) != preferred || existing.role == link.role);
+            existing
+                .connection
+                .close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate link");
+        }
+        links.insert(
+            peer,
+            LinkEntry {
+                connection: link.connection.clone(),
+                role: link.role,
+                tx: tx.clone(),
+            },
+        );
+    }
+    info!(
+        peer = %peer,
+        addr = %link.remote_addr(),
+        kx_group = %link.kx_group_name(),
+        role = if link.role == ProofRole::Dialer { "dialer" } else { "listener" },
+        setup_us = link.setup_time.as_micros() as u64,
+        "link up"
+    );
+    shared.links_changed.notify_waiters();
+    let snapshot = shared.endpoint.trust().snapshot();
+    if snapshot.revocation_serial > link.peer_revocation_serial
+        && let Some(list) = &snapshot.revocation_list
+    {
+        let _ = tx.send(ControlMessage::Revocations(list.clone()));
+    }
+    tokio::spawn(link_task(shared.clone(), link, rx));
+}
+
+async fn link_task(
+    shared: Arc<Shared>,
+    link: Link,
+    mut rx: mpsc::UnboundedReceiver<ControlMessage>,
+) {
+    let peer = link.peer_id();
+    let conn = link.connection.clone();
+    let ControlStream {
+        send: mut sender,
+        recv: mut receiver,
+    } = link.control;
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            if sender.send(&msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    let reader = {
+        let shared = shared.clone();
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(ControlMessage::Revocations(signed)) => {
+                        handle_revocations(&shared, &signed, Some(peer));
+                    }
+                    Ok(other) => {
+                        warn!(peer = %peer, "unexpected {} on the control stream; closing the link", other.name());
+                        conn.close(
+                            VarInt::from_u32(close_code::PROTOCOL),
+                            b"unexpected message",
+                        );
+                        break;
+                    }
+                    Err(ControlError::Malformed(e)) => {
+                        warn!(peer = %peer, "malformed control message ({e}); closing the link");
+                        conn.close(VarInt::from_u32(close_code::PROTOCOL), b"malformed message");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        })
+    };
+    let reason = conn.closed().await;
+    writer.abort();
+    reader.abort();
+    {
+        let mut links = lock(&shared.links);
+        if links
+            .get(&peer)
+            .is_some_and(|e| e.connection.stable_id() == conn.stable_id())
+        {
+            links.remove(&peer);
+        }
+    }
+    shared.links_changed.notify_waiters();
+    info!(peer = %peer, reason = %reason, "link down");
+}
+
+async fn dialler(shared: Arc<Shared>, peer: PeerConfig) {
+    let min = Duration::from_millis(shared.config.link.redial_min_ms);
+    let max = Duration::from_millis(shared.config.link.redial_max_ms);
+    let mut backoff = min;
+    let mut known: Option<NodeId> = peer.node_id;
+    let mut failures = 0u32;
+    loop {
+        if let Some(id) = known {
+            // Someone (maybe the peer itself) already holds a live link: wait for it to end.
+            let live = lock(&shared.links)
+                .get(&id)
+                .map(|e| e.connection.clone())
+                .filter(|c| c.close_reason().is_none());
+            if let Some(conn) = live {
+                conn.closed().await;
+                continue;
+            }
+        }
+        let addr = match resolve(&peer.addr).await {
+            Some(a) => a,
+            None => {
+                warn!(peer = %peer.addr, "cannot resolve peer address");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(max);
+                continue;
+            }
+        };
+        match shared.endpoint.dial(addr, peer.node_id).await {
+            Ok(link) => {
+                known = Some(link.peer_id());
+                backoff = min;
+                failures = 0;
+                let conn = link.connection.clone();
+                register(&shared, link);
+                conn.closed().await;
+                tokio::time::sleep(min).await;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_power_of_two() {
+                    warn!(peer = %addr, attempts = failures, "cannot link: {e}; retrying in {backoff:?}");
+                } else {
+                    debug!(peer = %addr, "cannot link: {e}");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(max);
+            }
+        }
+    }
+}
+
+async fn resolve(addr: &str) -> Option<SocketAddr> {
+    tokio::net::lookup_host(addr).await.ok()?.next()
+}
+
+/// Verifies and applies a revocation list (from a peer, or from our own store on the CA node),
+/// closes links to newly revoked nodes, stores the list and floods it to every other link.
+fn handle_revocations(shared: &Shared, signed: &SignedRevocationList, from: Option<NodeId>) {
+    let trust = shared.endpoint.trust();
+    let newly = match trust.apply_revocations(signed) {
+        Ok(Some(newly)) => newly,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(from = ?from, "revocation list refused: {e}");
+            return;
+        }
+    };
+    let Ok(list) = RevocationList::decode(&signed.body) else {
+        return;
+    };
+    if let Err(e) = lock(&shared.store).store_revocation_list_if_newer(signed, &list) {
+        error!("cannot store the revocation list: {e}");
+    }
+    info!(serial = list.serial, newly_revoked = ?newly, from = ?from, "revocation list applied");
+    if newly.contains(&shared.node_id) {
+        error!("this node has been revoked by the mesh CA; its links will be refused");
+    }
+    let links = lock(&shared.links);
+    for (peer, entry) in links.iter() {
+        if newly.contains(peer) {
+            info!(peer = %peer, "closing the link to a revoked node");
+            entry
+                .connection
+                .close(VarInt::from_u32(close_code::REVOKED), b"revoked");
+        } else if Some(*peer) != from {
+            let _ = entry.tx.send(ControlMessage::Revocations(signed.clone()));
+        }
+    }
+}
+
+async fn revocation_watcher(shared: Arc<Shared>) {
+    let mut seen = lock(&shared.store).data_version().ok();
+    let mut tick = tokio::time::interval(REVOCATION_POLL);
+    loop {
+        tick.tick().await;
+        let (version, list) = {
+            let store = lock(&shared.store);
+            (store.data_version().ok(), store.revocation_list())
+        };
+        if version == seen {
+            continue;
+        }
+        seen = version;
+        match list {
+            Ok(Some((signed, _))) => handle_revocations(&shared, &signed, None),
+            Ok(None) => {}
+            Err(e) => error!("reading the revocation list: {e}"),
+        }
+    }
+}
+
+/// When to renew: `fraction` of the way from issuance to expiry.
+fn renew_at(svid_der: &[u8], shared: &Shared, fraction: f64) -> Option<(u64, u64)> {
+    let bundle = shared.endpoint.trust().snapshot().bundle.clone();
+    let v = bundle
+        .verify(
+            &CertificateDer::from(svid_der.to_vec()),
+            &[],
+            now(),
+            Role::Client,
+        )
+        .ok()?;
+    let issued = v.not_before_unix + CLOCK_SKEW_ALLOWANCE.as_secs();
+    let life = v.not_after_unix.saturating_sub(issued);
+    Some((issued + (life as f64 * fraction) as u64, v.not_after_unix))
+}
+
+async fn renewal(shared: Arc<Shared>) {
+    let fraction = shared.config.svid.renew_at_fraction;
+    let mut retry = Duration::from_secs(1);
+    loop {
+        let membership = match lock(&shared.store).membership() {
+            Ok(Some(m)) => m,
+            _ => return,
+        };
+        let Some((at, expires)) = renew_at(&membership.svid_der, &shared, fraction) else {
+            error!("this node's SVID is no longer valid; it must join again with a new invitation");
+            return;
+        };
+        let wait = at.saturating_sub(now_secs());
+        if wait > 0 {
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+        }
+        match renew_once(&shared).await {
+            Ok(not_after) => {
+                retry = Duration::from_secs(1);
+                info!(valid_until = %rfc3339(not_after), "SVID renewed");
+            }
+            Err(e) => {
+                let left = expires.saturating_sub(now_secs());
+                warn!(
+                    expires_in_s = left,
+                    "SVID renewal failed: {e}; retrying in {retry:?}"
+                );
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+async fn renew_once(shared: &Shared) -> Result<u64, String> {
+    let identity = shared.endpoint.identity();
+    let membership = if let Some(ca) = &shared.ca {
+        let store = lock(&shared.store);
+        self_issue(&store, identity.keys(), ca, now()).map_err(|e| e.to_string())?
+    } else {
+        let ca_addr = shared.ca_addr.clone().ok_or("no CA address known")?;
+        let addr = resolve(&ca_addr)
+            .await
+            .ok_or_else(|| format!("cannot resolve the CA address {ca_addr}"))?;
+        let issued = ca_client::renew(&shared.endpoint, addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let store = lock(&shared.store);
+        let m = accept_issued(&store, identity.keys(), &issued, None, Some(ca_addr), now())
+            .map_err(|e| e.to_string())?;
+        drop(store);
+        if let Some(list) = &issued.revocations {
+            handle_revocations(shared, list, None);
+        }
+        m
+    };
+    identity.set_svid(
+        membership.svid_der.clone(),
+        shared.ca.as_ref().map(|c| c.cert_der().to_vec()),
+    );
+    Ok(membership.not_after_unix)
+}

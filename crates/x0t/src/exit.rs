@@ -1,0 +1,58 @@
+//! Process exit codes (sysexits.h) and the error that carries one.
+
+use x0_identity::StoreError;
+
+/// Command line or configuration error (EX_USAGE).
+pub const USAGE: u8 = 64;
+/// Bad input data, e.g. a malformed token or a damaged database (EX_DATAERR).
+pub const DATA: u8 = 65;
+/// A required state directory or file is missing (EX_NOINPUT).
+pub const NO_INPUT: u8 = 66;
+/// Permissions too open (EX_NOPERM).
+pub const NO_PERM: u8 = 77;
+/// Anything else.
+pub const FAILURE: u8 = 1;
+
+/// A failed command: what to print and how to exit.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(USAGE, message)
+    }
+
+    pub fn failure(message: impl Into<String>) -> Self {
+        Self::new(FAILURE, message)
+    }
+}
+
+impl From<StoreError> for Exit {
+    fn from(e: StoreError) -> Self {
+        let code = match &e {
+            StoreError::InsecurePermissions { .. } => NO_PERM,
+            StoreError::Missing(..) => NO_INPUT,
+            StoreError::Corrupt { .. } | StoreError::NewerSchema { .. } => DATA,
+            _ => FAILURE,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for Exit {
+    fn from(e: anyhow::Error) -> Self {
+        Self::failure(format!("{e:#}"))
+    }
+}
+
+pub type CmdResult = Result<(), Exit>;

@@ -1,0 +1,52 @@
+//! `x0t`: the x0tta6bl4 daemon and its command-line tool.
+//!
+//! One thin binary over the library crates: `init`, `identity`, `ca`, `join` work on a state
+//! directory; `up` runs the daemon; `bench` measures. Exit codes follow sysexits: 64 usage or
+//! configuration error, 65 bad input data, 66 missing state, 77 insecure permissions, 1 any
+//! other failure.
+
+// A binary: `pub` items are crate-visible by nature.
+#![allow(unreachable_pub)]
+
+mod bench;
+mod cli;
+mod commands;
+mod config;
+mod daemon;
+mod exit;
+mod logging;
+mod time;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => exit::USAGE,
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Up(args) => daemon::run(args),
+        other => {
+            logging::init_cli(cli.verbose);
+            commands::run(other)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("x0t: error: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
