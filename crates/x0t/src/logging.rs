@@ -10,11 +10,12 @@ fn filter(default: &str) -> EnvFilter {
     EnvFilter::try_from_env("X0T_LOG").unwrap_or_else(|_| EnvFilter::new(default))
 }
 
-/// Logging for one-shot commands: warnings only unless `-v`.
-pub fn init_cli(verbose: u8) {
-    let level = match verbose {
-        0 => "warn",
-        1 => "info",
+/// Logging for one-shot commands: warnings (errors only when `quiet`), more with `-v`.
+pub fn init_cli(verbosity: u8, quiet: bool) {
+    let level = match (quiet, verbosity) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
         _ => "debug",
     };
     let _ = tracing_subscriber::fmt()

@@ -38,7 +38,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => daemon::run(args),
         other => {
-            logging::init_cli(cli.verbose);
+            // Benchmarks provoke refusals and classical links on purpose: keep their log quiet.
+            let quiet = matches!(other, Command::Bench(_));
+            logging::init_cli(cli.verbose, quiet);
             commands::run(other)
         }
     };

@@ -1,0 +1,216 @@
+//! Real daemons on loopback: joining, linking, revocation, renewal, bad configuration.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use x0_wire::InvitationToken;
+
+const T: Duration = Duration::from_secs(20);
+
+#[test]
+fn bad_configuration_is_refused_with_the_key_name_and_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("state_dir = \"x\"\nlisten_port = 1\n", "listen_port"),
+        (
+            "state_dir = \"x\"\n[link]\ninitial_mtu = 10\n",
+            "link.initial_mtu",
+        ),
+        ("state_dir = \"x\"\nlisten = \"not-an-address\"\n", "listen"),
+        (
+            "state_dir = \"x\"\n[[peers]]\naddr = \"nohostport\"\n",
+            "peers[0].addr",
+        ),
+        ("listen = \"127.0.0.1:0\"\n", "state_dir"),
+        ("state_dir = \"x\"\nlog_format = \"xml\"\n", "log_format"),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let o = run(&["up", "--config", s(&path)]);
+        assert_eq!(o.status.code(), Some(64), "{text}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(key),
+            "{text}: expected {key} in {}",
+            stderr(&o)
+        );
+    }
+    let o = run(&["up", "--config", s(&dir.path().join("missing.toml"))]);
+    assert_eq!(o.status.code(), Some(64));
+    // A valid config for a node that never joined: a clear refusal, not a crash.
+    let state = dir.path().join("lonely");
+    run_json(&["init", "--state-dir", s(&state), "--json"]);
+    let cfg = config(dir.path(), "lonely", &state, &[], "");
+    let o = run(&["up", "--config", s(&cfg)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("x0t join"), "{}", stderr(&o));
+}
+
+#[test]
+fn two_daemons_join_and_open_a_post_quantum_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    ca_node(&a, &[]);
+    let da = Daemon::start("a", &config(dir.path(), "a", &a, &[], ""));
+    let a_addr = da.listen_addr();
+
+    let inv = run_json(&["ca", "invite", "--state-dir", s(&a), "--json"]);
+    assert_eq!(
+        inv["bootstrap"],
+        a_addr.as_str(),
+        "the daemon recorded its address"
+    );
+    let token = inv["token"].as_str().unwrap();
+    let joined = run_json(&["join", token, "--state-dir", s(&b), "--json"]);
+    assert_eq!(joined["kx_group"], "X25519MLKEM768");
+    let b_id = joined["node_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        joined["spiffe_id"],
+        format!("spiffe://mesh.test/node/{b_id}")
+    );
+
+    // The token works once.
+    let again = run(&["join", token, "--state-dir", s(&dir.path().join("c"))]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already used"),
+        "{}",
+        stderr(&again)
+    );
+
+    let db = Daemon::start("b", &config(dir.path(), "b", &b, &[&a_addr], ""));
+    let a_id = run_json(&["identity", "show", "--state-dir", s(&a), "--json"])["node_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    db.wait_for(
+        &[
+            "link up",
+            &format!("peer={a_id}"),
+            "kx_group=X25519MLKEM768",
+        ],
+        T,
+    );
+    da.wait_for(
+        &[
+            "link up",
+            &format!("peer={b_id}"),
+            "kx_group=X25519MLKEM768",
+        ],
+        T,
+    );
+}
+
+#[test]
+fn a_wrong_ca_fingerprint_is_refused_and_the_invitation_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    ca_node(&a, &[]);
+    let da = Daemon::start("a", &config(dir.path(), "a", &a, &[], ""));
+    da.listen_addr();
+    let inv = run_json(&["ca", "invite", "--state-dir", s(&a), "--json"]);
+    let mut token = InvitationToken::from_text(inv["token"].as_str().unwrap()).unwrap();
+    token.ca_fingerprint[0] ^= 0xff;
+    let o = run(&[
+        "join",
+        &token.to_text(),
+        "--state-dir",
+        s(&dir.path().join("b")),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("CA fingerprint"), "{}", stderr(&o));
+    token.ca_fingerprint[0] ^= 0xff;
+    run_json(&[
+        "join",
+        &token.to_text(),
+        "--state-dir",
+        s(&dir.path().join("b")),
+        "--json",
+    ]);
+}
+
+#[test]
+fn revocation_cuts_the_node_off_at_the_ca_and_floods_to_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    ca_node(&a, &[]);
+    let da = Daemon::start("a", &config(dir.path(), "a", &a, &[], ""));
+    let a_addr = da.listen_addr();
+    let b_id = join(&a, &b)["node_id"].as_str().unwrap().to_owned();
+    let c_id = join(&a, &c)["node_id"].as_str().unwrap().to_owned();
+    let db = Daemon::start("b", &config(dir.path(), "b", &b, &[&a_addr], ""));
+    let b_addr = db.listen_addr();
+    let dc = Daemon::start("c", &config(dir.path(), "c", &c, &[&a_addr, &b_addr], ""));
+    dc.wait_for(&["link up", &format!("peer={b_id}")], T);
+    da.wait_for(&["link up", &format!("peer={c_id}")], T);
+    da.wait_for(&["link up", &format!("peer={b_id}")], T);
+
+    let r = run_json(&["ca", "revoke", &b_id, "--state-dir", s(&a), "--json"]);
+    assert_eq!(r["newly_revoked"], true);
+    assert_eq!(r["revocation_serial"], 1);
+
+    // The CA node applies it from its own store and closes the link to b.
+    da.wait_for(
+        &[
+            "closing the link to a revoked node",
+            &format!("peer={b_id}"),
+        ],
+        T,
+    );
+    // c learns the list over its link to a, and drops its own link to b.
+    dc.wait_for(&["revocation list applied", "serial=1"], T);
+    dc.wait_for(
+        &[
+            "closing the link to a revoked node",
+            &format!("peer={b_id}"),
+        ],
+        T,
+    );
+    db.wait_for(&["link down"], T);
+    // b's redials are refused from now on, and nobody links to it again.
+    da.wait_for(&["link setup failed", "revoked"], T);
+    let c_store = x0_identity::StateStore::open_existing(&c).unwrap();
+    let (_, list) = c_store
+        .revocation_list()
+        .unwrap()
+        .expect("c stored the list");
+    assert_eq!(list.revoked.len(), 1);
+    assert_eq!(list.revoked[0].to_string(), b_id);
+
+    let again = run_json(&["ca", "revoke", &b_id, "--state-dir", s(&a), "--json"]);
+    assert_eq!(again["newly_revoked"], false);
+}
+
+#[test]
+fn a_running_daemon_renews_its_svid_at_half_life() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    ca_node(&a, &["--svid-ttl", "4s"]);
+    let da = Daemon::start("a", &config(dir.path(), "a", &a, &[], ""));
+    let a_addr = da.listen_addr();
+    let joined = join(&a, &b);
+    let first_expiry = joined["svid_not_after"].as_str().unwrap().to_owned();
+    let db = Daemon::start("b", &config(dir.path(), "b", &b, &[&a_addr], ""));
+    db.wait_for(&["link up"], T);
+    da.wait_for(&["SVID renewed"], T);
+    db.wait_for(&["SVID renewed"], T);
+    // Renewed twice: the link outlives the first SVID's 4 s lifetime.
+    let deadline = std::time::Instant::now() + T;
+    while db.count("SVID renewed") < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b did not keep renewing:\n{}",
+            db.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(db.count("link down"), 0, "{}", db.log());
+    let shown = run_json(&["identity", "show", "--state-dir", s(&b), "--json"]);
+    assert_ne!(shown["svid_not_after"].as_str().unwrap(), first_expiry);
+}

@@ -1,0 +1,176 @@
+//! Helpers for tests that run the real `x0t` binary.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn x0t() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_x0t"));
+    c.env("X0T_LOG", "info,quinn=warn,rustls=warn");
+    c
+}
+
+/// Runs `x0t args…` and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    x0t().args(args).output().expect("run x0t")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs and parses `--json` output, asserting success.
+pub fn run_json(args: &[&str]) -> serde_json::Value {
+    let o = run(args);
+    assert!(o.status.success(), "x0t {args:?} failed: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON from {args:?}: {e}: {}", stdout(&o)))
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A running daemon, killed (by its PID) when dropped.
+pub struct Daemon {
+    pub name: String,
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    pub fn start(name: &str, config: &Path) -> Self {
+        let mut child = x0t()
+            .args(["up", "--config", s(config)])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn x0t up");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        let tag = name.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("X0T_TEST_ECHO").is_some() {
+                    eprintln!("[{tag}] {line}");
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until a log line contains every needle; panics with the log after `timeout`.
+    pub fn wait_for(&self, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return line.clone();
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{}: no log line with {needles:?} within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the startup line and returns the bound address.
+    pub fn listen_addr(&self) -> String {
+        let line = self.wait_for(&["x0t up", "listen="], Duration::from_secs(20));
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("listen="))
+            .unwrap()
+            .to_owned()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Writes a config file for a node.
+pub fn config(dir: &Path, name: &str, state: &Path, peers: &[&str], extra: &str) -> PathBuf {
+    let mut text = format!("state_dir = {:?}\nlisten = \"127.0.0.1:0\"\n", s(state));
+    text.push_str(extra);
+    for p in peers {
+        text.push_str(&format!("\n[[peers]]\naddr = {p:?}\n"));
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Creates the CA node's state: identity plus mesh CA.
+pub fn ca_node(state: &Path, extra_args: &[&str]) -> serde_json::Value {
+    run_json(&["init", "--state-dir", s(state), "--json"]);
+    let mut args = vec![
+        "ca",
+        "init",
+        "--trust-domain",
+        "mesh.test",
+        "--state-dir",
+        s(state),
+        "--json",
+    ];
+    args.extend_from_slice(extra_args);
+    run_json(&args)
+}
+
+/// Makes an invitation on the CA node and joins `state` with it.
+pub fn join(ca_state: &Path, state: &Path) -> serde_json::Value {
+    let inv = run_json(&["ca", "invite", "--state-dir", s(ca_state), "--json"]);
+    run_json(&[
+        "join",
+        inv["token"].as_str().unwrap(),
+        "--state-dir",
+        s(state),
+        "--json",
+    ])
+}
