@@ -101,11 +101,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let dir = seeds.join("spiffe_id");
-    write(&dir, "node", td.node_id(keys.node_id()).to_string().as_bytes())?;
+    write(
+        &dir,
+        "node",
+        td.node_id(keys.node_id()).to_string().as_bytes(),
+    )?;
     write(&dir, "workload", b"spiffe://fuzz.mesh/workload/a.b-c_d")?;
     write(&dir, "trust_domain", TRUST_DOMAIN.as_bytes())?;
     write(&dir, "node_id", keys.node_id().to_string().as_bytes())?;
 
-    println!("wrote {} and {}", root.join("fixtures").display(), seeds.display());
+    println!(
+        "wrote {} and {}",
+        root.join("fixtures").display(),
+        seeds.display()
+    );
     Ok(())
 }

@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
         let bytes = signed.encode();
         assert_eq!(bytes, data, "container encoding is canonical");
         assert_eq!(list.encode(), signed.body, "body encoding is canonical");
-        assert!(list.revoked.windows(2).all(|w| w[0] < w[1]), "sorted, unique");
+        assert!(
+            list.revoked.windows(2).all(|w| w[0] < w[1]),
+            "sorted, unique"
+        );
         let (signed2, list2) = SignedRevocationList::decode(&bytes).expect("re-encoded decodes");
         assert_eq!(signed2, signed);
         assert_eq!(list2, list);

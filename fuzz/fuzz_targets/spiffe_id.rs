@@ -25,7 +25,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(td) = TrustDomain::new(text) {
         assert_eq!(td.as_str(), text);
         assert_eq!(text.parse::<TrustDomain>().as_ref(), Ok(&td));
-        assert!(td.id().parse::<SpiffeId>().is_err(), "a bare trust domain is no workload");
+        assert!(
+            td.id().parse::<SpiffeId>().is_err(),
+            "a bare trust domain is no workload"
+        );
         let mut raw = [0u8; NodeId::LEN];
         for (r, b) in raw.iter_mut().zip(data) {
             *r = *b;

@@ -6,7 +6,7 @@
 //! when the server's share arrives; on the server, when it answers the client's share), which is
 //! by construction the negotiated one.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use rustls::crypto::aws_lc_rs::{self as provider, kx_group};
 use rustls::crypto::{
@@ -110,6 +110,9 @@ struct KxSlot {
 
 static POOL: Mutex<Vec<&'static KxSlot>> = Mutex::new(Vec::new());
 
+/// The aws-lc-rs provider, built once; each connection's provider is a copy with its own groups.
+static BASE_PROVIDER: LazyLock<CryptoProvider> = LazyLock::new(provider::default_provider);
+
 /// A handshake's loan of a recording slot. Build the connection's rustls config with
 /// [`KxRecorder::provider`], read [`KxRecorder::negotiated`] once the handshake is done, and drop
 /// the recorder after the handshake finished or failed.
@@ -149,7 +152,7 @@ impl KxRecorder {
         };
         Arc::new(CryptoProvider {
             kx_groups,
-            ..provider::default_provider()
+            ..BASE_PROVIDER.clone()
         })
     }
 

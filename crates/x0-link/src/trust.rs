@@ -7,7 +7,7 @@
 //! from our CA, expired ones, other trust domains, anything that breaks the X509-SVID rules,
 //! oversize chains, and revoked nodes.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls13_signature};
@@ -192,8 +192,13 @@ fn svid_refusal(e: SvidError) -> (FailureReason, Error) {
     (reason, Error::InvalidCertificate(cert_err))
 }
 
-fn signature_algorithms() -> WebPkiSupportedAlgorithms {
+/// The TLS 1.3 signature algorithms of aws-lc-rs (looked up once, not per connection).
+static SIGNATURE_ALGORITHMS: LazyLock<WebPkiSupportedAlgorithms> = LazyLock::new(|| {
     rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
+});
+
+fn signature_algorithms() -> WebPkiSupportedAlgorithms {
+    *SIGNATURE_ALGORITHMS
 }
 
 /// Verifies the peer's SVID on one connection, in either direction, and keeps the result (or

@@ -160,7 +160,10 @@ pub fn handshake(count: usize, json: bool, out: &Path) -> CmdResult {
         .enable_all()
         .build()
         .map_err(|e| Exit::failure(e.to_string()))?;
-    let report = runtime.block_on(async {
+    // The whole measurement runs as a task on the runtime's workers, as the daemon's dials do
+    // (`tokio::spawn(dialler(..))`). Driving it from `block_on` would put the dialler on the
+    // main thread, adding a cross-thread wake-up at every await of every link setup.
+    let measure = async move {
         let td = TrustDomain::new("bench.x0t").map_err(|e| Exit::failure(e.to_string()))?;
         let ca = MeshCa::create(td.clone(), now()).map_err(|e| Exit::failure(e.to_string()))?;
         let bundle = TrustBundle::new(td, vec![ca.cert_der().clone()])
@@ -184,9 +187,25 @@ pub fn handshake(count: usize, json: bool, out: &Path) -> CmdResult {
         );
         bar.set_message("handshake bench");
         let mut warm_groups = Default::default();
-        run_dials(&client.endpoint, &server.endpoint, KxPolicy::PostQuantumOnly, warmup, &bar, &mut warm_groups).await?;
+        run_dials(
+            &client.endpoint,
+            &server.endpoint,
+            KxPolicy::PostQuantumOnly,
+            warmup,
+            &bar,
+            &mut warm_groups,
+        )
+        .await?;
         let mut groups = Default::default();
-        let pq = run_dials(&client.endpoint, &server.endpoint, KxPolicy::PostQuantumOnly, count, &bar, &mut groups).await?;
+        let pq = run_dials(
+            &client.endpoint,
+            &server.endpoint,
+            KxPolicy::PostQuantumOnly,
+            count,
+            &bar,
+            &mut groups,
+        )
+        .await?;
         let mut classical_groups = Default::default();
         let classical = run_dials(
             &client.endpoint,
@@ -198,7 +217,11 @@ pub fn handshake(count: usize, json: bool, out: &Path) -> CmdResult {
         )
         .await?;
         bar.finish_and_clear();
-        for e in [&server.endpoint, &classical_server.endpoint, &client.endpoint] {
+        for e in [
+            &server.endpoint,
+            &classical_server.endpoint,
+            &client.endpoint,
+        ] {
             e.close();
         }
 
@@ -224,10 +247,21 @@ pub fn handshake(count: usize, json: bool, out: &Path) -> CmdResult {
             meets_target: d.median_us <= TARGET_MEDIAN_US && pq_links == d.count,
             pq_cost_ratio_vs_classical: d.median_us / c.median_us.max(1.0),
             classical_reference: c,
-            build_profile: if cfg!(debug_assertions) { "debug" } else { "release" },
-            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            build_profile: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             unix_time: now().as_secs(),
         })
+    };
+    let report = runtime.block_on(async {
+        tokio::spawn(measure)
+            .await
+            .map_err(|e| Exit::failure(format!("bench task failed: {e}")))?
     })?;
     let text = serde_json::to_string_pretty(&report).map_err(|e| Exit::failure(e.to_string()))?;
     std::fs::create_dir_all(out).map_err(|e| Exit::failure(format!("{}: {e}", out.display())))?;

@@ -64,7 +64,6 @@ pub fn run(args: UpArgs) -> CmdResult {
 
 struct LinkEntry {
     connection: quinn::Connection,
-    role: ProofRole,
     tx: mpsc::UnboundedSender<ControlMessage>,
 }
 
@@ -113,10 +112,10 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
         .map_err(|e| Exit::new(crate::exit::DATA, format!("stored trust bundle: {e}")))?;
     let metrics = Arc::new(x0_link::LinkMetrics::default());
     let trust = TrustState::new(bundle, metrics.clone());
-    if let Some((signed, _)) = store.revocation_list()? {
-        if let Err(e) = trust.apply_revocations(&signed) {
-            warn!("stored revocation list does not verify and was ignored: {e}");
-        }
+    if let Some((signed, _)) = store.revocation_list()?
+        && let Err(e) = trust.apply_revocations(&signed)
+    {
+        warn!("stored revocation list does not verify and was ignored: {e}");
     }
     let keys = Arc::new(keys);
     let identity = LocalIdentity::new(
@@ -277,7 +276,6 @@ fn register(shared: &Arc<Shared>, link: Link) {
                     .close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate link");
                 return;
             }
-            debug_assert!(dialler_of(existing.role) != preferred || existing.role == link.role);
             existing
                 .connection
                 .close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate link");
@@ -286,7 +284,6 @@ fn register(shared: &Arc<Shared>, link: Link) {
             peer,
             LinkEntry {
                 connection: link.connection.clone(),
-                role: link.role,
                 tx: tx.clone(),
             },
         );
