@@ -82,7 +82,7 @@ pub struct LinkMetrics {
     pub links_hybrid_pq: AtomicU64,
     /// Links established with a classical group (only possible with the dangerous switch).
     pub links_classical: AtomicU64,
-    /// Links currently open.
+    /// Links currently open (maintained by the daemon's link table).
     pub links_open: AtomicU64,
     /// Certificate verifications refused by our SPIFFE verifier (any reason).
     pub certificates_refused: AtomicU64,

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use x0_identity::authority::{accept_issued, handle_join, handle_renew, self_issue};
 use x0_identity::ca::CLOCK_SKEW_ALLOWANCE;
@@ -75,7 +75,6 @@ struct Shared {
     ca: Option<MeshCa>,
     ca_addr: Option<String>,
     links: Mutex<HashMap<NodeId, LinkEntry>>,
-    links_changed: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -164,7 +163,6 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
         ca,
         ca_addr: membership.ca_addr.clone(),
         links: Mutex::new(HashMap::new()),
-        links_changed: Notify::new(),
         config,
     }))
 }
@@ -253,6 +251,14 @@ async fn serve_ca(shared: &Shared, req: CaRequest) {
     }
 }
 
+fn set_links_open(shared: &Shared, n: usize) {
+    shared
+        .endpoint
+        .metrics()
+        .links_open
+        .store(n as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Puts a new link in the table (resolving simultaneous dials) and starts its task.
 fn register(shared: &Arc<Shared>, link: Link) {
     let peer = link.peer_id();
@@ -287,6 +293,7 @@ fn register(shared: &Arc<Shared>, link: Link) {
                 tx: tx.clone(),
             },
         );
+        set_links_open(shared, links.len());
     }
     info!(
         peer = %peer,
@@ -296,7 +303,6 @@ fn register(shared: &Arc<Shared>, link: Link) {
         setup_us = link.setup_time.as_micros() as u64,
         "link up"
     );
-    shared.links_changed.notify_waiters();
     let snapshot = shared.endpoint.trust().snapshot();
     if snapshot.revocation_serial > link.peer_revocation_serial
         && let Some(list) = &snapshot.revocation_list
@@ -362,8 +368,8 @@ async fn link_task(
         {
             links.remove(&peer);
         }
+        set_links_open(&shared, links.len());
     }
-    shared.links_changed.notify_waiters();
     info!(peer = %peer, reason = %reason, "link down");
 }
 
