@@ -14,6 +14,7 @@
 //! | [`invite`] | one-time invitation tokens handed to a joining node |
 //! | [`control`] | framed messages on a link's control stream and on the CA service |
 //! | [`revocation`] | CA-signed lists of revoked node IDs, flooded over links |
+//! | [`routing`] | liveness probes, link-state adverts and their acknowledgements |
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -25,6 +26,7 @@ pub mod control;
 pub mod invite;
 pub mod node_id;
 pub mod revocation;
+pub mod routing;
 
 pub use codec::DecodeError;
 pub use control::{ControlMessage, FrameHeader};
