@@ -1,0 +1,248 @@
+//! Link quality: RTT (EWMA), jitter, windowed loss, an ETX-like cost, and a quality class with
+//! hysteresis.
+//!
+//! Thresholds (round-trip loss, smoothed RTT):
+//!
+//! | Class | loss below | RTT below |
+//! |---|---|---|
+//! | EXCELLENT | 1 % | 20 ms |
+//! | GOOD | 3 % | 50 ms |
+//! | FAIR | 10 % | 150 ms |
+//! | POOR | 30 % | 500 ms |
+//! | BAD | otherwise | |
+//!
+//! Hysteresis: a link moves to a *worse* class as soon as it breaks its current class's limits;
+//! it moves to a *better* class only after [`UPGRADE_AFTER`] consecutive samples inside that
+//! class's limits shrunk by [`UPGRADE_MARGIN`]. So a link hovering at a threshold stays put.
+//!
+//! Cost: `ETX × (one-way latency + 1 ms)` in units of 100 µs, where `ETX = 1 / (1 − loss)` with
+//! loss capped at 90 %; the 1 ms per hop makes hop count matter on fast links. A 1 ms-RTT
+//! lossless link costs 15; a 20 ms one 110.
+
+use std::time::Duration;
+
+/// Quality class of a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum QualityClass {
+    /// Loss < 1 %, RTT < 20 ms.
+    Excellent = 0,
+    /// Loss < 3 %, RTT < 50 ms.
+    Good = 1,
+    /// Loss < 10 %, RTT < 150 ms.
+    Fair = 2,
+    /// Loss < 30 %, RTT < 500 ms.
+    Poor = 3,
+    /// Worse.
+    Bad = 4,
+}
+
+const LIMITS: [(f64, f64); 4] = [(0.01, 20.0), (0.03, 50.0), (0.10, 150.0), (0.30, 500.0)];
+/// Samples inside a better class needed before moving up.
+pub const UPGRADE_AFTER: u32 = 5;
+/// Factor applied to a better class's limits when deciding to move up.
+pub const UPGRADE_MARGIN: f64 = 0.8;
+const EWMA_RTT: f64 = 0.125;
+const EWMA_JITTER: f64 = 0.25;
+
+impl QualityClass {
+    /// From its wire value (unknown values read as BAD).
+    pub fn from_u8(v: u8) -> Self {
+        match v {
+            0 => Self::Excellent,
+            1 => Self::Good,
+            2 => Self::Fair,
+            3 => Self::Poor,
+            _ => Self::Bad,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn within(self, loss: f64, rtt_ms: f64, margin: f64) -> bool {
+        match LIMITS.get(self.index()) {
+            Some((l, r)) => loss < l * margin && rtt_ms < r * margin,
+            None => true,
+        }
+    }
+
+    /// The class the raw numbers fall in, without hysteresis.
+    pub fn classify(loss: f64, rtt_ms: f64) -> Self {
+        [Self::Excellent, Self::Good, Self::Fair, Self::Poor]
+            .into_iter()
+            .find(|c| c.within(loss, rtt_ms, 1.0))
+            .unwrap_or(Self::Bad)
+    }
+}
+
+/// Running measurements of one link.
+#[derive(Debug, Clone)]
+pub struct LinkQuality {
+    srtt_ms: Option<f64>,
+    jitter_ms: f64,
+    loss: f64,
+    class: QualityClass,
+    better_streak: u32,
+}
+
+impl Default for LinkQuality {
+    fn default() -> Self {
+        Self {
+            srtt_ms: None,
+            jitter_ms: 0.0,
+            loss: 0.0,
+            class: QualityClass::Good,
+            better_streak: 0,
+        }
+    }
+}
+
+impl LinkQuality {
+    /// Adds an RTT sample.
+    pub fn rtt_sample(&mut self, rtt: Duration) {
+        let ms = rtt.as_secs_f64() * 1000.0;
+        match self.srtt_ms {
+            None => self.srtt_ms = Some(ms),
+            Some(s) => {
+                self.jitter_ms += EWMA_JITTER * ((ms - s).abs() - self.jitter_ms);
+                self.srtt_ms = Some(s + EWMA_RTT * (ms - s));
+            }
+        }
+    }
+
+    /// Sets the windowed loss ratio and re-evaluates the class. Returns whether it changed.
+    pub fn update(&mut self, loss: f64) -> bool {
+        self.loss = if loss.is_finite() {
+            loss.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
+        let rtt = self.rtt_ms();
+        let old = self.class;
+        if !self.class.within(self.loss, rtt, 1.0) {
+            self.class = QualityClass::classify(self.loss, rtt).max(self.class);
+            self.better_streak = 0;
+        } else {
+            let better = QualityClass::classify(self.loss / UPGRADE_MARGIN, rtt / UPGRADE_MARGIN);
+            if better < self.class {
+                self.better_streak += 1;
+                if self.better_streak >= UPGRADE_AFTER {
+                    self.class = better;
+                    self.better_streak = 0;
+                }
+            } else {
+                self.better_streak = 0;
+            }
+        }
+        self.class != old
+    }
+
+    /// Smoothed RTT in milliseconds (0 before the first sample).
+    pub fn rtt_ms(&self) -> f64 {
+        self.srtt_ms.unwrap_or(0.0)
+    }
+
+    /// Whether any RTT sample arrived.
+    pub fn has_rtt(&self) -> bool {
+        self.srtt_ms.is_some()
+    }
+
+    /// Mean deviation of RTT, milliseconds.
+    pub fn jitter_ms(&self) -> f64 {
+        self.jitter_ms
+    }
+
+    /// Windowed round-trip loss ratio.
+    pub fn loss(&self) -> f64 {
+        self.loss
+    }
+
+    /// Current class.
+    pub fn class(&self) -> QualityClass {
+        self.class
+    }
+
+    /// ETX-like routing cost (see the module doc).
+    pub fn cost(&self) -> u32 {
+        let etx = 1.0 / (1.0 - self.loss.min(0.9));
+        let one_way_us = self.rtt_ms() * 500.0;
+        let c = etx * (one_way_us + 1000.0) / 100.0;
+        if c.is_finite() {
+            (c.round() as u32).max(1)
+        } else {
+            u32::MAX / 4
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_thresholds() {
+        assert_eq!(QualityClass::classify(0.0, 5.0), QualityClass::Excellent);
+        assert_eq!(QualityClass::classify(0.02, 5.0), QualityClass::Good);
+        assert_eq!(QualityClass::classify(0.0, 100.0), QualityClass::Fair);
+        assert_eq!(QualityClass::classify(0.2, 10.0), QualityClass::Poor);
+        assert_eq!(QualityClass::classify(0.5, 10.0), QualityClass::Bad);
+        assert_eq!(QualityClass::classify(0.0, 900.0), QualityClass::Bad);
+    }
+
+    #[test]
+    fn rtt_ewma_and_cost() {
+        let mut q = LinkQuality::default();
+        q.rtt_sample(Duration::from_millis(1));
+        assert!((q.rtt_ms() - 1.0).abs() < 1e-9);
+        assert_eq!(q.cost(), 15);
+        q.rtt_sample(Duration::from_millis(9));
+        assert!((q.rtt_ms() - 2.0).abs() < 1e-9, "{}", q.rtt_ms());
+        assert!(q.jitter_ms() > 0.0);
+        let mut lossy = q.clone();
+        lossy.update(0.5);
+        assert!(lossy.cost() > q.cost());
+    }
+
+    #[test]
+    fn hysteresis_degrades_at_once_and_upgrades_slowly() {
+        let mut q = LinkQuality::default();
+        q.rtt_sample(Duration::from_millis(5));
+        // Starts GOOD; clean samples upgrade only after the streak.
+        for _ in 0..UPGRADE_AFTER - 1 {
+            assert!(!q.update(0.0));
+        }
+        assert!(q.update(0.0));
+        assert_eq!(q.class(), QualityClass::Excellent);
+        // One bad window degrades at once.
+        assert!(q.update(0.15));
+        assert_eq!(q.class(), QualityClass::Poor);
+        // Hovering just under the FAIR loss limit (inside FAIR, not inside FAIR×0.8) does not
+        // upgrade, however long it lasts.
+        for _ in 0..50 {
+            q.update(0.095);
+        }
+        assert_eq!(q.class(), QualityClass::Poor);
+        // Alternating across the EXCELLENT/GOOD border does not flap.
+        let mut flips = 0;
+        let mut q = LinkQuality::default();
+        q.rtt_sample(Duration::from_millis(5));
+        for i in 0..100 {
+            if q.update(if i % 2 == 0 { 0.009 } else { 0.011 }) {
+                flips += 1;
+            }
+        }
+        assert!(flips <= 1, "flapped {flips} times");
+    }
+
+    #[test]
+    fn nonsense_loss_is_clamped() {
+        let mut q = LinkQuality::default();
+        q.update(f64::NAN);
+        assert_eq!(q.loss(), 1.0);
+        q.update(-3.0);
+        assert_eq!(q.loss(), 0.0);
+        assert!(q.cost() >= 1);
+    }
+}

@@ -1,0 +1,870 @@
+//! The router: liveness sessions, link-state flooding, the LSDB and the route cache, driven by
+//! inputs and `now`.
+//!
+//! Inputs: [`Router::link_up`] / [`Router::link_down`] (locally visible link events, e.g. the
+//! QUIC link closed or the underlay lost carrier), [`Router::handle_datagram`] (a routing
+//! datagram from a neighbour), [`Router::note_traffic`], [`Router::handle_timeout`].
+//! Outputs: [`Router::poll_transmit`] (datagrams per link), [`Router::poll_event`],
+//! [`Router::poll_timeout`]. Queries: [`Router::next_hop`], [`Router::disjoint_paths`].
+//!
+//! Flooding is reliable: every advert sent to a neighbour stays pending until that neighbour
+//! acknowledges it (explicitly, or implicitly by sending us the same version), with
+//! retransmissions every `retransmit_interval`, doubling to 8×. Sending is rate-limited per
+//! neighbour by a token bucket. A new neighbour receives our whole database.
+//!
+//! Our own advert is re-originated at once (at most every `min_originate_interval`) when a link
+//! comes up or goes down, a link's quality class changes or its cost changes by more than
+//! `significant_cost_change`; smaller cost changes wait for the periodic refresh. If a neighbour
+//! sends us an advert of ours with a higher sequence number (from before a reboot), we jump past
+//! it and re-originate.
+//!
+//! Routes: SPF runs `spf_delay` after a topology change (coalescing bursts), over the links both
+//! ends advertise. When a local link dies, destinations whose primary next hop used it switch at
+//! once to the first hop of their precomputed node-disjoint backup path, before the SPF and
+//! before any advert is flooded.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use x0_wire::NodeId;
+use x0_wire::routing::{Advert, AdvertBody, AdvertisedLink, RoutingMessage};
+
+use crate::auth::{AdvertAuth, Verdict};
+use crate::config::RouterConfig;
+use crate::graph::{Graph, NO_NODE, NodeIx};
+use crate::liveness::Session;
+use crate::lsdb::{Lsdb, Offer};
+use crate::paths::{ShortestPathTree, dijkstra, disjoint_paths};
+use crate::quality::QualityClass;
+use crate::stats::RouterStats;
+use crate::time::Instant;
+
+/// The caller's handle for a link.
+pub type LinkId = u64;
+
+/// Most retransmission back-off (multiples of `retransmit_interval`).
+const MAX_BACKOFF: u32 = 8;
+
+/// Why a neighbour went down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownCause {
+    /// Nothing heard for `multiplier` probe intervals.
+    Silent,
+    /// The caller reported the link down.
+    Local,
+}
+
+/// Something the caller may want to know or act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RouterEvent {
+    /// A link's session started.
+    NeighborUp {
+        /// The link.
+        link: LinkId,
+        /// Its neighbour.
+        neighbor: NodeId,
+    },
+    /// A neighbour was declared down.
+    NeighborDown {
+        /// The link.
+        link: LinkId,
+        /// Its neighbour.
+        neighbor: NodeId,
+        /// Why.
+        cause: DownCause,
+    },
+    /// A link's quality class changed.
+    QualityChanged {
+        /// The link.
+        link: LinkId,
+        /// The new class.
+        class: QualityClass,
+    },
+    /// The routing table was recomputed after a topology change.
+    RoutesRecomputed,
+}
+
+/// A forwarding decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextHop {
+    /// The link to send on.
+    pub link: LinkId,
+    /// The neighbour at its end.
+    pub neighbor: NodeId,
+    /// Whether this is the fast-reroute backup (the primary's link is down).
+    pub via_backup: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    seq: u64,
+    due: Instant,
+    backoff: u32,
+}
+
+#[derive(Debug)]
+struct Neighbor {
+    session: Session,
+    /// Adverts awaiting acknowledgement, by origin.
+    pending: BTreeMap<NodeId, Pending>,
+    /// Retransmission schedule: (due, origin).
+    schedule: BTreeSet<(Instant, NodeId)>,
+    /// Origins whose advert is to be sent now.
+    queue: VecDeque<NodeId>,
+    queued: BTreeSet<NodeId>,
+    acks: Vec<(NodeId, u64)>,
+    tokens: f64,
+    refilled: Instant,
+    advertised_cost: u32,
+    advertised_class: QualityClass,
+    /// When a cost-only change may next trigger an advert.
+    cost_change_allowed: Instant,
+}
+
+#[derive(Debug)]
+struct RouteCache {
+    graph: Graph,
+    me: NodeIx,
+    spt: ShortestPathTree,
+    /// First hop (graph index) of the best path disjoint from the primary, per destination.
+    backups: HashMap<NodeIx, NodeIx>,
+}
+
+/// The routing state machine of one node.
+pub struct Router {
+    cfg: RouterConfig,
+    me: NodeId,
+    auth: Box<dyn AdvertAuth + Send>,
+    seq: u64,
+    links: BTreeMap<LinkId, Neighbor>,
+    by_neighbor: BTreeMap<NodeId, LinkId>,
+    lsdb: Lsdb,
+    originate_wanted: bool,
+    next_originate_allowed: Instant,
+    refresh_at: Instant,
+    spf_due: Option<Instant>,
+    routes: Option<RouteCache>,
+    transmits: VecDeque<(LinkId, Vec<u8>)>,
+    events: VecDeque<RouterEvent>,
+    stats: RouterStats,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("me", &self.me)
+            .field("seq", &self.seq)
+            .field("links", &self.links.len())
+            .field("lsdb", &self.lsdb.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// A router for node `me` whose last used advert sequence number was `last_seq` (0 on
+    /// first start; the daemon persists [`Router::own_seq`]). It originates its first advert at
+    /// once.
+    pub fn new(
+        cfg: RouterConfig,
+        me: NodeId,
+        auth: Box<dyn AdvertAuth + Send>,
+        last_seq: u64,
+        now: Instant,
+    ) -> Self {
+        let refresh_at = now + cfg.advert_refresh;
+        Self {
+            cfg,
+            me,
+            auth,
+            seq: last_seq,
+            links: BTreeMap::new(),
+            by_neighbor: BTreeMap::new(),
+            lsdb: Lsdb::new(),
+            originate_wanted: true,
+            next_originate_allowed: now,
+            refresh_at,
+            spf_due: None,
+            routes: None,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: RouterStats::default(),
+        }
+    }
+
+    /// Our node ID.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// The sequence number of our newest advert (persist it to survive restarts).
+    pub fn own_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &RouterStats {
+        &self.stats
+    }
+
+    /// The link-state database.
+    pub fn lsdb(&self) -> &Lsdb {
+        &self.lsdb
+    }
+
+    /// The link to `neighbor`, if its session is up.
+    pub fn link_to(&self, neighbor: &NodeId) -> Option<LinkId> {
+        self.by_neighbor.get(neighbor).copied()
+    }
+
+    /// The live links and their sessions.
+    pub fn sessions(&self) -> impl Iterator<Item = (LinkId, &Session)> {
+        self.links.iter().map(|(l, n)| (*l, &n.session))
+    }
+
+    // ---- inputs ---------------------------------------------------------------------------
+
+    /// A link to `neighbor` came up (e.g. an authenticated QUIC link was established).
+    pub fn link_up(&mut self, now: Instant, link: LinkId, neighbor: NodeId) {
+        if neighbor == self.me {
+            return;
+        }
+        if let Some(old) = self.by_neighbor.get(&neighbor).copied()
+            && old != link
+        {
+            self.drop_link(now, old, DownCause::Local);
+        }
+        if self.links.contains_key(&link) {
+            self.drop_link(now, link, DownCause::Local);
+        }
+        let mut n = Neighbor {
+            session: Session::new(neighbor, now, &self.cfg),
+            pending: BTreeMap::new(),
+            schedule: BTreeSet::new(),
+            queue: VecDeque::new(),
+            queued: BTreeSet::new(),
+            acks: Vec::new(),
+            tokens: f64::from(self.cfg.flood_rate_per_s),
+            refilled: now,
+            advertised_cost: 0,
+            advertised_class: QualityClass::Good,
+            cost_change_allowed: now,
+        };
+        // Database exchange: the new neighbour gets everything we hold.
+        for origin in self.lsdb.iter().map(|(o, _)| *o).collect::<Vec<_>>() {
+            if let Some(seq) = self.lsdb.seq_of(&origin) {
+                schedule_send(&mut n, origin, seq, now);
+            }
+        }
+        self.links.insert(link, n);
+        self.by_neighbor.insert(neighbor, link);
+        self.events
+            .push_back(RouterEvent::NeighborUp { link, neighbor });
+        self.originate_wanted = true;
+        self.topology_changed(now);
+        self.run(now);
+    }
+
+    /// The caller saw the link fail (carrier lost, send error, QUIC link closed).
+    pub fn link_down(&mut self, now: Instant, link: LinkId) {
+        if self.links.contains_key(&link) {
+            self.drop_link(now, link, DownCause::Local);
+            self.run(now);
+        }
+    }
+
+    /// The link carries user traffic: keep its probe interval tight.
+    pub fn note_traffic(&mut self, now: Instant, link: LinkId) {
+        if let Some(n) = self.links.get_mut(&link) {
+            n.session.note_traffic(now, &self.cfg);
+        }
+    }
+
+    /// A routing datagram arrived on `link`.
+    pub fn handle_datagram(&mut self, now: Instant, link: LinkId, bytes: &[u8]) {
+        self.stats.datagrams_received += 1;
+        if !self.links.contains_key(&link) {
+            self.stats.datagrams_unknown_link += 1;
+            return;
+        }
+        let msg = match RoutingMessage::decode(bytes) {
+            Ok(m) => m,
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        match msg {
+            RoutingMessage::Probe(p) => {
+                self.stats.probes_received += 1;
+                if let Some(n) = self.links.get_mut(&link) {
+                    let ack = n.session.on_probe(now, &p, &self.cfg);
+                    self.send(link, &RoutingMessage::ProbeAck(ack));
+                }
+            }
+            RoutingMessage::ProbeAck(a) => {
+                if let Some(n) = self.links.get_mut(&link)
+                    && n.session.on_ack(now, &a)
+                {
+                    let class = n.session.quality().class();
+                    self.events
+                        .push_back(RouterEvent::QualityChanged { link, class });
+                }
+                self.check_significant(now, link);
+            }
+            RoutingMessage::Advert(advert, body) => self.on_advert(now, link, advert, body),
+            RoutingMessage::AdvertAck(acks) => {
+                if let Some(n) = self.links.get_mut(&link) {
+                    for (origin, seq) in acks {
+                        acknowledge(n, &origin, seq);
+                    }
+                }
+            }
+            _ => self.stats.malformed += 1,
+        }
+        self.run(now);
+    }
+
+    /// Runs everything due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        // Silent neighbours.
+        let dead: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, n)| n.session.detect_deadline() <= now)
+            .map(|(l, _)| *l)
+            .collect();
+        for link in dead {
+            self.drop_link(now, link, DownCause::Silent);
+        }
+        // Probes.
+        let due: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, n)| n.session.probe_due() <= now)
+            .map(|(l, _)| *l)
+            .collect();
+        for link in due {
+            let Some(n) = self.links.get_mut(&link) else {
+                continue;
+            };
+            let (probe, changed) = n.session.make_probe(now, &self.cfg);
+            if changed {
+                let class = n.session.quality().class();
+                self.events
+                    .push_back(RouterEvent::QualityChanged { link, class });
+            }
+            self.stats.probes_sent += 1;
+            self.send(link, &RoutingMessage::Probe(probe));
+            self.check_significant(now, link);
+        }
+        // Retransmissions.
+        let rto = self.cfg.retransmit_interval;
+        for n in self.links.values_mut() {
+            while let Some(&(at, origin)) = n.schedule.first() {
+                if at > now {
+                    break;
+                }
+                n.schedule.pop_first();
+                if let Some(p) = n.pending.get_mut(&origin) {
+                    p.backoff = (p.backoff * 2).min(MAX_BACKOFF);
+                    p.due = now + rto * p.backoff;
+                    n.schedule.insert((p.due, origin));
+                    if n.queued.insert(origin) {
+                        n.queue.push_back(origin);
+                        self.stats.retransmissions += 1;
+                    }
+                }
+            }
+        }
+        // Expiry.
+        if !self.lsdb.expire(now).is_empty() {
+            self.topology_changed(now);
+        }
+        if now >= self.refresh_at {
+            self.originate_wanted = true;
+        }
+        self.run(now);
+    }
+
+    // ---- outputs --------------------------------------------------------------------------
+
+    /// The next datagram to send, and on which link.
+    pub fn poll_transmit(&mut self) -> Option<(LinkId, Vec<u8>)> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<RouterEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Router::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = self.refresh_at;
+        if self.originate_wanted {
+            t = t.min(self.next_originate_allowed);
+        }
+        if let Some(s) = self.spf_due {
+            t = t.min(s);
+        }
+        if let Some(e) = self.lsdb.next_expiry() {
+            t = t.min(e);
+        }
+        for n in self.links.values() {
+            t = t
+                .min(n.session.probe_due())
+                .min(n.session.detect_deadline());
+            if let Some(&(at, _)) = n.schedule.first() {
+                t = t.min(at);
+            }
+            if !n.queue.is_empty() {
+                // Tokens refill continuously: the next one is at most 1/rate away.
+                t = t.min(
+                    n.refilled
+                        + Duration::from_secs_f64(1.0 / f64::from(self.cfg.flood_rate_per_s)),
+                );
+            }
+        }
+        Some(t)
+    }
+
+    // ---- queries --------------------------------------------------------------------------
+
+    /// Where to send a packet for `dst`: the primary next hop, or, if its link is down, the
+    /// first hop of the node-disjoint backup path (fast reroute).
+    pub fn next_hop(&mut self, now: Instant, dst: &NodeId) -> Option<NextHop> {
+        if *dst == self.me {
+            return None;
+        }
+        self.refresh_routes(now);
+        let routes = self.routes.as_mut()?;
+        let d = routes.graph.index_of(dst)?;
+        let primary = *routes.spt.first_hop.get(d as usize)?;
+        if primary != NO_NODE
+            && let Some(nb) = routes.graph.id(primary)
+            && let Some(&link) = self.by_neighbor.get(&nb)
+        {
+            return Some(NextHop {
+                link,
+                neighbor: nb,
+                via_backup: false,
+            });
+        }
+        // Primary's link is gone (or no primary): the precomputed backup.
+        let backup = match routes.backups.get(&d) {
+            Some(b) => *b,
+            None => {
+                let b = backup_first_hop(routes, d, self.cfg.k_paths);
+                routes.backups.insert(d, b);
+                b
+            }
+        };
+        let nb = routes.graph.id(backup)?;
+        let link = *self.by_neighbor.get(&nb)?;
+        Some(NextHop {
+            link,
+            neighbor: nb,
+            via_backup: true,
+        })
+    }
+
+    /// Up to `k` node-disjoint paths to `dst` over the current topology, cheapest set first,
+    /// as node ID sequences starting with us.
+    pub fn disjoint_paths(&mut self, now: Instant, dst: &NodeId, k: usize) -> Vec<Vec<NodeId>> {
+        self.refresh_routes(now);
+        let Some(routes) = self.routes.as_ref() else {
+            return Vec::new();
+        };
+        let Some(d) = routes.graph.index_of(dst) else {
+            return Vec::new();
+        };
+        disjoint_paths(&routes.graph, routes.me, d, k)
+            .into_iter()
+            .map(|p| {
+                p.nodes
+                    .iter()
+                    .filter_map(|ix| routes.graph.id(*ix))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Precomputes backups for `dsts` (the daemon calls this for destinations with traffic, so
+    /// fast reroute needs no computation at failure time).
+    pub fn prepare_backups(&mut self, now: Instant, dsts: &[NodeId]) {
+        self.refresh_routes(now);
+        let k = self.cfg.k_paths;
+        if let Some(routes) = self.routes.as_mut() {
+            for dst in dsts {
+                if let Some(d) = routes.graph.index_of(dst)
+                    && !routes.backups.contains_key(&d)
+                {
+                    let b = backup_first_hop(routes, d, k);
+                    routes.backups.insert(d, b);
+                }
+            }
+        }
+    }
+
+    // ---- internals ------------------------------------------------------------------------
+
+    fn send(&mut self, link: LinkId, msg: &RoutingMessage) {
+        let bytes = msg.encode();
+        self.stats.datagrams_sent += 1;
+        self.stats.bytes_sent += bytes.len() as u64;
+        self.transmits.push_back((link, bytes));
+    }
+
+    fn drop_link(&mut self, now: Instant, link: LinkId, cause: DownCause) {
+        let Some(n) = self.links.remove(&link) else {
+            return;
+        };
+        let neighbor = n.session.neighbor();
+        if self.by_neighbor.get(&neighbor) == Some(&link) {
+            self.by_neighbor.remove(&neighbor);
+        }
+        match cause {
+            DownCause::Silent => self.stats.neighbors_down_silent += 1,
+            DownCause::Local => self.stats.neighbors_down_local += 1,
+        }
+        self.events.push_back(RouterEvent::NeighborDown {
+            link,
+            neighbor,
+            cause,
+        });
+        self.originate_wanted = true;
+        self.topology_changed(now);
+    }
+
+    fn topology_changed(&mut self, now: Instant) {
+        if self.spf_due.is_none() {
+            self.spf_due = Some(now + self.cfg.spf_delay);
+        }
+    }
+
+    /// Re-originates if a link's class changed, or its cost moved by more than the threshold
+    /// (at most once per `cost_change_holddown` per link).
+    fn check_significant(&mut self, now: Instant, link: LinkId) {
+        let holddown = self.cfg.cost_change_holddown;
+        let threshold = self.cfg.significant_cost_change;
+        let Some(n) = self.links.get_mut(&link) else {
+            return;
+        };
+        let q = n.session.quality();
+        if !q.has_rtt() {
+            return;
+        }
+        let (cost, class) = (q.cost(), q.class());
+        let old = f64::from(n.advertised_cost.max(1));
+        let moved = (f64::from(cost) - old).abs() / old;
+        if class != n.advertised_class {
+            self.originate_wanted = true;
+        } else if moved > threshold && now >= n.cost_change_allowed {
+            n.cost_change_allowed = now + holddown;
+            self.originate_wanted = true;
+        }
+    }
+
+    /// Sends what is due: our own advert, queued adverts within the rate limit, acks, routes.
+    fn run(&mut self, now: Instant) {
+        if self.originate_wanted && now >= self.next_originate_allowed {
+            self.originate(now);
+        }
+        self.flush_floods(now);
+        let links: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, n)| !n.acks.is_empty())
+            .map(|(l, _)| *l)
+            .collect();
+        for link in links {
+            let Some(n) = self.links.get_mut(&link) else {
+                continue;
+            };
+            let acks = std::mem::take(&mut n.acks);
+            for chunk in acks.chunks(x0_wire::routing::MAX_ACKS) {
+                self.stats.acks_sent += 1;
+                self.send(link, &RoutingMessage::AdvertAck(chunk.to_vec()));
+            }
+        }
+        if self.spf_due.is_some_and(|t| now >= t) {
+            self.recompute_routes();
+        }
+    }
+
+    fn originate(&mut self, now: Instant) {
+        self.originate_wanted = false;
+        self.next_originate_allowed = now + self.cfg.min_originate_interval;
+        self.refresh_at = now + self.cfg.advert_refresh;
+        self.seq += 1;
+        let mut links: Vec<AdvertisedLink> = Vec::with_capacity(self.links.len());
+        for n in self.links.values_mut() {
+            let q = n.session.quality();
+            let (cost, class) = if q.has_rtt() {
+                (q.cost(), q.class())
+            } else {
+                (u32::MAX / 1024, QualityClass::Bad)
+            };
+            n.advertised_cost = cost;
+            n.advertised_class = class;
+            links.push(AdvertisedLink {
+                neighbor: n.session.neighbor(),
+                cost,
+                class: class as u8,
+            });
+        }
+        links.sort_by_key(|l| l.neighbor);
+        links.dedup_by_key(|l| l.neighbor);
+        links.truncate(x0_wire::routing::MAX_ADVERT_LINKS);
+        let body = AdvertBody {
+            origin: self.me,
+            seq: self.seq,
+            lifetime_s: u32::try_from(self.cfg.advert_lifetime.as_secs()).unwrap_or(u32::MAX),
+            links,
+        };
+        let bytes = body.encode();
+        let (origin_key, signature) = self.auth.sign(&bytes);
+        let advert = Arc::new(Advert {
+            body: bytes,
+            origin_key,
+            signature,
+        });
+        self.stats.adverts_originated += 1;
+        if let Offer::Installed {
+            links_changed: true,
+        } = self.lsdb.offer(advert, Arc::new(body), now)
+        {
+            self.topology_changed(now);
+        }
+        let seq = self.seq;
+        let me = self.me;
+        for n in self.links.values_mut() {
+            schedule_send(n, me, seq, now);
+        }
+    }
+
+    fn on_advert(&mut self, now: Instant, link: LinkId, advert: Advert, body: AdvertBody) {
+        self.stats.adverts_received += 1;
+        let origin = body.origin;
+        let seq = body.seq;
+        // Always acknowledge what we were sent, so the sender stops retransmitting.
+        if let Some(n) = self.links.get_mut(&link) {
+            n.acks.push((origin, seq));
+            // Implicit ack: the neighbour already has this version.
+            acknowledge(n, &origin, seq);
+        }
+        if origin == self.me {
+            if seq > self.seq {
+                // Ours from before a restart: jump past it and re-advertise the present.
+                self.seq = seq;
+                self.originate_wanted = true;
+                self.next_originate_allowed = now;
+                self.stats.own_seq_recovered += 1;
+            }
+            return;
+        }
+        match self.lsdb.seq_of(&origin) {
+            Some(ours) if ours == seq => {
+                self.stats.duplicates += 1;
+                return;
+            }
+            Some(ours) if ours > seq => {
+                // A stale version: count it and send the neighbour our newer one.
+                self.stats.rejected_stale += 1;
+                if let Some(n) = self.links.get_mut(&link) {
+                    schedule_send(n, origin, ours, now);
+                }
+                return;
+            }
+            _ => {}
+        }
+        match self
+            .auth
+            .verify(&origin, &advert.body, &advert.origin_key, &advert.signature)
+        {
+            Verdict::Valid => {}
+            Verdict::BadSignature => {
+                self.stats.rejected_bad_signature += 1;
+                return;
+            }
+            Verdict::UnknownOrigin => {
+                self.stats.rejected_unknown_origin += 1;
+                return;
+            }
+        }
+        let changed = match self.lsdb.offer(Arc::new(advert), Arc::new(body), now) {
+            Offer::Installed { links_changed } => links_changed,
+            Offer::Duplicate | Offer::Older { .. } => return,
+        };
+        self.stats.adverts_installed += 1;
+        if changed {
+            self.topology_changed(now);
+        }
+        for (l, n) in self.links.iter_mut() {
+            if *l != link {
+                schedule_send(n, origin, seq, now);
+            }
+        }
+    }
+
+    fn flush_floods(&mut self, now: Instant) {
+        let rate = f64::from(self.cfg.flood_rate_per_s);
+        let rto = self.cfg.retransmit_interval;
+        let mut out: Vec<(LinkId, Arc<Advert>)> = Vec::new();
+        for (link, n) in self.links.iter_mut() {
+            let elapsed = now.saturating_since(n.refilled).as_secs_f64();
+            n.tokens = (n.tokens + elapsed * rate).min(rate);
+            n.refilled = now;
+            while n.tokens >= 1.0 {
+                let Some(origin) = n.queue.pop_front() else {
+                    break;
+                };
+                n.queued.remove(&origin);
+                let Some(p) = n.pending.get_mut(&origin) else {
+                    continue; // acknowledged meanwhile
+                };
+                let Some(entry) = self.lsdb.get(&origin) else {
+                    n.pending.remove(&origin);
+                    continue; // expired meanwhile
+                };
+                if entry.body.seq != p.seq {
+                    p.seq = entry.body.seq;
+                }
+                if p.backoff == 0 {
+                    // First transmission: arm the retransmission timer.
+                    p.backoff = 1;
+                    n.schedule.remove(&(p.due, origin));
+                    p.due = now + rto;
+                    n.schedule.insert((p.due, origin));
+                }
+                n.tokens -= 1.0;
+                out.push((*link, entry.advert.clone()));
+            }
+        }
+        for (link, advert) in out {
+            self.stats.adverts_sent += 1;
+            let body = match AdvertBody::decode(&advert.body) {
+                Ok(b) => b,
+                Err(_) => continue,
+            };
+            self.send(link, &RoutingMessage::Advert((*advert).clone(), body));
+        }
+    }
+
+    fn refresh_routes(&mut self, now: Instant) {
+        if self.routes.is_none() || self.spf_due.is_some_and(|t| now >= t) {
+            self.recompute_routes();
+        }
+    }
+
+    fn recompute_routes(&mut self) {
+        self.spf_due = None;
+        let mut graph = Graph::new();
+        let me = graph.add_node(self.me);
+        // Our own edges: live sessions to neighbours whose advert lists us (two-way check).
+        for n in self.links.values() {
+            let nb = n.session.neighbor();
+            let two_way = self.lsdb.get(&nb).is_some_and(|e| {
+                e.body
+                    .links
+                    .binary_search_by_key(&self.me, |l| l.neighbor)
+                    .is_ok()
+            });
+            if two_way {
+                let q = n.session.quality();
+                let cost = if q.has_rtt() {
+                    q.cost()
+                } else {
+                    n.advertised_cost.max(1)
+                };
+                let ix = graph.add_node(nb);
+                graph.add_edge(me, ix, cost);
+            }
+        }
+        for (origin, entry) in self.lsdb.iter() {
+            if *origin == self.me {
+                continue;
+            }
+            let from = graph.add_node(*origin);
+            for l in &entry.body.links {
+                let back = if l.neighbor == self.me {
+                    self.by_neighbor.contains_key(origin)
+                } else {
+                    self.lsdb.get(&l.neighbor).is_some_and(|e| {
+                        e.body
+                            .links
+                            .binary_search_by_key(origin, |x| x.neighbor)
+                            .is_ok()
+                    })
+                };
+                if back {
+                    let to = graph.add_node(l.neighbor);
+                    graph.add_edge(from, to, l.cost);
+                }
+            }
+        }
+        let spt = dijkstra(&graph, me);
+        self.stats.spf_runs += 1;
+        self.routes = Some(RouteCache {
+            graph,
+            me,
+            spt,
+            backups: HashMap::new(),
+        });
+        self.events.push_back(RouterEvent::RoutesRecomputed);
+    }
+}
+
+fn schedule_send(n: &mut Neighbor, origin: NodeId, seq: u64, now: Instant) {
+    match n.pending.get_mut(&origin) {
+        Some(p) => {
+            p.seq = seq;
+            if p.backoff != 0 {
+                // Newer version replaces one in flight: send it at once.
+                n.schedule.remove(&(p.due, origin));
+                p.backoff = 0;
+                p.due = now;
+            }
+        }
+        None => {
+            n.pending.insert(
+                origin,
+                Pending {
+                    seq,
+                    due: now,
+                    backoff: 0,
+                },
+            );
+        }
+    }
+    if n.queued.insert(origin) {
+        n.queue.push_back(origin);
+    }
+}
+
+fn acknowledge(n: &mut Neighbor, origin: &NodeId, seq: u64) {
+    if let Some(p) = n.pending.get(origin)
+        && seq >= p.seq
+    {
+        n.schedule.remove(&(p.due, *origin));
+        n.pending.remove(origin);
+    }
+}
+
+/// First hop of the cheapest path to `d` that shares no node with the primary path (other
+/// than us and `d`), from the k disjoint paths; falls back to the second path's first hop.
+fn backup_first_hop(routes: &RouteCache, d: NodeIx, k: usize) -> NodeIx {
+    let primary = routes
+        .spt
+        .first_hop
+        .get(d as usize)
+        .copied()
+        .unwrap_or(NO_NODE);
+    disjoint_paths(&routes.graph, routes.me, d, k.max(2))
+        .into_iter()
+        .filter_map(|p| p.nodes.get(1).copied())
+        .find(|hop| *hop != primary)
+        .unwrap_or(NO_NODE)
+}

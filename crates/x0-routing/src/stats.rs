@@ -1,0 +1,48 @@
+//! Router counters.
+
+/// Counters of one router. All monotonically increasing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RouterStats {
+    /// Routing datagrams received.
+    pub datagrams_received: u64,
+    /// Routing datagrams sent.
+    pub datagrams_sent: u64,
+    /// Bytes of routing datagrams sent.
+    pub bytes_sent: u64,
+    /// Datagrams on a link we do not know (dropped).
+    pub datagrams_unknown_link: u64,
+    /// Datagrams that did not parse (dropped).
+    pub malformed: u64,
+    /// Probes sent.
+    pub probes_sent: u64,
+    /// Probes received.
+    pub probes_received: u64,
+    /// Adverts we originated.
+    pub adverts_originated: u64,
+    /// Adverts received.
+    pub adverts_received: u64,
+    /// Adverts new to us and installed.
+    pub adverts_installed: u64,
+    /// Adverts sent (first transmissions and retransmissions).
+    pub adverts_sent: u64,
+    /// Retransmissions.
+    pub retransmissions: u64,
+    /// Ack datagrams sent.
+    pub acks_sent: u64,
+    /// Adverts we already held.
+    pub duplicates: u64,
+    /// Adverts older than what we hold (dropped; our newer copy goes back).
+    pub rejected_stale: u64,
+    /// Adverts whose signature does not verify (dropped).
+    pub rejected_bad_signature: u64,
+    /// Adverts from origins we cannot authenticate (dropped).
+    pub rejected_unknown_origin: u64,
+    /// Times a neighbour showed us our own advert with a higher sequence number.
+    pub own_seq_recovered: u64,
+    /// Neighbours declared down after silence.
+    pub neighbors_down_silent: u64,
+    /// Neighbours whose link the caller reported down.
+    pub neighbors_down_local: u64,
+    /// SPF runs.
+    pub spf_runs: u64,
+}
