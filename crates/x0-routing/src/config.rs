@@ -14,18 +14,23 @@ pub struct RouterConfig {
     pub idle_after: Duration,
     /// Missed probe intervals after which a silent neighbour is declared down. Default 3.
     pub detect_multiplier: u8,
-    /// How long receivers keep an advert without a refresh. Default 1 h.
+    /// How long receivers keep an advert without a refresh. Default 24 h.
     pub advert_lifetime: Duration,
-    /// How often a node re-floods its advert unchanged. Default 30 min (half the lifetime).
+    /// How often a node re-floods its advert unchanged. Default 20 h. The refresh is a safety
+    /// net: flooding is acknowledged and a new neighbour receives the whole database, so
+    /// nothing relies on it, and a long period keeps steady-state control traffic tiny.
     pub advert_refresh: Duration,
     /// Shortest time between two adverts of our own (coalesces bursts). Default 20 ms.
     pub min_originate_interval: Duration,
-    /// Relative cost change that is advertised at once; smaller changes wait for the refresh.
-    /// Default 0.25 (25 %).
+    /// Relative cost change that counts as significant (with at least `significant_cost_delta`
+    /// absolute). Default 0.5 (50 %).
     pub significant_cost_change: f64,
-    /// Per link, cost-only changes (same class) above the threshold are advertised at most this
-    /// often, so a link whose measurements wobble cannot storm the mesh. Default 5 s.
-    pub cost_change_holddown: Duration,
+    /// Absolute cost change that a significant change must also exceed. Default 10 (1 ms of
+    /// one-way latency).
+    pub significant_cost_delta: u32,
+    /// Per link, damped changes (a significant cost change, or a quality class moving by one
+    /// step) are advertised at most this often. Default 10 s.
+    pub change_holddown: Duration,
     /// First retransmission of an unacknowledged advert; doubles up to 8× per advert. Default
     /// 300 ms.
     pub retransmit_interval: Duration,
@@ -36,6 +41,9 @@ pub struct RouterConfig {
     pub spf_delay: Duration,
     /// Disjoint paths computed per destination (primary + backups). Default 2.
     pub k_paths: usize,
+    /// After one of our links fails, how long forwarding keeps the pre-failure table (with
+    /// backup paths for what used the dead link) while the mesh converges. Default 2 s.
+    pub frr_hold: Duration,
 }
 
 impl Default for RouterConfig {
@@ -45,15 +53,17 @@ impl Default for RouterConfig {
             probe_interval_idle: Duration::from_millis(100),
             idle_after: Duration::from_secs(5),
             detect_multiplier: 3,
-            advert_lifetime: Duration::from_secs(3600),
-            advert_refresh: Duration::from_secs(1800),
+            advert_lifetime: Duration::from_secs(24 * 3600),
+            advert_refresh: Duration::from_secs(20 * 3600),
             min_originate_interval: Duration::from_millis(20),
-            significant_cost_change: 0.25,
-            cost_change_holddown: Duration::from_secs(5),
+            significant_cost_change: 0.5,
+            significant_cost_delta: 10,
+            change_holddown: Duration::from_secs(10),
             retransmit_interval: Duration::from_millis(300),
             flood_rate_per_s: 2000,
             spf_delay: Duration::from_millis(10),
             k_paths: 2,
+            frr_hold: Duration::from_secs(2),
         }
     }
 }

@@ -1,34 +1,33 @@
-//! BFD-style liveness on one link (RFC 5880 in spirit, asynchronous mode with echo of our own
-//! timestamps).
+//! BFD-style liveness on one link (RFC 5880 in spirit, asynchronous mode).
 //!
-//! Each side sends a [`Probe`] every `tx_interval` and announces that interval and its detect
-//! multiplier in the probe; the other side answers with a [`ProbeAck`] echoing the timestamp, so
-//! the sender measures RTT on its own clock. A neighbour is declared down when nothing (probe or
-//! ack) has been heard from it for `its multiplier × its announced interval`. The interval backs
-//! off (doubling) on a link idle for `idle_after`, up to `probe_interval_idle`, and drops back to
-//! `probe_interval` as soon as the link carries traffic again.
+//! Both ends send a [`Probe`] every `tx_interval` and announce that interval and their detect
+//! multiplier in it. A neighbour is declared down when nothing has been heard from it for `its
+//! multiplier × its announced interval`. There are no separate answers: every probe echoes the
+//! timestamp of the newest probe received from the other end and how long it was held, so each
+//! end measures RTT on its own clock, and reports the loss it sees on the other end's probes
+//! (from their sequence numbers), so each end knows the loss in both directions.
+//!
+//! Probes are sent on a grid of `probe_interval` ticks anchored at the router's start, so a node
+//! wakes once per tick for all its links. The interval backs off (doubling) on a link idle for
+//! `idle_after`, up to `probe_interval_idle`, and drops back as soon as the link carries traffic.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use x0_wire::NodeId;
-use x0_wire::routing::{Probe, ProbeAck};
+use x0_wire::routing::Probe;
 
 use crate::config::RouterConfig;
 use crate::quality::LinkQuality;
 use crate::time::Instant;
 
-/// Probes remembered for the loss window.
-const LOSS_WINDOW: usize = 32;
+/// Probe sequence numbers remembered for the receive-loss window.
+const LOSS_WINDOW: u32 = 64;
+/// Probes that must have been seen before a loss figure is trusted.
+const MIN_LOSS_SAMPLES: u32 = 8;
 /// Longest interval a peer may announce (a sanity bound on an authenticated peer's value).
 const MAX_PEER_INTERVAL: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone, Copy)]
-struct Sent {
-    seq: u32,
-    at: Instant,
-    acked: bool,
-}
+/// Longest RTT sample accepted.
+const MAX_RTT: Duration = Duration::from_secs(30);
 
 /// Liveness and quality state of one link.
 #[derive(Debug, Clone)]
@@ -41,12 +40,30 @@ pub struct Session {
     peer_interval: Duration,
     peer_multiplier: u8,
     last_traffic: Instant,
-    sent: VecDeque<Sent>,
+    /// Newest probe received: its `sent_at_us` and when it arrived.
+    echo: Option<(u64, Instant)>,
+    /// Highest sequence number received and the receive bitmap below it (bit i: seq − i).
+    rx_highest: Option<u32>,
+    rx_bits: u64,
+    rx_seen: u32,
+    /// Loss the peer reports on our probes.
+    tx_loss: f64,
     quality: LinkQuality,
 }
 
 fn interval_ms(d: Duration) -> u16 {
     u16::try_from(d.as_millis()).unwrap_or(u16::MAX).max(1)
+}
+
+/// The first tick of the `grid`, anchored at `epoch`, at or after `t`.
+fn next_tick(epoch: Instant, grid: Duration, t: Instant) -> Instant {
+    let g = u64::try_from(grid.as_micros()).unwrap_or(u64::MAX).max(1);
+    let since = t.as_micros().saturating_sub(epoch.as_micros());
+    Instant::from_micros(
+        epoch
+            .as_micros()
+            .saturating_add(since.div_ceil(g).saturating_mul(g)),
+    )
 }
 
 impl Session {
@@ -61,9 +78,18 @@ impl Session {
             peer_interval: cfg.probe_interval,
             peer_multiplier: cfg.detect_multiplier.max(1),
             last_traffic: now,
-            sent: VecDeque::with_capacity(LOSS_WINDOW),
+            echo: None,
+            rx_highest: None,
+            rx_bits: 0,
+            rx_seen: 0,
+            tx_loss: 0.0,
             quality: LinkQuality::default(),
         }
+    }
+
+    /// Seeds the RTT estimate (warm start).
+    pub fn seed_rtt(&mut self, rtt: Duration) {
+        self.quality.seed(rtt);
     }
 
     /// The neighbour's node ID.
@@ -91,64 +117,102 @@ impl Session {
         &self.quality
     }
 
-    /// Builds the probe due now and schedules the next one. Returns the probe and whether the
-    /// quality class changed (the loss window advanced).
-    pub fn make_probe(&mut self, now: Instant, cfg: &RouterConfig) -> (Probe, bool) {
+    /// Loss measured on the neighbour's probes.
+    pub fn rx_loss(&self) -> f64 {
+        let Some(highest) = self.rx_highest else {
+            return 0.0;
+        };
+        if self.rx_seen < MIN_LOSS_SAMPLES {
+            return 0.0;
+        }
+        let span = self.rx_seen.min(LOSS_WINDOW).min(highest.saturating_add(1));
+        let mask = if span >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << span) - 1
+        };
+        let got = (self.rx_bits & mask).count_ones();
+        1.0 - f64::from(got) / f64::from(span.max(1))
+    }
+
+    /// Loss the neighbour reports on our probes.
+    pub fn tx_loss(&self) -> f64 {
+        self.tx_loss
+    }
+
+    /// Builds the probe due now and schedules the next one on the router's tick grid.
+    pub fn make_probe(&mut self, now: Instant, cfg: &RouterConfig, epoch: Instant) -> Probe {
         if now.saturating_since(self.last_traffic) >= cfg.idle_after {
             self.tx_interval = (self.tx_interval * 2).min(cfg.probe_interval_idle);
         } else {
             self.tx_interval = cfg.probe_interval;
         }
         self.tx_seq = self.tx_seq.wrapping_add(1);
-        if self.sent.len() == LOSS_WINDOW {
-            self.sent.pop_front();
-        }
-        self.sent.push_back(Sent {
-            seq: self.tx_seq,
-            at: now,
-            acked: false,
-        });
-        self.next_probe = now + self.tx_interval;
-        let changed = self.reevaluate(now);
-        let probe = Probe {
+        let half_tick = cfg.probe_interval / 2;
+        self.next_probe = next_tick(
+            epoch,
+            cfg.probe_interval,
+            now + self.tx_interval.saturating_sub(half_tick),
+        )
+        .max(now + Duration::from_micros(1));
+        let (echo_sent_at_us, echo_hold_us) = match self.echo {
+            Some((sent, at)) => (
+                sent,
+                u32::try_from(now.saturating_since(at).as_micros()).unwrap_or(u32::MAX),
+            ),
+            None => (0, 0),
+        };
+        Probe {
             seq: self.tx_seq,
             sent_at_us: now.as_micros(),
             tx_interval_ms: interval_ms(self.tx_interval),
             multiplier: cfg.detect_multiplier.max(1),
-        };
-        (probe, changed)
+            echo_sent_at_us,
+            echo_hold_us,
+            rx_loss_permille: (self.rx_loss() * 1000.0).round() as u16,
+        }
     }
 
-    fn heard(&mut self, now: Instant, interval_ms: u16, multiplier: u8) {
+    /// A probe from the neighbour. Returns whether the quality class changed.
+    pub fn on_probe(&mut self, now: Instant, p: &Probe) -> bool {
         self.last_heard = now;
         self.peer_interval =
-            Duration::from_millis(u64::from(interval_ms.max(1))).min(MAX_PEER_INTERVAL);
-        self.peer_multiplier = multiplier.max(1);
-    }
-
-    /// A probe from the neighbour: returns the answer.
-    pub fn on_probe(&mut self, now: Instant, p: &Probe, cfg: &RouterConfig) -> ProbeAck {
-        self.heard(now, p.tx_interval_ms, p.multiplier);
-        ProbeAck {
-            seq: p.seq,
-            echo_sent_at_us: p.sent_at_us,
-            tx_interval_ms: interval_ms(self.tx_interval),
-            multiplier: cfg.detect_multiplier.max(1),
+            Duration::from_millis(u64::from(p.tx_interval_ms.max(1))).min(MAX_PEER_INTERVAL);
+        self.peer_multiplier = p.multiplier.max(1);
+        // Receive window.
+        match self.rx_highest {
+            None => {
+                self.rx_highest = Some(p.seq);
+                self.rx_bits = 1;
+                self.rx_seen = 1;
+            }
+            Some(h) if p.seq > h => {
+                let shift = p.seq - h;
+                self.rx_bits = if shift >= 64 {
+                    0
+                } else {
+                    self.rx_bits << shift
+                };
+                self.rx_bits |= 1;
+                self.rx_highest = Some(p.seq);
+                self.rx_seen = self.rx_seen.saturating_add(shift);
+            }
+            Some(h) if h - p.seq < 64 => self.rx_bits |= 1 << (h - p.seq),
+            Some(_) => {}
         }
-    }
-
-    /// An answer to one of our probes. Returns whether the quality class changed.
-    pub fn on_ack(&mut self, now: Instant, a: &ProbeAck) -> bool {
-        self.heard(now, a.tx_interval_ms, a.multiplier);
-        let Some(sent) = self.sent.iter_mut().find(|s| s.seq == a.seq && !s.acked) else {
-            return false; // duplicate, or older than the window
-        };
-        if sent.at.as_micros() != a.echo_sent_at_us {
-            return false; // not our timestamp: ignore the sample
+        self.echo = Some((p.sent_at_us, now));
+        self.tx_loss = (f64::from(p.rx_loss_permille) / 1000.0).clamp(0.0, 1.0);
+        // RTT from the echo of one of our probes.
+        if p.echo_sent_at_us != 0 && p.echo_sent_at_us <= now.as_micros() {
+            let rtt = now
+                .saturating_since(Instant::from_micros(p.echo_sent_at_us))
+                .saturating_sub(Duration::from_micros(u64::from(p.echo_hold_us)));
+            if rtt <= MAX_RTT {
+                self.quality.rtt_sample(rtt);
+            }
         }
-        sent.acked = true;
-        self.quality.rtt_sample(now.saturating_since(sent.at));
-        self.reevaluate(now)
+        let round_trip_loss = 1.0 - (1.0 - self.rx_loss()) * (1.0 - self.tx_loss);
+        self.quality.update(round_trip_loss, now)
     }
 
     /// Records that the link carries traffic; tightens the probe interval at once.
@@ -158,26 +222,6 @@ impl Session {
             self.tx_interval = cfg.probe_interval;
             self.next_probe = self.next_probe.min(now + cfg.probe_interval);
         }
-    }
-
-    /// Loss over the probes old enough to have been answered.
-    fn reevaluate(&mut self, now: Instant) -> bool {
-        let grace = Duration::from_secs_f64(self.quality.rtt_ms() * 2.0 / 1000.0)
-            .max(self.tx_interval)
-            .max(Duration::from_millis(10));
-        let (mut eligible, mut lost) = (0u32, 0u32);
-        for s in &self.sent {
-            if s.acked {
-                eligible += 1;
-            } else if now.saturating_since(s.at) > grace {
-                eligible += 1;
-                lost += 1;
-            }
-        }
-        if eligible == 0 {
-            return false;
-        }
-        self.quality.update(f64::from(lost) / f64::from(eligible))
     }
 }
 
@@ -193,90 +237,85 @@ mod tests {
         Instant::from_millis(ms)
     }
 
+    /// Two sessions facing each other over a link with one-way delay `d_ms`, probing until
+    /// `until_ms`; `drop` decides which probes (by direction and sequence) are lost.
+    fn exchange(d_ms: u64, until_ms: u64, drop: impl Fn(bool, u32) -> bool) -> (Session, Session) {
+        let c = cfg();
+        let mut a = Session::new(NodeId::from_bytes([1; 16]), t(0), &c);
+        let mut b = Session::new(NodeId::from_bytes([2; 16]), t(0), &c);
+        let mut flight: Vec<(Instant, bool, Probe)> = Vec::new();
+        let mut now = t(0);
+        while now <= t(until_ms) {
+            for (from_a, s) in [(true, &mut a), (false, &mut b)] {
+                if s.probe_due() <= now {
+                    let p = s.make_probe(now, &c, Instant::ZERO);
+                    if !drop(from_a, p.seq) {
+                        flight.push((now + Duration::from_millis(d_ms), from_a, p));
+                    }
+                }
+            }
+            flight.sort_by_key(|f| f.0);
+            while flight.first().is_some_and(|f| f.0 <= now) {
+                let (at, from_a, p) = flight.remove(0);
+                if from_a {
+                    b.on_probe(at, &p);
+                } else {
+                    a.on_probe(at, &p);
+                }
+            }
+            now = now + Duration::from_millis(1);
+        }
+        (a, b)
+    }
+
     #[test]
-    fn probes_every_interval_and_detects_after_multiplier() {
+    fn echoes_give_rtt_without_answers() {
+        let (a, b) = exchange(3, 2_000, |_, _| false);
+        assert!(
+            (a.quality().rtt_ms() - 6.0).abs() < 0.01,
+            "{}",
+            a.quality().rtt_ms()
+        );
+        assert!((b.quality().rtt_ms() - 6.0).abs() < 0.01);
+        assert_eq!((a.rx_loss(), a.tx_loss()), (0.0, 0.0));
+    }
+
+    #[test]
+    fn loss_is_measured_in_both_directions() {
+        // Every fourth probe from a to b is lost.
+        let (a, b) = exchange(2, 10_000, |from_a, seq| from_a && seq % 4 == 0);
+        assert!((b.rx_loss() - 0.25).abs() < 0.05, "{}", b.rx_loss());
+        assert!((a.tx_loss() - 0.25).abs() < 0.05, "{}", a.tx_loss());
+        assert_eq!(a.rx_loss(), 0.0);
+        assert!((a.quality().loss() - 0.25).abs() < 0.05);
+    }
+
+    #[test]
+    fn detection_deadline_follows_the_peers_announcement() {
         let c = cfg();
         let mut s = Session::new(NodeId::from_bytes([1; 16]), t(0), &c);
-        assert_eq!(s.probe_due(), t(0));
-        let (p, _) = s.make_probe(t(0), &c);
-        assert_eq!((p.seq, p.tx_interval_ms, p.multiplier), (1, 100, 3));
-        assert_eq!(s.probe_due(), t(100));
         assert_eq!(s.detect_deadline(), t(300));
-        let ack = ProbeAck {
+        let p = Probe {
             seq: 1,
-            echo_sent_at_us: 0,
+            sent_at_us: 0,
             tx_interval_ms: 50,
             multiplier: 4,
+            echo_sent_at_us: 0,
+            echo_hold_us: 0,
+            rx_loss_permille: 0,
         };
-        s.on_ack(t(2), &ack);
-        assert_eq!(
-            s.detect_deadline(),
-            t(202),
-            "peer's 4 × 50 ms from the last packet heard"
-        );
-        assert!((s.quality().rtt_ms() - 2.0).abs() < 1e-9);
+        s.on_probe(t(10), &p);
+        assert_eq!(s.detect_deadline(), t(210));
     }
 
     #[test]
-    fn acks_with_a_wrong_timestamp_or_twice_are_ignored() {
+    fn probes_land_on_the_tick_grid() {
         let c = cfg();
-        let mut s = Session::new(NodeId::from_bytes([1; 16]), t(0), &c);
-        s.make_probe(t(0), &c);
-        s.on_ack(
-            t(5),
-            &ProbeAck {
-                seq: 1,
-                echo_sent_at_us: 999,
-                tx_interval_ms: 100,
-                multiplier: 3,
-            },
-        );
-        assert!(!s.quality().has_rtt());
-        s.on_ack(
-            t(5),
-            &ProbeAck {
-                seq: 1,
-                echo_sent_at_us: 0,
-                tx_interval_ms: 100,
-                multiplier: 3,
-            },
-        );
-        s.on_ack(
-            t(9),
-            &ProbeAck {
-                seq: 1,
-                echo_sent_at_us: 0,
-                tx_interval_ms: 100,
-                multiplier: 3,
-            },
-        );
-        assert!((s.quality().rtt_ms() - 5.0).abs() < 1e-9);
-    }
-
-    #[test]
-    fn unanswered_probes_count_as_loss() {
-        let c = cfg();
-        let mut s = Session::new(NodeId::from_bytes([1; 16]), t(0), &c);
-        for i in 0..20u64 {
-            let now = t(i * 100);
-            let (p, _) = s.make_probe(now, &c);
-            if i % 2 == 0 {
-                s.on_ack(
-                    now + Duration::from_millis(1),
-                    &ProbeAck {
-                        seq: p.seq,
-                        echo_sent_at_us: p.sent_at_us,
-                        tx_interval_ms: 100,
-                        multiplier: 3,
-                    },
-                );
-            }
-        }
-        assert!(
-            (s.quality().loss() - 0.5).abs() < 0.1,
-            "{}",
-            s.quality().loss()
-        );
+        let mut s = Session::new(NodeId::from_bytes([1; 16]), t(37), &c);
+        s.make_probe(t(37), &c, Instant::ZERO);
+        assert_eq!(s.probe_due(), t(100));
+        s.make_probe(t(100), &c, Instant::ZERO);
+        assert_eq!(s.probe_due(), t(200));
     }
 
     #[test]
@@ -291,7 +330,7 @@ mod tests {
         let mut intervals = Vec::new();
         for _ in 0..20 {
             now = s.probe_due();
-            let (p, _) = s.make_probe(now, &c);
+            let p = s.make_probe(now, &c, Instant::ZERO);
             intervals.push(p.tx_interval_ms);
         }
         assert_eq!(intervals[0], 100);

@@ -11,15 +11,19 @@
 //! | POOR | 30 % | 500 ms |
 //! | BAD | otherwise | |
 //!
-//! Hysteresis: a link moves to a *worse* class as soon as it breaks its current class's limits;
-//! it moves to a *better* class only after [`UPGRADE_AFTER`] consecutive samples inside that
-//! class's limits shrunk by [`UPGRADE_MARGIN`]. So a link hovering at a threshold stays put.
+//! Hysteresis, in time: a link moves one class *down* after staying outside its class's limits
+//! for [`DOWNGRADE_HOLD`] (at once if it falls two classes or more); it moves *up* only after
+//! staying inside the better class's limits shrunk by [`UPGRADE_MARGIN`] for [`UPGRADE_HOLD`].
+//! A link whose loss sits at a threshold therefore settles in the worse class instead of
+//! flapping (a 1 %-loss link stays GOOD).
 //!
 //! Cost: `ETX × (one-way latency + 1 ms)` in units of 100 µs, where `ETX = 1 / (1 − loss)` with
 //! loss capped at 90 %; the 1 ms per hop makes hop count matter on fast links. A 1 ms-RTT
 //! lossless link costs 15; a 20 ms one 110.
 
 use std::time::Duration;
+
+use crate::time::Instant;
 
 /// Quality class of a link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -38,8 +42,10 @@ pub enum QualityClass {
 }
 
 const LIMITS: [(f64, f64); 4] = [(0.01, 20.0), (0.03, 50.0), (0.10, 150.0), (0.30, 500.0)];
-/// Samples inside a better class needed before moving up.
-pub const UPGRADE_AFTER: u32 = 5;
+/// Time inside a better class (with margin) before moving up.
+pub const UPGRADE_HOLD: Duration = Duration::from_secs(15);
+/// Time outside the current class before moving one class down.
+pub const DOWNGRADE_HOLD: Duration = Duration::from_secs(3);
 /// Factor applied to a better class's limits when deciding to move up.
 pub const UPGRADE_MARGIN: f64 = 0.8;
 const EWMA_RTT: f64 = 0.125;
@@ -84,7 +90,8 @@ pub struct LinkQuality {
     jitter_ms: f64,
     loss: f64,
     class: QualityClass,
-    better_streak: u32,
+    better_since: Option<Instant>,
+    worse_since: Option<Instant>,
 }
 
 impl Default for LinkQuality {
@@ -94,12 +101,19 @@ impl Default for LinkQuality {
             jitter_ms: 0.0,
             loss: 0.0,
             class: QualityClass::Good,
-            better_streak: 0,
+            better_since: None,
+            worse_since: None,
         }
     }
 }
 
 impl LinkQuality {
+    /// Starts from a known RTT, in the class that RTT (and no loss) falls in: for warm starts.
+    pub fn seed(&mut self, rtt: Duration) {
+        self.srtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+        self.class = QualityClass::classify(0.0, self.rtt_ms());
+    }
+
     /// Adds an RTT sample.
     pub fn rtt_sample(&mut self, rtt: Duration) {
         let ms = rtt.as_secs_f64() * 1000.0;
@@ -112,8 +126,9 @@ impl LinkQuality {
         }
     }
 
-    /// Sets the windowed loss ratio and re-evaluates the class. Returns whether it changed.
-    pub fn update(&mut self, loss: f64) -> bool {
+    /// Sets the windowed loss ratio at `now` and re-evaluates the class. Returns whether it
+    /// changed.
+    pub fn update(&mut self, loss: f64, now: Instant) -> bool {
         self.loss = if loss.is_finite() {
             loss.clamp(0.0, 1.0)
         } else {
@@ -122,18 +137,25 @@ impl LinkQuality {
         let rtt = self.rtt_ms();
         let old = self.class;
         if !self.class.within(self.loss, rtt, 1.0) {
-            self.class = QualityClass::classify(self.loss, rtt).max(self.class);
-            self.better_streak = 0;
+            self.better_since = None;
+            let since = *self.worse_since.get_or_insert(now);
+            let worse = QualityClass::classify(self.loss, rtt).max(self.class);
+            if worse as u8 >= self.class as u8 + 2 || now.saturating_since(since) >= DOWNGRADE_HOLD
+            {
+                self.class = worse;
+                self.worse_since = None;
+            }
         } else {
+            self.worse_since = None;
             let better = QualityClass::classify(self.loss / UPGRADE_MARGIN, rtt / UPGRADE_MARGIN);
             if better < self.class {
-                self.better_streak += 1;
-                if self.better_streak >= UPGRADE_AFTER {
+                let since = *self.better_since.get_or_insert(now);
+                if now.saturating_since(since) >= UPGRADE_HOLD {
                     self.class = better;
-                    self.better_streak = 0;
+                    self.better_since = None;
                 }
             } else {
-                self.better_streak = 0;
+                self.better_since = None;
             }
         }
         self.class != old
@@ -201,35 +223,49 @@ mod tests {
         assert!((q.rtt_ms() - 2.0).abs() < 1e-9, "{}", q.rtt_ms());
         assert!(q.jitter_ms() > 0.0);
         let mut lossy = q.clone();
-        lossy.update(0.5);
+        lossy.update(0.5, Instant::ZERO);
         assert!(lossy.cost() > q.cost());
     }
 
+    fn at(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
     #[test]
-    fn hysteresis_degrades_at_once_and_upgrades_slowly() {
+    fn hysteresis_holds_classes_in_time() {
         let mut q = LinkQuality::default();
         q.rtt_sample(Duration::from_millis(5));
-        // Starts GOOD; clean samples upgrade only after the streak.
-        for _ in 0..UPGRADE_AFTER - 1 {
-            assert!(!q.update(0.0));
-        }
-        assert!(q.update(0.0));
+        // Starts GOOD; clean samples upgrade only after UPGRADE_HOLD.
+        assert!(!q.update(0.0, at(0)));
+        assert!(!q.update(0.0, at(14_000)));
+        assert!(q.update(0.0, at(15_000)));
         assert_eq!(q.class(), QualityClass::Excellent);
-        // One bad window degrades at once.
-        assert!(q.update(0.15));
+        // A fall of two classes or more degrades at once.
+        assert!(q.update(0.15, at(16_000)));
         assert_eq!(q.class(), QualityClass::Poor);
-        // Hovering just under the FAIR loss limit (inside FAIR, not inside FAIR×0.8) does not
-        // upgrade, however long it lasts.
-        for _ in 0..50 {
-            q.update(0.095);
+        // A one-class fall needs DOWNGRADE_HOLD outside the limits.
+        let mut p = LinkQuality::default();
+        p.rtt_sample(Duration::from_millis(5));
+        assert!(!p.update(0.05, at(0)));
+        assert!(!p.update(0.05, at(2_900)));
+        assert!(p.update(0.05, at(3_000)));
+        assert_eq!(p.class(), QualityClass::Fair);
+        // Hovering inside FAIR but not inside FAIR × 0.8 never upgrades.
+        for i in 0..100 {
+            p.update(0.095, at(3_000 + i * 1_000));
         }
-        assert_eq!(q.class(), QualityClass::Poor);
-        // Alternating across the EXCELLENT/GOOD border does not flap.
-        let mut flips = 0;
+        assert_eq!(p.class(), QualityClass::Fair);
+    }
+
+    #[test]
+    fn a_link_at_a_threshold_does_not_flap() {
+        // Loss alternating just below and above 1 % every 100 ms for five minutes.
         let mut q = LinkQuality::default();
         q.rtt_sample(Duration::from_millis(5));
-        for i in 0..100 {
-            if q.update(if i % 2 == 0 { 0.009 } else { 0.011 }) {
+        let mut flips = 0;
+        for i in 0..3000u64 {
+            let loss = if i % 2 == 0 { 0.009 } else { 0.016 };
+            if q.update(loss, at(i * 100)) {
                 flips += 1;
             }
         }
@@ -239,9 +275,9 @@ mod tests {
     #[test]
     fn nonsense_loss_is_clamped() {
         let mut q = LinkQuality::default();
-        q.update(f64::NAN);
+        q.update(f64::NAN, Instant::ZERO);
         assert_eq!(q.loss(), 1.0);
-        q.update(-3.0);
+        q.update(-3.0, Instant::ZERO);
         assert_eq!(q.loss(), 0.0);
         assert!(q.cost() >= 1);
     }

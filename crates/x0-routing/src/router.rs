@@ -18,8 +18,9 @@
 //! sends us an advert of ours with a higher sequence number (from before a reboot), we jump past
 //! it and re-originate.
 //!
-//! Routes: SPF runs `spf_delay` after a topology change (coalescing bursts), over the links both
-//! ends advertise. When a local link dies, destinations whose primary next hop used it switch at
+//! Routes: computed lazily, on the first query at least `spf_delay` after a topology change
+//! (coalescing bursts; a router nobody asks for routes never runs SPF), over the links both ends
+//! advertise. When a local link dies, destinations whose primary next hop used it switch at
 //! once to the first hop of their precomputed node-disjoint backup path, before the SPF and
 //! before any advert is flooded.
 
@@ -28,13 +29,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use x0_wire::NodeId;
-use x0_wire::routing::{Advert, AdvertBody, AdvertisedLink, RoutingMessage};
+use x0_wire::routing::{Advert, AdvertBody, AdvertisedLink, RoutingMessage, peek_advert};
 
 use crate::auth::{AdvertAuth, Verdict};
 use crate::config::RouterConfig;
 use crate::graph::{Graph, NO_NODE, NodeIx};
 use crate::liveness::Session;
-use crate::lsdb::{Lsdb, Offer};
+use crate::lsdb::{AdvertInterner, Lsdb, Offer, StoredAdvert};
 use crate::paths::{ShortestPathTree, dijkstra, disjoint_paths};
 use crate::quality::QualityClass;
 use crate::stats::RouterStats;
@@ -45,6 +46,8 @@ pub type LinkId = u64;
 
 /// Most retransmission back-off (multiples of `retransmit_interval`).
 const MAX_BACKOFF: u32 = 8;
+/// Cost advertised for a link not measured yet (so high that nothing routes over it).
+const UNMEASURED_COST: u32 = u32::MAX / 1024;
 
 /// Why a neighbour went down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +124,8 @@ struct Neighbor {
     advertised_class: QualityClass,
     /// When a cost-only change may next trigger an advert.
     cost_change_allowed: Instant,
+    /// When the link came up (its first advert waits for a measurement, within limits).
+    up_since: Instant,
 }
 
 #[derive(Debug)]
@@ -128,8 +133,15 @@ struct RouteCache {
     graph: Graph,
     me: NodeIx,
     spt: ShortestPathTree,
-    /// First hop (graph index) of the best path disjoint from the primary, per destination.
-    backups: HashMap<NodeIx, NodeIx>,
+    /// The cheapest path to the destination that shares no node with the primary path (other
+    /// than us and the destination), per destination, computed on first use.
+    backups: HashMap<NodeIx, Option<Vec<NodeIx>>>,
+}
+
+#[derive(Debug)]
+struct Frr {
+    until: Instant,
+    routes: RouteCache,
 }
 
 /// The routing state machine of one node.
@@ -146,9 +158,14 @@ pub struct Router {
     refresh_at: Instant,
     spf_due: Option<Instant>,
     routes: Option<RouteCache>,
+    /// The routing table from before a local link failure, used for `frr_hold`.
+    frr: Option<Frr>,
     transmits: VecDeque<(LinkId, Vec<u8>)>,
     events: VecDeque<RouterEvent>,
     stats: RouterStats,
+    interner: Option<Arc<AdvertInterner>>,
+    /// Anchor of the probe tick grid.
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for Router {
@@ -182,15 +199,94 @@ impl Router {
             links: BTreeMap::new(),
             by_neighbor: BTreeMap::new(),
             lsdb: Lsdb::new(),
-            originate_wanted: true,
+            originate_wanted: false,
             next_originate_allowed: now,
             refresh_at,
             spf_due: None,
             routes: None,
+            frr: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: RouterStats::default(),
+            interner: None,
+            epoch: now,
         }
+    }
+
+    /// Shares received adverts with other routers of this process (the simulator).
+    pub fn with_interner(mut self, interner: Arc<AdvertInterner>) -> Self {
+        self.interner = Some(interner);
+        self
+    }
+
+    /// A router that starts as part of an already converged mesh: `links` are up with the
+    /// given RTT estimates (their quality seeded accordingly) and `lsdb` holds the current
+    /// advert of every node, ours included (its sequence number becomes ours). For simulations
+    /// of large steady meshes, whose cold start would only measure flooding; everything after
+    /// `now` runs exactly as in a router started cold.
+    pub fn warm(
+        cfg: RouterConfig,
+        me: NodeId,
+        auth: Box<dyn AdvertAuth + Send>,
+        now: Instant,
+        links: &[(LinkId, NodeId, Duration)],
+        lsdb: impl IntoIterator<Item = Arc<StoredAdvert>>,
+    ) -> Self {
+        let mut r = Self::new(cfg, me, auth, 0, now);
+        let mut adverts: Vec<Arc<StoredAdvert>> = lsdb.into_iter().collect();
+        adverts.sort_by_key(|a| a.body.origin);
+        for stored in adverts {
+            if stored.body.origin == me {
+                r.seq = stored.body.seq;
+            }
+            r.lsdb.offer(stored, now);
+        }
+        for &(link, neighbor, rtt) in links {
+            let mut n = new_neighbor(&r.cfg, neighbor, now);
+            n.session.seed_rtt(rtt);
+            let q = n.session.quality();
+            n.advertised_cost = q.cost();
+            n.advertised_class = q.class();
+            r.links.insert(link, n);
+            r.by_neighbor.insert(neighbor, link);
+        }
+        r
+    }
+
+    /// The advert at `origin`'s current version, as this router would send it.
+    pub fn stored_advert(&self, origin: &NodeId) -> Option<Arc<StoredAdvert>> {
+        self.lsdb.get(origin).map(|e| e.stored.clone())
+    }
+
+    /// Builds (and signs) the advert a router would originate for `links`, without a router:
+    /// for warm starts.
+    pub fn make_advert(
+        me: NodeId,
+        seq: u64,
+        lifetime: Duration,
+        links: Vec<AdvertisedLink>,
+        auth: &mut dyn AdvertAuth,
+    ) -> StoredAdvert {
+        let mut links = links;
+        links.sort_by_key(|l| l.neighbor);
+        links.dedup_by_key(|l| l.neighbor);
+        links.truncate(x0_wire::routing::MAX_ADVERT_LINKS);
+        let body = AdvertBody {
+            origin: me,
+            seq,
+            lifetime_s: u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX),
+            links,
+        };
+        let bytes = body.encode();
+        let (origin_key, signature) = auth.sign(&bytes);
+        StoredAdvert::new(
+            Advert {
+                body: bytes,
+                origin_key,
+                signature,
+            },
+            body,
+        )
     }
 
     /// Our node ID.
@@ -230,6 +326,13 @@ impl Router {
         if neighbor == self.me {
             return;
         }
+        if self
+            .links
+            .get(&link)
+            .is_some_and(|n| n.session.neighbor() == neighbor)
+        {
+            return; // already up
+        }
         if let Some(old) = self.by_neighbor.get(&neighbor).copied()
             && old != link
         {
@@ -238,19 +341,7 @@ impl Router {
         if self.links.contains_key(&link) {
             self.drop_link(now, link, DownCause::Local);
         }
-        let mut n = Neighbor {
-            session: Session::new(neighbor, now, &self.cfg),
-            pending: BTreeMap::new(),
-            schedule: BTreeSet::new(),
-            queue: VecDeque::new(),
-            queued: BTreeSet::new(),
-            acks: Vec::new(),
-            tokens: f64::from(self.cfg.flood_rate_per_s),
-            refilled: now,
-            advertised_cost: 0,
-            advertised_class: QualityClass::Good,
-            cost_change_allowed: now,
-        };
+        let mut n = new_neighbor(&self.cfg, neighbor, now);
         // Database exchange: the new neighbour gets everything we hold.
         for origin in self.lsdb.iter().map(|(o, _)| *o).collect::<Vec<_>>() {
             if let Some(seq) = self.lsdb.seq_of(&origin) {
@@ -288,6 +379,19 @@ impl Router {
             self.stats.datagrams_unknown_link += 1;
             return;
         }
+        // Most adverts a node receives are copies of what it holds: settle those from the
+        // header, without decoding the body.
+        if let Some((origin, seq)) = peek_advert(bytes)
+            && origin != self.me
+            && self.lsdb.get(&origin).is_some_and(|e| {
+                e.body().seq > seq || (e.body().seq == seq && e.stored.datagram == bytes)
+            })
+        {
+            self.stats.adverts_received += 1;
+            self.old_advert(now, link, origin, seq);
+            self.run(now);
+            return;
+        }
         let msg = match RoutingMessage::decode(bytes) {
             Ok(m) => m,
             Err(_) => {
@@ -298,14 +402,8 @@ impl Router {
         match msg {
             RoutingMessage::Probe(p) => {
                 self.stats.probes_received += 1;
-                if let Some(n) = self.links.get_mut(&link) {
-                    let ack = n.session.on_probe(now, &p, &self.cfg);
-                    self.send(link, &RoutingMessage::ProbeAck(ack));
-                }
-            }
-            RoutingMessage::ProbeAck(a) => {
                 if let Some(n) = self.links.get_mut(&link)
-                    && n.session.on_ack(now, &a)
+                    && n.session.on_probe(now, &p)
                 {
                     let class = n.session.quality().class();
                     self.events
@@ -349,12 +447,7 @@ impl Router {
             let Some(n) = self.links.get_mut(&link) else {
                 continue;
             };
-            let (probe, changed) = n.session.make_probe(now, &self.cfg);
-            if changed {
-                let class = n.session.quality().class();
-                self.events
-                    .push_back(RouterEvent::QualityChanged { link, class });
-            }
+            let probe = n.session.make_probe(now, &self.cfg, self.epoch);
             self.stats.probes_sent += 1;
             self.send(link, &RoutingMessage::Probe(probe));
             self.check_significant(now, link);
@@ -404,10 +497,8 @@ impl Router {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.refresh_at;
         if self.originate_wanted {
-            t = t.min(self.next_originate_allowed);
-        }
-        if let Some(s) = self.spf_due {
-            t = t.min(s);
+            let ready = self.next_originate_allowed;
+            t = t.min(self.measurement_due(ready).map_or(ready, |m| m.max(ready)));
         }
         if let Some(e) = self.lsdb.next_expiry() {
             t = t.min(e);
@@ -432,42 +523,50 @@ impl Router {
 
     // ---- queries --------------------------------------------------------------------------
 
-    /// Where to send a packet for `dst`: the primary next hop, or, if its link is down, the
-    /// first hop of the node-disjoint backup path (fast reroute).
+    /// Where to send a packet for `dst`.
+    ///
+    /// Normally the primary next hop of the current routing table. For `frr_hold` after one
+    /// of our links fails, decisions come from the table as it was before the failure: a
+    /// destination whose primary used the dead link goes onto its precomputed node-disjoint
+    /// backup path (`via_backup`; the packet must carry that path, see
+    /// [`Router::backup_path`]), and every other destination keeps its old next hop, so that
+    /// no packet is sent into a microloop while the rest of the mesh converges.
     pub fn next_hop(&mut self, now: Instant, dst: &NodeId) -> Option<NextHop> {
+        self.decide(now, dst).map(|(hop, _)| hop)
+    }
+
+    /// The explicit path a packet for `dst` must follow when [`Router::next_hop`] answers
+    /// `via_backup` (node IDs, starting with us); `None` when forwarding is hop by hop.
+    pub fn backup_path(&mut self, now: Instant, dst: &NodeId) -> Option<Vec<NodeId>> {
+        self.decide(now, dst).and_then(|(_, path)| path)
+    }
+
+    fn decide(&mut self, now: Instant, dst: &NodeId) -> Option<(NextHop, Option<Vec<NodeId>>)> {
         if *dst == self.me {
             return None;
+        }
+        let k = self.cfg.k_paths;
+        if self.frr.as_ref().is_some_and(|f| now < f.until) {
+            if let Some(f) = self.frr.as_mut()
+                && let Some(d) = f.routes.graph.index_of(dst)
+            {
+                if let Some(hop) = primary_hop(&f.routes, d, &self.by_neighbor) {
+                    return Some((hop, None));
+                }
+                if let Some(found) = backup_hop(&mut f.routes, d, k, &self.by_neighbor) {
+                    return Some(found);
+                }
+            }
+        } else {
+            self.frr = None;
         }
         self.refresh_routes(now);
         let routes = self.routes.as_mut()?;
         let d = routes.graph.index_of(dst)?;
-        let primary = *routes.spt.first_hop.get(d as usize)?;
-        if primary != NO_NODE
-            && let Some(nb) = routes.graph.id(primary)
-            && let Some(&link) = self.by_neighbor.get(&nb)
-        {
-            return Some(NextHop {
-                link,
-                neighbor: nb,
-                via_backup: false,
-            });
+        if let Some(hop) = primary_hop(routes, d, &self.by_neighbor) {
+            return Some((hop, None));
         }
-        // Primary's link is gone (or no primary): the precomputed backup.
-        let backup = match routes.backups.get(&d) {
-            Some(b) => *b,
-            None => {
-                let b = backup_first_hop(routes, d, self.cfg.k_paths);
-                routes.backups.insert(d, b);
-                b
-            }
-        };
-        let nb = routes.graph.id(backup)?;
-        let link = *self.by_neighbor.get(&nb)?;
-        Some(NextHop {
-            link,
-            neighbor: nb,
-            via_backup: true,
-        })
+        backup_hop(routes, d, k, &self.by_neighbor)
     }
 
     /// Up to `k` node-disjoint paths to `dst` over the current topology, cheapest set first,
@@ -501,7 +600,7 @@ impl Router {
                 if let Some(d) = routes.graph.index_of(dst)
                     && !routes.backups.contains_key(&d)
                 {
-                    let b = backup_first_hop(routes, d, k);
+                    let b = backup_path(&routes.graph, routes.me, &routes.spt, d, k);
                     routes.backups.insert(d, b);
                 }
             }
@@ -529,6 +628,17 @@ impl Router {
             DownCause::Silent => self.stats.neighbors_down_silent += 1,
             DownCause::Local => self.stats.neighbors_down_local += 1,
         }
+        // Fast reroute: keep deciding from the pre-failure table for a while (a second failure
+        // during the hold keeps the first table, whose backups avoid the first failure).
+        if self.frr.as_ref().is_none_or(|f| now >= f.until)
+            && let Some(routes) = self.routes.take()
+        {
+            self.frr = Some(Frr {
+                until: now + self.cfg.frr_hold,
+                routes,
+            });
+            self.stats.fast_reroutes += 1;
+        }
         self.events.push_back(RouterEvent::NeighborDown {
             link,
             neighbor,
@@ -544,11 +654,19 @@ impl Router {
         }
     }
 
-    /// Re-originates if a link's class changed, or its cost moved by more than the threshold
-    /// (at most once per `cost_change_holddown` per link).
+    /// Decides whether a link's new measurements warrant a new advert:
+    ///
+    /// * at once: the class moved two steps or more, or to or from BAD;
+    /// * damped (at most once per `change_holddown` per link): the class moved one step, or the
+    ///   cost moved by more than `significant_cost_change` and `significant_cost_delta`;
+    /// * otherwise the change waits for the next advert (the periodic refresh, or any other
+    ///   change, carries the current costs of every link).
     fn check_significant(&mut self, now: Instant, link: LinkId) {
-        let holddown = self.cfg.cost_change_holddown;
-        let threshold = self.cfg.significant_cost_change;
+        let holddown = self.cfg.change_holddown;
+        let (rel, abs) = (
+            self.cfg.significant_cost_change,
+            self.cfg.significant_cost_delta,
+        );
         let Some(n) = self.links.get_mut(&link) else {
             return;
         };
@@ -557,11 +675,21 @@ impl Router {
             return;
         }
         let (cost, class) = (q.cost(), q.class());
-        let old = f64::from(n.advertised_cost.max(1));
-        let moved = (f64::from(cost) - old).abs() / old;
-        if class != n.advertised_class {
+        if n.advertised_cost >= UNMEASURED_COST {
+            // First measurement of a new link: advertise its real cost.
             self.originate_wanted = true;
-        } else if moved > threshold && now >= n.cost_change_allowed {
+            return;
+        }
+        let (old_class, new_class) = (n.advertised_class as i32, class as i32);
+        let steps = (new_class - old_class).abs();
+        let bad = class == QualityClass::Bad || n.advertised_class == QualityClass::Bad;
+        if steps >= 2 || (steps == 1 && bad) {
+            self.originate_wanted = true;
+            return;
+        }
+        let delta = cost.abs_diff(n.advertised_cost);
+        let big_cost = delta > abs && f64::from(delta) > rel * f64::from(n.advertised_cost.max(1));
+        if (steps == 1 || big_cost) && now >= n.cost_change_allowed {
             n.cost_change_allowed = now + holddown;
             self.originate_wanted = true;
         }
@@ -569,10 +697,18 @@ impl Router {
 
     /// Sends what is due: our own advert, queued adverts within the rate limit, acks, routes.
     fn run(&mut self, now: Instant) {
-        if self.originate_wanted && now >= self.next_originate_allowed {
+        if self.originate_wanted
+            && now >= self.next_originate_allowed
+            && self.measurement_due(now).is_none()
+        {
             self.originate(now);
         }
-        self.flush_floods(now);
+        if self.links.values().any(|n| !n.queue.is_empty()) {
+            self.flush_floods(now);
+        }
+        if self.links.values().all(|n| n.acks.is_empty()) {
+            return;
+        }
         let links: Vec<LinkId> = self
             .links
             .iter()
@@ -589,9 +725,18 @@ impl Router {
                 self.send(link, &RoutingMessage::AdvertAck(chunk.to_vec()));
             }
         }
-        if self.spf_due.is_some_and(|t| now >= t) {
-            self.recompute_routes();
-        }
+    }
+
+    /// While a link that came up has no RTT sample yet (for at most `detect_multiplier`
+    /// probe intervals), our advert waits for it, so that one advert carries its real cost.
+    fn measurement_due(&self, now: Instant) -> Option<Instant> {
+        let wait = self.cfg.probe_interval * u32::from(self.cfg.detect_multiplier.max(1));
+        self.links
+            .values()
+            .filter(|n| !n.session.quality().has_rtt())
+            .map(|n| n.up_since + wait)
+            .filter(|t| *t > now)
+            .min()
     }
 
     fn originate(&mut self, now: Instant) {
@@ -605,7 +750,7 @@ impl Router {
             let (cost, class) = if q.has_rtt() {
                 (q.cost(), q.class())
             } else {
-                (u32::MAX / 1024, QualityClass::Bad)
+                (UNMEASURED_COST, QualityClass::Bad)
             };
             n.advertised_cost = cost;
             n.advertised_class = class;
@@ -615,26 +760,17 @@ impl Router {
                 class: class as u8,
             });
         }
-        links.sort_by_key(|l| l.neighbor);
-        links.dedup_by_key(|l| l.neighbor);
-        links.truncate(x0_wire::routing::MAX_ADVERT_LINKS);
-        let body = AdvertBody {
-            origin: self.me,
-            seq: self.seq,
-            lifetime_s: u32::try_from(self.cfg.advert_lifetime.as_secs()).unwrap_or(u32::MAX),
+        let stored = Self::make_advert(
+            self.me,
+            self.seq,
+            self.cfg.advert_lifetime,
             links,
-        };
-        let bytes = body.encode();
-        let (origin_key, signature) = self.auth.sign(&bytes);
-        let advert = Arc::new(Advert {
-            body: bytes,
-            origin_key,
-            signature,
-        });
+            self.auth.as_mut(),
+        );
         self.stats.adverts_originated += 1;
         if let Offer::Installed {
             links_changed: true,
-        } = self.lsdb.offer(advert, Arc::new(body), now)
+        } = self.lsdb.offer(Arc::new(stored), now)
         {
             self.topology_changed(now);
         }
@@ -642,6 +778,30 @@ impl Router {
         let me = self.me;
         for n in self.links.values_mut() {
             schedule_send(n, me, seq, now);
+        }
+    }
+
+    /// An advert we already hold (or an older version): acknowledge it and, if older, send the
+    /// neighbour ours.
+    fn old_advert(&mut self, now: Instant, link: LinkId, origin: NodeId, seq: u64) {
+        if let Some(n) = self.links.get_mut(&link) {
+            n.acks.push((origin, seq));
+            acknowledge(n, &origin, seq);
+        }
+        self.old_advert_counted(now, link, origin, seq);
+    }
+
+    fn old_advert_counted(&mut self, now: Instant, link: LinkId, origin: NodeId, seq: u64) {
+        match self.lsdb.seq_of(&origin) {
+            Some(ours) if ours == seq => self.stats.duplicates += 1,
+            Some(ours) => {
+                // A stale version: count it and send the neighbour our newer one.
+                self.stats.rejected_stale += 1;
+                if let Some(n) = self.links.get_mut(&link) {
+                    schedule_send(n, origin, ours, now);
+                }
+            }
+            None => {}
         }
     }
 
@@ -656,7 +816,11 @@ impl Router {
             acknowledge(n, &origin, seq);
         }
         if origin == self.me {
-            if seq > self.seq {
+            let ours_differs = self
+                .lsdb
+                .get(&self.me)
+                .is_none_or(|e| e.stored.advert != advert);
+            if seq > self.seq || (seq == self.seq && ours_differs) {
                 // Ours from before a restart: jump past it and re-advertise the present.
                 self.seq = seq;
                 self.originate_wanted = true;
@@ -665,20 +829,9 @@ impl Router {
             }
             return;
         }
-        match self.lsdb.seq_of(&origin) {
-            Some(ours) if ours == seq => {
-                self.stats.duplicates += 1;
-                return;
-            }
-            Some(ours) if ours > seq => {
-                // A stale version: count it and send the neighbour our newer one.
-                self.stats.rejected_stale += 1;
-                if let Some(n) = self.links.get_mut(&link) {
-                    schedule_send(n, origin, ours, now);
-                }
-                return;
-            }
-            _ => {}
+        if self.lsdb.seq_of(&origin).is_some_and(|ours| ours > seq) {
+            self.old_advert_counted(now, link, origin, seq);
+            return;
         }
         match self
             .auth
@@ -694,9 +847,24 @@ impl Router {
                 return;
             }
         }
-        let changed = match self.lsdb.offer(Arc::new(advert), Arc::new(body), now) {
+        let stored = match &self.interner {
+            Some(i) => i.intern(advert, body),
+            None => Arc::new(StoredAdvert::new(advert, body)),
+        };
+        let changed = match self.lsdb.offer(stored, now) {
             Offer::Installed { links_changed } => links_changed,
-            Offer::Duplicate | Offer::Older { .. } => return,
+            Offer::Duplicate => {
+                self.stats.duplicates += 1;
+                return;
+            }
+            Offer::Older { ours } => {
+                // Same number, losing content: the neighbour gets the winning copy.
+                self.stats.rejected_stale += 1;
+                if let Some(n) = self.links.get_mut(&link) {
+                    schedule_send(n, origin, ours, now);
+                }
+                return;
+            }
         };
         self.stats.adverts_installed += 1;
         if changed {
@@ -712,7 +880,7 @@ impl Router {
     fn flush_floods(&mut self, now: Instant) {
         let rate = f64::from(self.cfg.flood_rate_per_s);
         let rto = self.cfg.retransmit_interval;
-        let mut out: Vec<(LinkId, Arc<Advert>)> = Vec::new();
+        let mut out: Vec<(LinkId, Arc<StoredAdvert>)> = Vec::new();
         for (link, n) in self.links.iter_mut() {
             let elapsed = now.saturating_since(n.refilled).as_secs_f64();
             n.tokens = (n.tokens + elapsed * rate).min(rate);
@@ -729,8 +897,8 @@ impl Router {
                     n.pending.remove(&origin);
                     continue; // expired meanwhile
                 };
-                if entry.body.seq != p.seq {
-                    p.seq = entry.body.seq;
+                if entry.body().seq != p.seq {
+                    p.seq = entry.body().seq;
                 }
                 if p.backoff == 0 {
                     // First transmission: arm the retransmission timer.
@@ -740,16 +908,14 @@ impl Router {
                     n.schedule.insert((p.due, origin));
                 }
                 n.tokens -= 1.0;
-                out.push((*link, entry.advert.clone()));
+                out.push((*link, entry.stored.clone()));
             }
         }
-        for (link, advert) in out {
+        for (link, stored) in out {
             self.stats.adverts_sent += 1;
-            let body = match AdvertBody::decode(&advert.body) {
-                Ok(b) => b,
-                Err(_) => continue,
-            };
-            self.send(link, &RoutingMessage::Advert((*advert).clone(), body));
+            self.stats.datagrams_sent += 1;
+            self.stats.bytes_sent += stored.datagram.len() as u64;
+            self.transmits.push_back((link, stored.datagram.clone()));
         }
     }
 
@@ -767,7 +933,7 @@ impl Router {
         for n in self.links.values() {
             let nb = n.session.neighbor();
             let two_way = self.lsdb.get(&nb).is_some_and(|e| {
-                e.body
+                e.body()
                     .links
                     .binary_search_by_key(&self.me, |l| l.neighbor)
                     .is_ok()
@@ -788,12 +954,12 @@ impl Router {
                 continue;
             }
             let from = graph.add_node(*origin);
-            for l in &entry.body.links {
+            for l in &entry.body().links {
                 let back = if l.neighbor == self.me {
                     self.by_neighbor.contains_key(origin)
                 } else {
                     self.lsdb.get(&l.neighbor).is_some_and(|e| {
-                        e.body
+                        e.body()
                             .links
                             .binary_search_by_key(origin, |x| x.neighbor)
                             .is_ok()
@@ -814,6 +980,23 @@ impl Router {
             backups: HashMap::new(),
         });
         self.events.push_back(RouterEvent::RoutesRecomputed);
+    }
+}
+
+fn new_neighbor(cfg: &RouterConfig, neighbor: NodeId, now: Instant) -> Neighbor {
+    Neighbor {
+        session: Session::new(neighbor, now, cfg),
+        pending: BTreeMap::new(),
+        schedule: BTreeSet::new(),
+        queue: VecDeque::new(),
+        queued: BTreeSet::new(),
+        acks: Vec::new(),
+        tokens: f64::from(cfg.flood_rate_per_s),
+        refilled: now,
+        advertised_cost: UNMEASURED_COST,
+        advertised_class: QualityClass::Bad,
+        cost_change_allowed: now,
+        up_since: now,
     }
 }
 
@@ -853,18 +1036,73 @@ fn acknowledge(n: &mut Neighbor, origin: &NodeId, seq: u64) {
     }
 }
 
-/// First hop of the cheapest path to `d` that shares no node with the primary path (other
-/// than us and `d`), from the k disjoint paths; falls back to the second path's first hop.
-fn backup_first_hop(routes: &RouteCache, d: NodeIx, k: usize) -> NodeIx {
-    let primary = routes
-        .spt
-        .first_hop
-        .get(d as usize)
-        .copied()
-        .unwrap_or(NO_NODE);
-    disjoint_paths(&routes.graph, routes.me, d, k.max(2))
+/// The primary next hop of `d` in `routes`, if its link is up.
+fn primary_hop(
+    routes: &RouteCache,
+    d: NodeIx,
+    by_neighbor: &BTreeMap<NodeId, LinkId>,
+) -> Option<NextHop> {
+    let first = *routes.spt.first_hop.get(d as usize)?;
+    if first == NO_NODE {
+        return None;
+    }
+    let neighbor = routes.graph.id(first)?;
+    let link = *by_neighbor.get(&neighbor)?;
+    Some(NextHop {
+        link,
+        neighbor,
+        via_backup: false,
+    })
+}
+
+/// The backup path of `d` in `routes` (computed on first use), if its first link is up.
+fn backup_hop(
+    routes: &mut RouteCache,
+    d: NodeIx,
+    k: usize,
+    by_neighbor: &BTreeMap<NodeId, LinkId>,
+) -> Option<(NextHop, Option<Vec<NodeId>>)> {
+    let (graph, me, spt) = (&routes.graph, routes.me, &routes.spt);
+    let path = routes
+        .backups
+        .entry(d)
+        .or_insert_with_key(|&d| backup_path(graph, me, spt, d, k))
+        .as_ref()?;
+    let neighbor = graph.id(*path.get(1)?)?;
+    let link = *by_neighbor.get(&neighbor)?;
+    let ids = path.iter().filter_map(|ix| graph.id(*ix)).collect();
+    Some((
+        NextHop {
+            link,
+            neighbor,
+            via_backup: true,
+        },
+        Some(ids),
+    ))
+}
+
+/// The cheapest path to `d` among the k node-disjoint paths that avoids the primary path's
+/// intermediate nodes (so it survives the failure of the primary's first link or next node).
+fn backup_path(
+    graph: &Graph,
+    me: NodeIx,
+    spt: &ShortestPathTree,
+    d: NodeIx,
+    k: usize,
+) -> Option<Vec<NodeIx>> {
+    let primary = spt.path_to(d).unwrap_or_default();
+    let inner: &[NodeIx] = if primary.len() > 2 {
+        &primary[1..primary.len() - 1]
+    } else {
+        &[]
+    };
+    disjoint_paths(graph, me, d, k.max(2))
         .into_iter()
-        .filter_map(|p| p.nodes.get(1).copied())
-        .find(|hop| *hop != primary)
-        .unwrap_or(NO_NODE)
+        .map(|p| p.nodes)
+        .find(|nodes| {
+            nodes != &primary
+                && !nodes[1..nodes.len().saturating_sub(1)]
+                    .iter()
+                    .any(|n| inner.contains(n))
+        })
 }

@@ -45,4 +45,6 @@ pub struct RouterStats {
     pub neighbors_down_local: u64,
     /// SPF runs.
     pub spf_runs: u64,
+    /// Local link failures that put forwarding on fast-reroute backups.
+    pub fast_reroutes: u64,
 }

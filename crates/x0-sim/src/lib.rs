@@ -17,6 +17,8 @@
 //! | [`trace`] | the record of a run and its digest |
 //! | [`rng`] | the seeded ChaCha8 streams every random draw comes from |
 //! | [`heartbeat`] | a toy liveness protocol that exercises the engine |
+//! | [`routing`] | the routing core (`x0_routing::Router`) as a simulated node |
+//! | [`experiment`] | runs a scenario with the routing core and measures detect, reroute, converge |
 //!
 //! Determinism holds as long as the nodes are deterministic themselves: they must take time
 //! only from the `now` they are given and randomness only from a seed (see [`rng::Stream::User`]).
@@ -27,10 +29,12 @@
 #![warn(missing_docs)]
 
 pub mod engine;
+pub mod experiment;
 pub mod heartbeat;
 pub mod link;
 mod queue;
 pub mod rng;
+pub mod routing;
 pub mod scenario;
 pub mod stats;
 pub mod topology;

@@ -123,6 +123,7 @@ impl Lines<'_> {
 struct RawScenario {
     description: Option<String>,
     seed: Option<Spanned<u64>>,
+    start: Option<Spanned<String>>,
     duration: Spanned<String>,
     topology: Spanned<RawTopology>,
     links: Option<Spanned<RawLinks>>,
@@ -352,6 +353,9 @@ pub struct Scenario {
     pub seed: u64,
     /// The topology's own seed, if pinned (otherwise the run's seed is used).
     pub topology_seed: Option<u64>,
+    /// How the nodes start: cold (empty state; the mesh converges from nothing) or warm (as an
+    /// already converged mesh).
+    pub start: Start,
     /// How long to simulate.
     pub duration: Duration,
     /// The topology generator.
@@ -361,6 +365,16 @@ pub struct Scenario {
     /// Timed events, in file order (the engine runs simultaneous ones in this order).
     pub events: Vec<ScenarioEvent>,
     topology_line: usize,
+}
+
+/// How a run begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Start {
+    /// Every node starts with empty state at time zero (the default).
+    #[default]
+    Cold,
+    /// Every node starts as part of an already converged mesh.
+    Warm,
 }
 
 /// A scenario made concrete for one seed: the topology and the events on its links.
@@ -376,6 +390,8 @@ pub struct Instance {
     pub events: Vec<(Instant, Event)>,
     /// The `kind` strings of the events, by position.
     pub kinds: Vec<String>,
+    /// How the nodes start.
+    pub start: Start,
 }
 
 impl Instance {
@@ -619,9 +635,25 @@ impl Scenario {
         for (i, ev) in raw.events.iter().enumerate() {
             events.push(Self::check_event(lines, i, ev, nodes, duration)?);
         }
+        let start = match raw
+            .start
+            .as_ref()
+            .map(|s| (s.get_ref().as_str(), s.span().start))
+        {
+            None | Some(("cold", _)) => Start::Cold,
+            Some(("warm", _)) => Start::Warm,
+            Some((other, at)) => {
+                return Err(lines.err(
+                    at,
+                    "start",
+                    format!("{other:?} is not a start; use \"cold\" or \"warm\""),
+                ));
+            }
+        };
         Ok(Self {
             description: raw.description,
             seed: raw.seed.map_or(0, Spanned::into_inner),
+            start,
             topology_seed: raw.topology.get_ref().seed.as_ref().map(|s| *s.get_ref()),
             duration,
             generator,
@@ -1214,6 +1246,7 @@ impl Scenario {
             topology,
             events,
             kinds: self.events.iter().map(|e| e.kind.clone()).collect(),
+            start: self.start,
         })
     }
 }

@@ -5,8 +5,8 @@
 //! retransmissions in `x0-routing`). Layout: `type u8 | body`, big-endian.
 //!
 //! ```text
-//! Probe     = seq u32 | sent_at_us u64 | tx_interval_ms u16 | multiplier u8
-//! ProbeAck  = seq u32 | echo_sent_at_us u64 | tx_interval_ms u16 | multiplier u8
+//! Probe     = seq u32 | sent_at_us u64 | tx_interval_ms u16 | multiplier u8 |
+//!             echo_sent_at_us u64 | echo_hold_us u32 | rx_loss_permille u16
 //! Advert    = body (u16 len) | origin_key (u16 len) | signature (u16 len)
 //!   body    = version u8 (=1) | origin [16] | seq u64 | lifetime_s u32 | count u16 |
 //!             (neighbor [16] | cost u32 | class u8) * count
@@ -32,13 +32,14 @@ const LINK_ENTRY_LEN: usize = NodeId::LEN + 4 + 1;
 
 mod tag {
     pub(super) const PROBE: u8 = 0x20;
-    pub(super) const PROBE_ACK: u8 = 0x21;
     pub(super) const ADVERT: u8 = 0x22;
     pub(super) const ADVERT_ACK: u8 = 0x23;
 }
 
-/// A liveness probe. The receiver echoes `sent_at_us` so the sender measures RTT on its own
-/// clock.
+/// A liveness probe. Both ends probe; each probe also echoes the newest probe received from
+/// the other end (its timestamp, and how long it was held before this one left), so each end
+/// measures RTT on its own clock without separate answers, and reports the loss it sees on the
+/// other end's probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probe {
     /// Sequence number, per link and direction.
@@ -49,19 +50,12 @@ pub struct Probe {
     pub tx_interval_ms: u16,
     /// Missed probes after which the sender declares the link down.
     pub multiplier: u8,
-}
-
-/// The answer to a probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProbeAck {
-    /// The probe's sequence number.
-    pub seq: u32,
-    /// The probe's `sent_at_us`, echoed.
+    /// `sent_at_us` of the newest probe received from the other end (0: none yet).
     pub echo_sent_at_us: u64,
-    /// The answering side's probe interval, milliseconds.
-    pub tx_interval_ms: u16,
-    /// The answering side's detect multiplier.
-    pub multiplier: u8,
+    /// Microseconds between receiving that probe and sending this one.
+    pub echo_hold_us: u32,
+    /// Loss the sender measures on the other end's probes, per mille.
+    pub rx_loss_permille: u16,
 }
 
 /// One link in an advert.
@@ -176,14 +170,40 @@ pub struct Advert {
     pub signature: Vec<u8>,
 }
 
+/// The origin and sequence number of an advert datagram, read without decoding the rest; for
+/// telling duplicates apart cheaply. `None` if the datagram is not an advert or too short.
+pub fn peek_advert(datagram: &[u8]) -> Option<(NodeId, u64)> {
+    let mut r = Reader::new(datagram);
+    if r.u8("type").ok()? != tag::ADVERT {
+        return None;
+    }
+    let _body_len = r.u16("body length").ok()?;
+    if r.u8("version").ok()? != ADVERT_VERSION {
+        return None;
+    }
+    let origin = NodeId::from_bytes(r.array("origin").ok()?);
+    Some((origin, r.u64("seq").ok()?))
+}
+
+impl Advert {
+    /// The routing datagram carrying this advert (what [`RoutingMessage::encode`] gives for
+    /// `RoutingMessage::Advert`).
+    pub fn to_datagram(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u8(tag::ADVERT)
+            .bytes_u16(&self.body)
+            .bytes_u16(&self.origin_key)
+            .bytes_u16(&self.signature);
+        w.into_inner()
+    }
+}
+
 /// Every routing message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RoutingMessage {
     /// Liveness probe.
     Probe(Probe),
-    /// Probe answer.
-    ProbeAck(ProbeAck),
     /// A link-state advert (the body is decoded by [`RoutingMessage::decode`] too).
     Advert(Advert, AdvertBody),
     /// Acknowledgements of adverts: `(origin, seq)`.
@@ -200,21 +220,12 @@ impl RoutingMessage {
                     .u32(p.seq)
                     .u64(p.sent_at_us)
                     .u16(p.tx_interval_ms)
-                    .u8(p.multiplier);
+                    .u8(p.multiplier)
+                    .u64(p.echo_sent_at_us)
+                    .u32(p.echo_hold_us)
+                    .u16(p.rx_loss_permille);
             }
-            Self::ProbeAck(a) => {
-                w.u8(tag::PROBE_ACK)
-                    .u32(a.seq)
-                    .u64(a.echo_sent_at_us)
-                    .u16(a.tx_interval_ms)
-                    .u8(a.multiplier);
-            }
-            Self::Advert(a, _) => {
-                w.u8(tag::ADVERT)
-                    .bytes_u16(&a.body)
-                    .bytes_u16(&a.origin_key)
-                    .bytes_u16(&a.signature);
-            }
+            Self::Advert(a, _) => return a.to_datagram(),
             Self::AdvertAck(acks) => {
                 let n = acks.len().min(MAX_ACKS);
                 w.u8(tag::ADVERT_ACK).u16(n as u16);
@@ -242,12 +253,9 @@ impl RoutingMessage {
                 sent_at_us: r.u64("sent_at")?,
                 tx_interval_ms: r.u16("tx_interval")?,
                 multiplier: r.u8("multiplier")?,
-            }),
-            tag::PROBE_ACK => Self::ProbeAck(ProbeAck {
-                seq: r.u32("seq")?,
                 echo_sent_at_us: r.u64("echo_sent_at")?,
-                tx_interval_ms: r.u16("tx_interval")?,
-                multiplier: r.u8("multiplier")?,
+                echo_hold_us: r.u32("echo_hold")?,
+                rx_loss_permille: r.u16("rx_loss")?,
             }),
             tag::ADVERT => {
                 let advert = Advert {
@@ -318,22 +326,26 @@ mod tests {
 
     fn message() -> impl Strategy<Value = RoutingMessage> {
         prop_oneof![
-            (any::<u32>(), any::<u64>(), any::<u16>(), any::<u8>()).prop_map(|(s, t, i, m)| {
-                RoutingMessage::Probe(Probe {
-                    seq: s,
-                    sent_at_us: t,
-                    tx_interval_ms: i,
-                    multiplier: m,
-                })
-            }),
-            (any::<u32>(), any::<u64>(), any::<u16>(), any::<u8>()).prop_map(|(s, t, i, m)| {
-                RoutingMessage::ProbeAck(ProbeAck {
-                    seq: s,
-                    echo_sent_at_us: t,
-                    tx_interval_ms: i,
-                    multiplier: m,
-                })
-            }),
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u16>(),
+                any::<u8>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u16>()
+            )
+                .prop_map(|(s, t, i, m, e, h, l)| {
+                    RoutingMessage::Probe(Probe {
+                        seq: s,
+                        sent_at_us: t,
+                        tx_interval_ms: i,
+                        multiplier: m,
+                        echo_sent_at_us: e,
+                        echo_hold_us: h,
+                        rx_loss_permille: l,
+                    })
+                }),
             (
                 body(),
                 proptest::collection::vec(any::<u8>(), 0..100),
@@ -355,6 +367,39 @@ mod tests {
                 )
             }),
         ]
+    }
+
+    #[test]
+    fn peek_reads_origin_and_seq_of_adverts_only() {
+        let body = AdvertBody {
+            origin: NodeId::from_bytes([9; 16]),
+            seq: 77,
+            lifetime_s: 5,
+            links: vec![],
+        };
+        let msg = RoutingMessage::Advert(
+            Advert {
+                body: body.encode(),
+                origin_key: vec![],
+                signature: vec![1],
+            },
+            body,
+        );
+        assert_eq!(
+            peek_advert(&msg.encode()),
+            Some((NodeId::from_bytes([9; 16]), 77))
+        );
+        let probe = RoutingMessage::Probe(Probe {
+            seq: 1,
+            sent_at_us: 2,
+            tx_interval_ms: 3,
+            multiplier: 4,
+            echo_sent_at_us: 5,
+            echo_hold_us: 6,
+            rx_loss_permille: 7,
+        });
+        assert_eq!(peek_advert(&probe.encode()), None);
+        assert_eq!(peek_advert(&[0x22, 0, 1]), None);
     }
 
     #[test]
@@ -396,6 +441,17 @@ mod tests {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = RoutingMessage::decode(&bytes);
+            let _ = peek_advert(&bytes);
+        }
+
+        #[test]
+        fn peek_agrees_with_decode(msg in message()) {
+            let bytes = msg.encode();
+            if let RoutingMessage::Advert(_, body) = &msg {
+                prop_assert_eq!(peek_advert(&bytes), Some((body.origin, body.seq)));
+            } else {
+                prop_assert_eq!(peek_advert(&bytes), None);
+            }
         }
     }
 }

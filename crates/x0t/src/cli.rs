@@ -37,6 +37,27 @@ pub enum Command {
     /// Measure figures (results as JSON under bench-results/).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Simulate a mesh running the real routing core (deterministic, virtual time).
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Scenario file (TOML; see docs/sim.md and scenarios/).
+    #[arg(long, value_name = "FILE")]
+    pub scenario: PathBuf,
+    /// Seed of the run (overrides the scenario's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Directory for the JSON report (and the plot and telemetry, if asked for).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Source/destination pairs sampled for forwarding checks.
+    #[arg(long, default_value_t = 2000)]
+    pub sample_pairs: usize,
 }
 
 #[derive(Debug, Args)]

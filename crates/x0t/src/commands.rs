@@ -60,6 +60,7 @@ pub fn run(cmd: Command) -> CmdResult {
         Command::Bench(BenchCommand::Handshake { count, json, out }) => {
             crate::bench::handshake(count, json, &out)
         }
+        Command::Sim(args) => crate::sim::run(args),
         Command::Up(_) => Err(Exit::failure("internal: `up` is dispatched by main")),
     }
 }

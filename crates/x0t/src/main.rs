@@ -15,6 +15,7 @@ mod config;
 mod daemon;
 mod exit;
 mod logging;
+mod sim;
 mod time;
 
 use std::process::ExitCode;
