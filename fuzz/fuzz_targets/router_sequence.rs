@@ -63,13 +63,26 @@ fuzz_target!(|data: &[u8]| {
                     .collect();
                 links.sort_by_key(|x| x.neighbor);
                 links.dedup_by_key(|x| x.neighbor);
-                let body = AdvertBody { origin, seq, lifetime_s: u32::from(arg(&mut input)), links };
+                let body = AdvertBody {
+                    origin,
+                    seq,
+                    lifetime_s: u32::from(arg(&mut input)),
+                    links,
+                };
                 let bytes = body.encode();
-                let key = if arg(&mut input) % 2 == 0 { KEY } else { KEY + 1 };
+                let key = if arg(&mut input) % 2 == 0 {
+                    KEY
+                } else {
+                    KEY + 1
+                };
                 let (k, sig) =
                     x0_routing::AdvertAuth::sign(&mut InsecureDigestAuth::new(origin, key), &bytes);
                 let msg = RoutingMessage::Advert(
-                    Advert { body: bytes, origin_key: k, signature: sig },
+                    Advert {
+                        body: bytes,
+                        origin_key: k,
+                        signature: sig,
+                    },
                     body,
                 );
                 router.handle_datagram(now, l, &msg.encode());
@@ -86,7 +99,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         while let Some((_, bytes)) = router.poll_transmit() {
-            assert!(RoutingMessage::decode(&bytes).is_ok(), "router sent an undecodable datagram");
+            assert!(
+                RoutingMessage::decode(&bytes).is_ok(),
+                "router sent an undecodable datagram"
+            );
         }
         while router.poll_event().is_some() {}
         if let Some(t) = router.poll_timeout() {

@@ -8,7 +8,10 @@ use x0_wire::routing::RoutingMessage;
 fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = RoutingMessage::decode(data) {
         let again = msg.encode();
-        assert_eq!(again, data, "decode → encode is the identity on valid input");
+        assert_eq!(
+            again, data,
+            "decode → encode is the identity on valid input"
+        );
         assert_eq!(RoutingMessage::decode(&again).as_ref(), Ok(&msg));
     }
 });

@@ -114,11 +114,15 @@ impl LinkQuality {
         self.class = QualityClass::classify(0.0, self.rtt_ms());
     }
 
-    /// Adds an RTT sample.
+    /// Adds an RTT sample. The first one also sets the class from that RTT (hysteresis starts
+    /// from a measured class, not from a guess).
     pub fn rtt_sample(&mut self, rtt: Duration) {
         let ms = rtt.as_secs_f64() * 1000.0;
         match self.srtt_ms {
-            None => self.srtt_ms = Some(ms),
+            None => {
+                self.srtt_ms = Some(ms);
+                self.class = QualityClass::classify(self.loss, ms);
+            }
             Some(s) => {
                 self.jitter_ms += EWMA_JITTER * ((ms - s).abs() - self.jitter_ms);
                 self.srtt_ms = Some(s + EWMA_RTT * (ms - s));
@@ -232,9 +236,24 @@ mod tests {
     }
 
     #[test]
-    fn hysteresis_holds_classes_in_time() {
+    fn the_first_sample_sets_the_class() {
         let mut q = LinkQuality::default();
         q.rtt_sample(Duration::from_millis(5));
+        assert_eq!(q.class(), QualityClass::Excellent);
+        let mut far = LinkQuality::default();
+        far.rtt_sample(Duration::from_millis(120));
+        assert_eq!(far.class(), QualityClass::Fair);
+    }
+
+    #[test]
+    fn hysteresis_holds_classes_in_time() {
+        let mut q = LinkQuality::default();
+        q.rtt_sample(Duration::from_millis(30));
+        assert_eq!(q.class(), QualityClass::Good);
+        q.rtt_sample(Duration::from_millis(5));
+        for _ in 0..40 {
+            q.rtt_sample(Duration::from_millis(5));
+        }
         // Starts GOOD; clean samples upgrade only after UPGRADE_HOLD.
         assert!(!q.update(0.0, at(0)));
         assert!(!q.update(0.0, at(14_000)));
@@ -245,7 +264,8 @@ mod tests {
         assert_eq!(q.class(), QualityClass::Poor);
         // A one-class fall needs DOWNGRADE_HOLD outside the limits.
         let mut p = LinkQuality::default();
-        p.rtt_sample(Duration::from_millis(5));
+        p.rtt_sample(Duration::from_millis(30));
+        assert_eq!(p.class(), QualityClass::Good);
         assert!(!p.update(0.05, at(0)));
         assert!(!p.update(0.05, at(2_900)));
         assert!(p.update(0.05, at(3_000)));
@@ -262,6 +282,7 @@ mod tests {
         // Loss alternating just below and above 1 % every 100 ms for five minutes.
         let mut q = LinkQuality::default();
         q.rtt_sample(Duration::from_millis(5));
+        q.update(0.016, at(0));
         let mut flips = 0;
         for i in 0..3000u64 {
             let loss = if i % 2 == 0 { 0.009 } else { 0.016 };

@@ -322,6 +322,8 @@ struct NodeSlot<N> {
     wake_gen: u32,
     wake_at: u64,
     traffic: NodeTraffic,
+    /// Callbacks made into the node, all lives (read by [`Sim::node_callbacks`]).
+    callbacks: u64,
 }
 
 #[derive(Debug)]
@@ -443,6 +445,7 @@ impl<N: SimNode> Sim<N> {
                 wake_gen: 0,
                 wake_at: NO_WAKE,
                 traffic: NodeTraffic::default(),
+                callbacks: 0,
             })
             .collect();
         Self {
@@ -528,6 +531,24 @@ impl<N: SimNode> Sim<N> {
         let l = self.links.get(link as usize)?;
         let d = l.ends.iter().position(|&e| e == from)?;
         Some(self.ports[l.ports[d] as usize].dir.params())
+    }
+
+    /// Datagrams accepted by the transmitter of the direction of `link` that starts at `from`
+    /// and not yet fully serialised at the current time (the one being sent included); always 0
+    /// on a direction without a bandwidth limit. Read-only: the engine itself trims the queue
+    /// only when the next datagram is offered.
+    pub fn link_backlog(&self, link: LinkIx, from: NodeIx) -> Option<usize> {
+        let l = self.links.get(link as usize)?;
+        let d = l.ends.iter().position(|&e| e == from)?;
+        let queue = self.port_queue.get(l.ports[d] as usize)?;
+        let now_ns = self.now.saturating_mul(1000);
+        Some(queue.len() - queue.partition_point(|&f| f <= now_ns))
+    }
+
+    /// Callbacks (`start`, `datagram`, `link_up`, `link_down`, `timeout`) the engine has made
+    /// into the node at `ix`, over all its lives.
+    pub fn node_callbacks(&self, ix: NodeIx) -> Option<u64> {
+        self.nodes.get(ix as usize).map(|s| s.callbacks)
     }
 
     /// The port of `from` towards `to`, if they are linked (binary search in `from`'s
@@ -767,6 +788,7 @@ impl<N: SimNode> Sim<N> {
         let Some(node) = slot.node.as_mut() else {
             return;
         };
+        slot.callbacks += 1;
         f(node, &mut self.outbox);
         let next = node
             .next_timeout()

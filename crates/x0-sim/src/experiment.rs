@@ -141,12 +141,38 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Watches a run at fixed steps of virtual time (see [`run_observed`]): telemetry, plots.
+pub trait Observer {
+    /// How often to be called, in virtual time (at least 1 µs). The calls come at `interval`,
+    /// `2 × interval`, … up to the end of the run.
+    fn interval(&self) -> Duration;
+    /// The simulator as it is at `at`: every event at or before `at` has run, none after it.
+    /// Only a shared reference: observing cannot change the run.
+    fn observe(&mut self, sim: &Sim<RoutingNode>, at: Instant);
+}
+
 /// Runs `instance` with the routing core; `progress` gets the virtual time now and then.
 pub fn run(
     instance: &Instance,
     cfg: &ExperimentConfig,
     progress: &mut dyn FnMut(Instant),
 ) -> Result<Report, SimError> {
+    run_observed(instance, cfg, progress, &mut [])
+}
+
+/// [`run`], calling each observer at every multiple of its interval.
+///
+/// The run is the same with and without observers, to the trace digest: the simulator is
+/// stopped at each sampling instant (`Sim::run_until` processes every event up to a time, so
+/// running to `t₁` and then to `t₂` pops the same events in the same order as running to `t₂`
+/// at once), and the observers only read it.
+pub fn run_observed(
+    instance: &Instance,
+    cfg: &ExperimentConfig,
+    progress: &mut dyn FnMut(Instant),
+    observers: &mut [&mut dyn Observer],
+) -> Result<Report, SimError> {
+    let mut clock = Clock::new(progress, observers);
     let router_cfg = cfg.router.clone();
     let shared = Arc::new(Shared {
         interner: AdvertInterner::new(),
@@ -183,8 +209,7 @@ pub fn run(
     while t < before_first {
         let step = Duration::from_millis(if n > 2000 { 100 } else { 10 });
         t = (t + step).min(before_first);
-        sim.run_until(t);
-        progress(t);
+        clock.run_until(&mut sim, t);
         if initial_converge.is_none() && converged(&sim, &dead_seq) {
             initial_converge = Some(t);
             break;
@@ -196,11 +221,11 @@ pub fn run(
     let steady_from = initial_converge.map(|c| c.max(half).min(before_first));
     let mut steady_start: Option<(Instant, u64, u64)> = None;
     if let Some(from) = steady_from {
-        run_to(&mut sim, from, progress);
+        clock.run_to(&mut sim, from);
         steady_start = Some((from, sim.stats().sent_bytes(), adverts_sent(&sim)));
     }
     let resume = before_first.max(sim.now());
-    run_to(&mut sim, resume, progress);
+    clock.run_to(&mut sim, resume);
     let steady = steady_start.map(|(from, bytes, adverts)| {
         let secs = sim.now().saturating_since(from).as_secs_f64();
         let nodes = n as f64;
@@ -215,7 +240,7 @@ pub fn run(
     for (i, (at, event)) in instance.events.iter().enumerate() {
         let kind = instance.kinds.get(i).cloned().unwrap_or_default();
         // Just before the event: which sampled pairs cross what is about to fail.
-        run_to(&mut sim, *at - Duration::from_micros(1), progress);
+        clock.run_to(&mut sim, *at - Duration::from_micros(1));
         let failure = failure_of(&sim, event);
         let before: Vec<Option<Vec<NodeIx>>> = match &failure {
             Some(_) => pairs
@@ -232,7 +257,7 @@ pub fn run(
         if let Event::NodeCrash { node } = event {
             dead_seq[*node as usize] = own_seq(&sim, *node);
         }
-        run_to(&mut sim, *at, progress);
+        clock.run_to(&mut sim, *at);
         if let Event::NodeRestart { node } = event {
             dead_seq[*node as usize] = None;
         }
@@ -286,7 +311,7 @@ pub fn run(
                 10
             };
             now = (now + Duration::from_millis(step)).min(limit);
-            run_to(&mut sim, now, progress);
+            clock.run_to(&mut sim, now);
         }
         reports.push(EventReport {
             kind,
@@ -298,7 +323,7 @@ pub fn run(
             disconnected_pairs: disconnected,
         });
     }
-    run_to(&mut sim, end, progress);
+    clock.run_to(&mut sim, end);
 
     // Final check of every sampled pair.
     let components = components(&sim);
@@ -393,10 +418,63 @@ fn warm_plan(sim: &RoutingSim, cfg: &RouterConfig) -> WarmPlan {
     WarmPlan { links, adverts }
 }
 
-fn run_to(sim: &mut RoutingSim, t: Instant, progress: &mut dyn FnMut(Instant)) {
-    if t > sim.now() {
+/// Advances the simulator, reporting progress and stopping at every observer's sampling
+/// instants on the way.
+struct Clock<'a, 'o> {
+    progress: &'a mut dyn FnMut(Instant),
+    observers: &'a mut [&'o mut dyn Observer],
+    /// Per observer: its interval (µs) and its next sampling instant (µs).
+    next: Vec<(u64, u64)>,
+}
+
+impl<'a, 'o> Clock<'a, 'o> {
+    fn new(
+        progress: &'a mut dyn FnMut(Instant),
+        observers: &'a mut [&'o mut dyn Observer],
+    ) -> Self {
+        let next = observers
+            .iter()
+            .map(|o| {
+                let every = u64::try_from(o.interval().as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                (every, every)
+            })
+            .collect();
+        Self {
+            progress,
+            observers,
+            next,
+        }
+    }
+
+    /// `sim.run_until(t)`, observing at each sampling instant up to `t`; then reports `t`.
+    fn run_until(&mut self, sim: &mut RoutingSim, t: Instant) {
+        let end = t.as_micros();
+        while let Some(at) = self
+            .next
+            .iter()
+            .map(|&(_, n)| n)
+            .min()
+            .filter(|&n| n <= end)
+        {
+            sim.run_until(Instant::from_micros(at));
+            for (o, (every, next)) in self.observers.iter_mut().zip(self.next.iter_mut()) {
+                if *next == at {
+                    o.observe(sim, Instant::from_micros(at));
+                    *next = next.saturating_add(*every);
+                }
+            }
+        }
         sim.run_until(t);
-        progress(t);
+        (self.progress)(t);
+    }
+
+    /// Advances to `t` if it is in the future.
+    fn run_to(&mut self, sim: &mut RoutingSim, t: Instant) {
+        if t > sim.now() {
+            self.run_until(sim, t);
+        }
     }
 }
 
@@ -487,8 +565,9 @@ fn first_detection(sim: &RoutingSim, f: &Failure) -> Option<Instant> {
     first
 }
 
-/// Connected components of the live graph (links passing, both ends alive).
-fn components(sim: &RoutingSim) -> Vec<u32> {
+/// Connected components of the live graph (links passing, both ends alive): one label per
+/// node, equal labels for nodes in the same component.
+pub(crate) fn components(sim: &RoutingSim) -> Vec<u32> {
     let n = sim.node_count();
     let mut parent: Vec<u32> = (0..n as u32).collect();
     fn find(p: &mut [u32], mut x: u32) -> u32 {

@@ -37,6 +37,7 @@ pub mod rng;
 pub mod routing;
 pub mod scenario;
 pub mod stats;
+pub mod telemetry;
 pub mod topology;
 pub mod trace;
 

@@ -58,6 +58,20 @@ pub struct SimArgs {
     /// Source/destination pairs sampled for forwarding checks.
     #[arg(long, default_value_t = 2000)]
     pub sample_pairs: usize,
+    /// Write a PNG timeline of the run (events, detect/reroute/converge, control traffic) to
+    /// DIR/sim-<scenario>.png (needs --out).
+    #[arg(long, requires = "out")]
+    pub plot: bool,
+    /// Write per-link and per-node telemetry with fault labels (links.csv, nodes.csv) to DIR,
+    /// or to the --out directory when DIR is left out.
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    pub telemetry: Option<Option<PathBuf>>,
+    /// Telemetry sampling interval, virtual time (e.g. "1s", "250ms").
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub telemetry_interval: std::time::Duration,
+    /// Links to sample in the telemetry [default: all up to 2,000 nodes, else 5,000].
+    #[arg(long, value_name = "N")]
+    pub telemetry_max_links: Option<usize>,
 }
 
 #[derive(Debug, Args)]

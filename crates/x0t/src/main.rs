@@ -15,6 +15,8 @@ mod config;
 mod daemon;
 mod exit;
 mod logging;
+#[allow(dead_code)] // used by the daemon's routing integration (data-plane issue)
+mod routing_auth;
 mod sim;
 mod time;
 
