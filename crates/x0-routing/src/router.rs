@@ -493,6 +493,18 @@ impl Router {
         self.events.pop_front()
     }
 
+    /// When the answers of [`Router::next_hop`] may next change without any input: a pending
+    /// route recomputation after a topology change, or the end of a fast-reroute hold. A shell
+    /// that publishes a forwarding table re-reads it then. Routes are computed lazily, on the
+    /// first query at or after this time.
+    pub fn routes_due(&self) -> Option<Instant> {
+        let frr = self.frr.as_ref().map(|f| f.until);
+        match (self.spf_due, frr) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// When [`Router::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = self.refresh_at;

@@ -543,7 +543,9 @@ node = 5
     fn fingerprint(r: &Report) -> String {
         let mut r = r.clone();
         r.wall_s = 0.0;
+        r.total_wall_s = 0.0;
         r.peak_rss_mb = 0.0;
+        r.peak_rss_with_checks_mb = 0.0;
         format!("{r:?}")
     }
 

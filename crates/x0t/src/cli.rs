@@ -59,7 +59,7 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 2000)]
     pub sample_pairs: usize,
     /// Write a PNG timeline of the run (events, detect/reroute/converge, control traffic) to
-    /// DIR/sim-<scenario>.png (needs --out).
+    /// `DIR/sim-<scenario>.png` (needs --out).
     #[arg(long, requires = "out")]
     pub plot: bool,
     /// Write per-link and per-node telemetry with fault labels (links.csv, nodes.csv) to DIR,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use x0_identity::NodeId;
 use x0_link::{KxPolicy, LinkConfig};
+use x0_routing::RouterConfig;
 
 /// A configuration error, naming the key.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,45 @@ pub struct Config {
     /// SVID settings.
     #[serde(default)]
     pub svid: SvidSection,
+    /// Routing settings.
+    #[serde(default)]
+    pub routing: RoutingSection,
+}
+
+/// `[routing]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSection {
+    /// Probe interval on a link carrying traffic, milliseconds (10–10,000).
+    pub probe_interval_ms: u64,
+    /// Longest probe interval on an idle link, milliseconds (≥ `probe_interval_ms`).
+    pub probe_interval_idle_ms: u64,
+    /// Missed probe intervals after which a silent neighbour is declared down (2–50).
+    pub detect_multiplier: u8,
+    /// Node-disjoint paths computed per destination (1–8).
+    pub k_paths: usize,
+    /// Periodic re-flood of our unchanged advert, seconds (60–86,399 with the 24 h lifetime).
+    pub advert_refresh_s: u64,
+    /// Delay between a topology change and the route recomputation, milliseconds (0–1,000).
+    pub spf_delay_ms: u64,
+    /// How long forwarding keeps the pre-failure table with backup paths after a local link
+    /// failure, milliseconds (0–60,000).
+    pub frr_hold_ms: u64,
+}
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        let d = RouterConfig::default();
+        Self {
+            probe_interval_ms: d.probe_interval.as_millis() as u64,
+            probe_interval_idle_ms: d.probe_interval_idle.as_millis() as u64,
+            detect_multiplier: d.detect_multiplier,
+            k_paths: d.k_paths,
+            advert_refresh_s: d.advert_refresh.as_secs(),
+            spf_delay_ms: d.spf_delay.as_millis() as u64,
+            frr_hold_ms: d.frr_hold.as_millis() as u64,
+        }
+    }
 }
 
 /// Log line format.
@@ -203,6 +243,27 @@ impl Config {
             l.redial_min_ms,
             3_600_000,
         )?;
+        let r = &self.routing;
+        range("routing.probe_interval_ms", r.probe_interval_ms, 10, 10_000)?;
+        range(
+            "routing.probe_interval_idle_ms",
+            r.probe_interval_idle_ms,
+            r.probe_interval_ms,
+            60_000,
+        )?;
+        range(
+            "routing.detect_multiplier",
+            u64::from(r.detect_multiplier),
+            2,
+            50,
+        )?;
+        range("routing.k_paths", r.k_paths as u64, 1, 8)?;
+        range("routing.advert_refresh_s", r.advert_refresh_s, 60, 86_399)?;
+        range("routing.spf_delay_ms", r.spf_delay_ms, 0, 1_000)?;
+        range("routing.frr_hold_ms", r.frr_hold_ms, 0, 60_000)?;
+        self.router_config()
+            .validate()
+            .map_err(|e| format!("key `routing`: {e}"))?;
         let f = self.svid.renew_at_fraction;
         if !(0.1..=0.9).contains(&f) {
             return Err(format!(
@@ -229,6 +290,21 @@ impl Config {
             return Err(format!("key `advertise`: must be host:port, got {a:?}"));
         }
         Ok(())
+    }
+
+    /// The routing core's settings.
+    pub fn router_config(&self) -> RouterConfig {
+        let r = &self.routing;
+        RouterConfig {
+            probe_interval: Duration::from_millis(r.probe_interval_ms),
+            probe_interval_idle: Duration::from_millis(r.probe_interval_idle_ms),
+            detect_multiplier: r.detect_multiplier,
+            k_paths: r.k_paths,
+            advert_refresh: Duration::from_secs(r.advert_refresh_s),
+            spf_delay: Duration::from_millis(r.spf_delay_ms),
+            frr_hold: Duration::from_millis(r.frr_hold_ms),
+            ..RouterConfig::default()
+        }
     }
 
     /// The link endpoint settings.
@@ -260,6 +336,10 @@ mod tests {
         assert_eq!(c.listen, default_listen());
         assert!(!c.link.allow_classical_key_exchange_dangerous);
         assert_eq!(c.link_config().kx_policy, KxPolicy::PostQuantumOnly);
+        let r = c.router_config();
+        assert_eq!(r.probe_interval, Duration::from_millis(100));
+        assert_eq!(r.detect_multiplier, 3);
+        assert!(r.validate().is_ok());
     }
 
     #[test]
@@ -283,6 +363,17 @@ mod tests {
         assert!(e.contains("peers[0].node_id"), "{e}");
         let e = Config::parse("state_dir = \"/x\"\n[svid]\nrenew_at_fraction = 2.0\n").unwrap_err();
         assert!(e.contains("svid.renew_at_fraction"), "{e}");
+        let e =
+            Config::parse("state_dir = \"/x\"\n[routing]\ndetect_multiplier = 1\n").unwrap_err();
+        assert!(
+            e.contains("routing.detect_multiplier") && e.contains("2"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "state_dir = \"/x\"\n[routing]\nprobe_interval_ms = 200\nprobe_interval_idle_ms = 100\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("routing.probe_interval_idle_ms"), "{e}");
         let e = Config::parse("listen = \"0.0.0.0:1\"\n").unwrap_err();
         assert!(e.contains("state_dir"), "{e}");
     }

@@ -11,6 +11,7 @@
 //!   backoff.
 //! * One **link task** per link reads its control stream (revocation lists) and writes what
 //!   other tasks queue for it; when the connection closes it leaves the table.
+//! * The **routing** task ([`crate::routing`]) runs the routing core over every link.
 //! * The **renewal** task renews the node's SVID at the configured fraction of its lifetime.
 //! * On the CA node the **revocation watcher** polls the database's `data_version` every 250 ms,
 //!   so `x0t ca revoke` (another process) takes effect within that time: the revoked node's
@@ -42,6 +43,7 @@ use crate::commands::{META_ADVERTISE, refresh_ca_node_svid};
 use crate::config::{Config, PeerConfig};
 use crate::exit::{CmdResult, Exit};
 use crate::logging;
+use crate::routing::Routing;
 use crate::time::{now, now_secs, rfc3339};
 
 /// Close code for the losing half of two simultaneous links between the same pair.
@@ -71,13 +73,14 @@ struct Shared {
     config: Config,
     node_id: NodeId,
     endpoint: LinkEndpoint,
-    store: Mutex<StateStore>,
+    store: Arc<Mutex<StateStore>>,
     ca: Option<MeshCa>,
+    routing: Routing,
     ca_addr: Option<String>,
     links: Mutex<HashMap<NodeId, LinkEntry>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -156,10 +159,13 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
         svid_expires = %rfc3339(membership.not_after_unix),
         "x0t up"
     );
+    let store = Arc::new(Mutex::new(store));
+    let routing = Routing::start(config.router_config(), keys.clone(), store.clone());
     Ok(Arc::new(Shared {
         node_id: keys.node_id(),
         endpoint,
-        store: Mutex::new(store),
+        store,
+        routing,
         ca,
         ca_addr: membership.ca_addr.clone(),
         links: Mutex::new(HashMap::new()),
@@ -180,7 +186,13 @@ async fn serve(shared: Arc<Shared>) -> CmdResult {
     info!("shutting down");
     shared.endpoint.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), shared.endpoint.wait_idle()).await;
-    info!(counters = ?shared.endpoint.metrics().snapshot(), "stopped");
+    let table = shared.routing.table();
+    info!(
+        counters = ?shared.endpoint.metrics().snapshot(),
+        routes = table.routes.len(),
+        known_nodes = table.known_nodes,
+        "stopped"
+    );
     Ok(())
 }
 
@@ -295,6 +307,7 @@ fn register(shared: &Arc<Shared>, link: Link) {
         );
         set_links_open(shared, links.len());
     }
+    shared.routing.attach(peer, &link.connection);
     info!(
         peer = %peer,
         addr = %link.remote_addr(),

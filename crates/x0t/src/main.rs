@@ -15,7 +15,7 @@ mod config;
 mod daemon;
 mod exit;
 mod logging;
-#[allow(dead_code)] // used by the daemon's routing integration (data-plane issue)
+mod routing;
 mod routing_auth;
 mod sim;
 mod time;

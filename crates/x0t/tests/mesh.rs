@@ -214,3 +214,73 @@ fn a_running_daemon_renews_its_svid_at_half_life() {
     let shown = run_json(&["identity", "show", "--state-dir", s(&b), "--json"]);
     assert_ne!(shown["svid_not_after"].as_str().unwrap(), first_expiry);
 }
+
+#[test]
+fn three_daemons_in_a_line_route_through_the_middle_and_notice_it_die() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    ca_node(&a, &[]);
+    let a_id = run_json(&["identity", "show", "--state-dir", s(&a), "--json"])["node_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let da = Daemon::start("a", &config(dir.path(), "a", &a, &[], ""));
+    let a_addr = da.listen_addr();
+    let b_id = join(&a, &b)["node_id"].as_str().unwrap().to_owned();
+    let c_id = join(&a, &c)["node_id"].as_str().unwrap().to_owned();
+    let mut db = Daemon::start("b", &config(dir.path(), "b", &b, &[&a_addr], ""));
+    let b_addr = db.listen_addr();
+    let dc = Daemon::start("c", &config(dir.path(), "c", &c, &[&b_addr], ""));
+
+    // a and c are not neighbours: each reaches the other through b, from b's signed adverts.
+    da.wait_for(
+        &["route", &format!("dst={c_id}"), &format!("via={b_id}")],
+        T,
+    );
+    dc.wait_for(
+        &["route", &format!("dst={a_id}"), &format!("via={b_id}")],
+        T,
+    );
+    db.wait_for(
+        &["route", &format!("dst={a_id}"), &format!("via={a_id}")],
+        T,
+    );
+    assert_eq!(da.count("rejected"), 0, "{}", da.log());
+
+    // b dies without a word: a and c notice from the missing probes, not from QUIC's idle
+    // timeout (30 s), and drop the route through it.
+    let killed = std::time::Instant::now();
+    db.stop();
+    da.wait_for(
+        &[
+            "routing neighbour down",
+            &format!("peer={b_id}"),
+            "cause=\"silent\"",
+        ],
+        T,
+    );
+    let detected = killed.elapsed();
+    da.wait_for(&["route lost", &format!("dst={c_id}")], T);
+    dc.wait_for(&["route lost", &format!("dst={a_id}")], T);
+    assert!(
+        detected < Duration::from_secs(5),
+        "silent neighbour noticed after {detected:?}"
+    );
+
+    // b comes back (same identity, same store): its sequence numbers continue, and the route
+    // through it returns.
+    let mark = da.lines();
+    let db2 = Daemon::start("b2", &config(dir.path(), "b", &b, &[&a_addr], ""));
+    let b2_addr = db2.listen_addr();
+    drop(dc);
+    let _dc2 = Daemon::start("c2", &config(dir.path(), "c2", &c, &[&b2_addr], ""));
+    da.wait_for_since(
+        mark,
+        &["route", &format!("dst={c_id}"), &format!("via={b_id}")],
+        T,
+    );
+}

@@ -86,8 +86,19 @@ impl Daemon {
             .count()
     }
 
+    /// Log lines so far (a mark for [`Daemon::wait_for_since`]).
+    #[allow(dead_code)]
+    pub fn lines(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
     /// Waits until a log line contains every needle; panics with the log after `timeout`.
     pub fn wait_for(&self, needles: &[&str], timeout: Duration) -> String {
+        self.wait_for_since(0, needles, timeout)
+    }
+
+    /// [`Daemon::wait_for`], among the lines after the first `mark`.
+    pub fn wait_for_since(&self, mark: usize, needles: &[&str], timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(line) = self
@@ -95,6 +106,7 @@ impl Daemon {
                 .lock()
                 .unwrap()
                 .iter()
+                .skip(mark)
                 .find(|l| needles.iter().all(|n| l.contains(n)))
             {
                 return line.clone();
