@@ -12,6 +12,8 @@
 //! * One **link task** per link reads its control stream (revocation lists) and writes what
 //!   other tasks queue for it; when the connection closes it leaves the table.
 //! * The **routing** task ([`crate::routing`]) runs the routing core over every link.
+//! * The **underlay watcher** ([`crate::netwatch`]) closes links whose interface or address
+//!   went away, the moment rtnetlink says so.
 //! * The **renewal** task renews the node's SVID at the configured fraction of its lifetime.
 //! * On the CA node the **revocation watcher** polls the database's `data_version` every 250 ms,
 //!   so `x0t ca revoke` (another process) takes effect within that time: the revoked node's
@@ -43,6 +45,7 @@ use crate::commands::{META_ADVERTISE, refresh_ca_node_svid};
 use crate::config::{Config, PeerConfig};
 use crate::exit::{CmdResult, Exit};
 use crate::logging;
+use crate::netwatch;
 use crate::routing::Routing;
 use crate::time::{now, now_secs, rfc3339};
 
@@ -179,6 +182,12 @@ async fn serve(shared: Arc<Shared>) -> CmdResult {
         tokio::spawn(dialler(shared.clone(), peer));
     }
     tokio::spawn(renewal(shared.clone()));
+    {
+        let shared = shared.clone();
+        tokio::spawn(netwatch::watch(Arc::new(move || {
+            close_links_on_dead_underlay(&shared)
+        })));
+    }
     if shared.ca.is_some() {
         tokio::spawn(revocation_watcher(shared.clone()));
     }
@@ -384,6 +393,37 @@ async fn link_task(
         set_links_open(&shared, links.len());
     }
     info!(peer = %peer, reason = %reason, "link down");
+}
+
+/// Closes the links whose local address vanished or sits on an interface that is not running
+/// (called on every rtnetlink link/address notification): the routing core sees them down at
+/// once, instead of after `detect_multiplier` missed probes.
+fn close_links_on_dead_underlay(shared: &Shared) {
+    let usable = match netwatch::usable_addresses() {
+        Ok(u) => u,
+        Err(e) => {
+            debug!("cannot list interface addresses: {e}");
+            return;
+        }
+    };
+    let bind = shared.config.listen.ip();
+    let links = lock(&shared.links);
+    let locals: Vec<_> = links
+        .iter()
+        .map(|(peer, e)| {
+            let remote = e.connection.remote_address();
+            (*peer, netwatch::local_address_towards(bind, remote))
+        })
+        .collect();
+    for peer in netwatch::dead_links(&locals, &usable) {
+        if let Some(entry) = links.get(&peer) {
+            info!(peer = %peer, remote = %entry.connection.remote_address(), "underlay interface down; closing the link");
+            entry.connection.close(
+                VarInt::from_u32(netwatch::CLOSE_UNDERLAY_DOWN),
+                b"underlay down",
+            );
+        }
+    }
 }
 
 async fn dialler(shared: Arc<Shared>, peer: PeerConfig) {

@@ -15,6 +15,7 @@ mod config;
 mod daemon;
 mod exit;
 mod logging;
+mod netwatch;
 mod routing;
 mod routing_auth;
 mod sim;

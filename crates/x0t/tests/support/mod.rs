@@ -48,8 +48,26 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(name: &str, config: &Path) -> Self {
-        let mut child = x0t()
+        let mut cmd = x0t();
+        cmd.args(["up", "--config", s(config)]);
+        Self::spawn(name, cmd)
+    }
+
+    /// Starts `x0t up` inside the network namespace `netns` (`ip netns exec` runs it in place,
+    /// so the PID is the daemon's).
+    pub fn start_in(netns: &str, name: &str, config: &Path) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_x0t")])
             .args(["up", "--config", s(config)])
+            .env(
+                "X0T_LOG",
+                std::env::var("X0T_TEST_LOG").unwrap_or("info,quinn=warn,rustls=warn".into()),
+            );
+        Self::spawn(name, cmd)
+    }
+
+    fn spawn(name: &str, mut cmd: Command) -> Self {
+        let mut child = cmd
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
