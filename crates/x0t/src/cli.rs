@@ -39,6 +39,9 @@ pub enum Command {
     Bench(BenchCommand),
     /// Simulate a mesh running the real routing core (deterministic, virtual time).
     Sim(SimArgs),
+    /// Real-kernel lab: network namespaces joined by veth links (needs root; docs/lab.md).
+    #[command(subcommand)]
+    Lab(crate::lab::LabCommand),
 }
 
 #[derive(Debug, Args)]
@@ -214,4 +217,7 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench-results")]
         out: PathBuf,
     },
+    /// Overlay TCP throughput (iperf3) and ping RTT over 1 and 3 hops in network namespaces:
+    /// raw veth, wireguard-go, Nebula, Yggdrasil and x0t side by side (needs root).
+    Throughput(crate::bench_throughput::ThroughputArgs),
 }

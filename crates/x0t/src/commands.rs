@@ -60,7 +60,9 @@ pub fn run(cmd: Command) -> CmdResult {
         Command::Bench(BenchCommand::Handshake { count, json, out }) => {
             crate::bench::handshake(count, json, &out)
         }
+        Command::Bench(BenchCommand::Throughput(args)) => crate::bench_throughput::run(args),
         Command::Sim(args) => crate::sim::run(args),
+        Command::Lab(cmd) => crate::lab::run(cmd),
         Command::Up(_) => Err(Exit::failure("internal: `up` is dispatched by main")),
     }
 }

@@ -9,11 +9,13 @@
 #![allow(unreachable_pub)]
 
 mod bench;
+mod bench_throughput;
 mod cli;
 mod commands;
 mod config;
 mod daemon;
 mod exit;
+mod lab;
 mod logging;
 mod netwatch;
 mod routing;
