@@ -31,6 +31,7 @@ const MAX_MESSAGE_TEXT: usize = 1024;
 mod tag {
     pub(super) const HELLO: u8 = 0x01;
     pub(super) const REVOCATIONS: u8 = 0x02;
+    pub(super) const DATA_CHANNEL: u8 = 0x03;
     pub(super) const JOIN_REQUEST: u8 = 0x10;
     pub(super) const RENEW_REQUEST: u8 = 0x11;
     pub(super) const ISSUED: u8 = 0x12;
@@ -198,6 +199,8 @@ pub enum ControlMessage {
     Hello(Hello),
     /// A newer revocation list.
     Revocations(SignedRevocationList),
+    /// Where and how to send data-plane frames to the sender of this message.
+    DataChannel(DataChannel),
     /// Join with an invitation.
     JoinRequest(JoinRequest),
     /// Renew an SVID.
@@ -222,6 +225,10 @@ impl ControlMessage {
             Self::Revocations(list) => {
                 p.bytes(&list.encode());
                 tag::REVOCATIONS
+            }
+            Self::DataChannel(d) => {
+                p.u16(d.port).u32(d.receiver_index);
+                tag::DATA_CHANNEL
             }
             Self::JoinRequest(j) => {
                 p.bytes(&j.invitation_id)
@@ -274,6 +281,10 @@ impl ControlMessage {
                 let (signed, _) = SignedRevocationList::decode(r.bytes(r.remaining(), "list")?)?;
                 Self::Revocations(signed)
             }
+            tag::DATA_CHANNEL => Self::DataChannel(DataChannel {
+                port: r.u16("port")?,
+                receiver_index: r.u32("receiver_index")?,
+            }),
             tag::JOIN_REQUEST => Self::JoinRequest(JoinRequest {
                 invitation_id: r.array("invitation_id")?,
                 secret: r.array("secret")?,
@@ -344,12 +355,24 @@ impl ControlMessage {
         match self {
             Self::Hello(_) => "hello",
             Self::Revocations(_) => "revocations",
+            Self::DataChannel(_) => "data_channel",
             Self::JoinRequest(_) => "join_request",
             Self::RenewRequest(_) => "renew_request",
             Self::Issued(_) => "issued",
             Self::Refused(_) => "refused",
         }
     }
+}
+
+/// A link's data channel, announced by each end over the link's control stream: send data
+/// frames for this node to UDP `port` at the link's remote IP address, with `receiver_index`
+/// in the link frame header. The keys come from the link's TLS exporter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataChannel {
+    /// UDP port of the sender's data socket.
+    pub port: u16,
+    /// The index the sender chose for this link's channel.
+    pub receiver_index: u32,
 }
 
 /// Convenience: the revocation list inside a verified-later signed container.
@@ -395,6 +418,12 @@ mod tests {
                 }
             )),
             signed_list().prop_map(ControlMessage::Revocations),
+            (any::<u16>(), any::<u32>()).prop_map(|(port, receiver_index)| {
+                ControlMessage::DataChannel(DataChannel {
+                    port,
+                    receiver_index,
+                })
+            }),
             (
                 any::<[u8; 16]>(),
                 any::<[u8; 32]>(),

@@ -29,7 +29,7 @@ pub mod revocation;
 pub mod routing;
 
 pub use codec::DecodeError;
-pub use control::{ControlMessage, FrameHeader};
+pub use control::{ControlMessage, DataChannel, FrameHeader};
 pub use invite::InvitationToken;
 pub use node_id::NodeId;
 pub use revocation::{RevocationList, SignedRevocationList};

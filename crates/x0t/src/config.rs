@@ -51,6 +51,35 @@ pub struct Config {
     /// Routing settings.
     #[serde(default)]
     pub routing: RoutingSection,
+    /// Data plane settings.
+    #[serde(default)]
+    pub dataplane: DataplaneSection,
+}
+
+/// `[dataplane]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataplaneSection {
+    /// Open a TUN device with the node's overlay address (otherwise the node only relays).
+    pub tun: bool,
+    /// The TUN device's name (1–15 characters: letters, digits, `-`, `_`, `.`).
+    pub tun_name: String,
+    /// Overlay MTU, bytes (1,280–9,000).
+    pub mtu: u16,
+    /// UDP port of the data socket, on the `listen` address (0: any free port; the port is
+    /// announced to each neighbour over the link).
+    pub port: u16,
+}
+
+impl Default for DataplaneSection {
+    fn default() -> Self {
+        Self {
+            tun: true,
+            tun_name: "x0t0".into(),
+            mtu: 1352,
+            port: 0,
+        }
+    }
 }
 
 /// `[routing]`.
@@ -264,6 +293,18 @@ impl Config {
         self.router_config()
             .validate()
             .map_err(|e| format!("key `routing`: {e}"))?;
+        let d = &self.dataplane;
+        range("dataplane.mtu", u64::from(d.mtu), 1280, 9000)?;
+        let name_ok = (1..=15).contains(&d.tun_name.len())
+            && d.tun_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !name_ok {
+            return Err(format!(
+                "key `dataplane.tun_name`: must be 1 to 15 letters, digits, '-', '_' or '.', got {:?}",
+                d.tun_name
+            ));
+        }
         let f = self.svid.renew_at_fraction;
         if !(0.1..=0.9).contains(&f) {
             return Err(format!(
@@ -374,6 +415,10 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("routing.probe_interval_idle_ms"), "{e}");
+        let e = Config::parse("state_dir = \"/x\"\n[dataplane]\nmtu = 100\n").unwrap_err();
+        assert!(e.contains("dataplane.mtu") && e.contains("1280"), "{e}");
+        let e = Config::parse("state_dir = \"/x\"\n[dataplane]\ntun_name = \"a b\"\n").unwrap_err();
+        assert!(e.contains("dataplane.tun_name"), "{e}");
         let e = Config::parse("listen = \"0.0.0.0:1\"\n").unwrap_err();
         assert!(e.contains("state_dir"), "{e}");
     }

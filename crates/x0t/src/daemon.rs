@@ -14,6 +14,7 @@
 //! * The **routing** task ([`crate::routing`]) runs the routing core over every link.
 //! * The **underlay watcher** ([`crate::netwatch`]) closes links whose interface or address
 //!   went away, the moment rtnetlink says so.
+//! * The **data plane** ([`crate::dataplane`]) owns the TUN device and the data socket.
 //! * The **renewal** task renews the node's SVID at the configured fraction of its lifetime.
 //! * On the CA node the **revocation watcher** polls the database's `data_version` every 250 ms,
 //!   so `x0t ca revoke` (another process) takes effect within that time: the revoked node's
@@ -43,6 +44,7 @@ use x0_wire::{ControlMessage, RevocationList, SignedRevocationList};
 use crate::cli::UpArgs;
 use crate::commands::{META_ADVERTISE, refresh_ca_node_svid};
 use crate::config::{Config, PeerConfig};
+use crate::dataplane::{DataPlane, DataPlaneConfig};
 use crate::exit::{CmdResult, Exit};
 use crate::logging;
 use crate::netwatch;
@@ -79,6 +81,7 @@ struct Shared {
     store: Arc<Mutex<StateStore>>,
     ca: Option<MeshCa>,
     routing: Routing,
+    dataplane: Arc<DataPlane>,
     ca_addr: Option<String>,
     links: Mutex<HashMap<NodeId, LinkEntry>>,
 }
@@ -164,11 +167,31 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
     );
     let store = Arc::new(Mutex::new(store));
     let routing = Routing::start(config.router_config(), keys.clone(), store.clone());
+    let mut e2e = x0_dataplane::E2eConfig::new(
+        endpoint.identity().clone(),
+        endpoint.trust().clone(),
+        Arc::new(rustls::time_provider::DefaultTimeProvider),
+    );
+    e2e.kx_policy = config.link_config().kx_policy;
+    let dataplane = DataPlane::start(
+        &DataPlaneConfig {
+            tun: config.dataplane.tun,
+            tun_name: config.dataplane.tun_name.clone(),
+            mtu: config.dataplane.mtu,
+            bind: SocketAddr::new(config.listen.ip(), config.dataplane.port),
+        },
+        keys.node_id(),
+        MeshPrefix::of(&td),
+        routing.clone(),
+        e2e,
+    )
+    .map_err(Exit::failure)?;
     Ok(Arc::new(Shared {
         node_id: keys.node_id(),
         endpoint,
         store,
         routing,
+        dataplane,
         ca,
         ca_addr: membership.ca_addr.clone(),
         links: Mutex::new(HashMap::new()),
@@ -200,6 +223,7 @@ async fn serve(shared: Arc<Shared>) -> CmdResult {
         counters = ?shared.endpoint.metrics().snapshot(),
         routes = table.routes.len(),
         known_nodes = table.known_nodes,
+        data = ?shared.dataplane.counters(),
         "stopped"
     );
     Ok(())
@@ -317,6 +341,10 @@ fn register(shared: &Arc<Shared>, link: Link) {
         set_links_open(shared, links.len());
     }
     shared.routing.attach(peer, &link.connection);
+    let data = shared
+        .dataplane
+        .attach(peer, &link.connection, link.role == ProofRole::Dialer);
+    let _ = tx.send(ControlMessage::DataChannel(data));
     info!(
         peer = %peer,
         addr = %link.remote_addr(),
@@ -361,6 +389,9 @@ async fn link_task(
                     Ok(ControlMessage::Revocations(signed)) => {
                         handle_revocations(&shared, &signed, Some(peer));
                     }
+                    Ok(ControlMessage::DataChannel(d)) => {
+                        shared.dataplane.peer_channel(peer, &conn, d);
+                    }
                     Ok(other) => {
                         warn!(peer = %peer, "unexpected {} on the control stream; closing the link", other.name());
                         conn.close(
@@ -382,6 +413,7 @@ async fn link_task(
     let reason = conn.closed().await;
     writer.abort();
     reader.abort();
+    shared.dataplane.detach(peer, &conn);
     {
         let mut links = lock(&shared.links);
         if links

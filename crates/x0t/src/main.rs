@@ -14,6 +14,7 @@ mod cli;
 mod commands;
 mod config;
 mod daemon;
+mod dataplane;
 mod exit;
 mod lab;
 mod logging;

@@ -50,6 +50,8 @@ pub struct Route {
     pub link: LinkId,
     /// Whether this is the fast-reroute backup (the primary's link just failed).
     pub via_backup: bool,
+    /// On the backup, the explicit path packets must carry (node IDs, starting with us).
+    pub path: Option<Vec<NodeId>>,
 }
 
 /// The routing table as last computed: destination node → route.
@@ -59,6 +61,8 @@ pub struct RouteTable {
     pub routes: HashMap<NodeId, Route>,
     /// Nodes in the link-state database (ourselves included).
     pub known_nodes: usize,
+    /// Every node in the link-state database but us (reachable or not).
+    pub nodes: Vec<NodeId>,
 }
 
 enum Input {
@@ -345,12 +349,18 @@ impl Task {
         let mut routes = HashMap::with_capacity(dsts.len());
         for dst in &dsts {
             if let Some(hop) = self.router.next_hop(now, dst) {
+                let path = if hop.via_backup {
+                    self.router.backup_path(now, dst)
+                } else {
+                    None
+                };
                 routes.insert(
                     *dst,
                     Route {
                         next_hop: hop.neighbor,
                         link: hop.link,
                         via_backup: hop.via_backup,
+                        path,
                     },
                 );
             }
@@ -380,6 +390,7 @@ impl Task {
         self.table.store(Arc::new(RouteTable {
             routes,
             known_nodes: dsts.len() + 1,
+            nodes: dsts,
         }));
     }
 }

@@ -172,6 +172,11 @@ pub fn config(dir: &Path, name: &str, state: &Path, peers: &[&str], extra: &str)
     for p in peers {
         text.push_str(&format!("\n[[peers]]\naddr = {p:?}\n"));
     }
+    // Several daemons share the test's network namespace: no TUN device (tests with TUN run
+    // each daemon in a namespace of its own).
+    if !extra.contains("[dataplane]") {
+        text.push_str("\n[dataplane]\ntun = false\n");
+    }
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path

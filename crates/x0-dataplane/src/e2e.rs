@@ -1,0 +1,1397 @@
+//! End-to-end key agreement between two overlay endpoints, sans-IO.
+//!
+//! Relays forward overlay frames but must never read them. The two endpoints therefore run a
+//! TLS 1.3 handshake of their own, carried in overlay frames of kind
+//! [`OverlayKind::E2eHandshake`](crate::frame::OverlayKind), and export the data keys from it
+//! (RFC 8446 §7.5). The handshake uses the same policy as links: X25519MLKEM768 only by default
+//! ([`KxPolicy`]), mutual authentication with SPIFFE X.509-SVIDs checked by x0-link's
+//! [`SpiffeVerifier`] (mesh CA, trust domain, revocations), and one more check the link layer
+//! does not need: the peer's SVID must name the node ID the overlay frames claim.
+//!
+//! ## Handshake transport
+//!
+//! Overlay frames may be lost, duplicated or reordered, so each side's TLS bytes travel as a
+//! byte stream with a tiny reliability layer ([`HandshakeMessage`]): a chunk carries its stream
+//! offset and every message carries a cumulative acknowledgement of the peer's stream. The
+//! receiver reassembles in order (bounded by [`MAX_HANDSHAKE_STREAM`]) before feeding rustls;
+//! the sender retransmits everything unacknowledged when its timer fires (initial
+//! [`E2eConfig::initial_rto`], doubling up to [`E2eConfig::max_rto`]). Time is the caller's
+//! `now`; the session never reads a clock.
+//!
+//! ## Roles and collisions
+//!
+//! Either side may start ([`E2eSession::initiate`]); it becomes the TLS client. When both start
+//! at once, the node with the lower node ID keeps its client handshake and ignores the peer's;
+//! the higher one drops its own and answers as server. The outcome depends only on the two
+//! IDs.
+//!
+//! ## Keys and epochs
+//!
+//! A handshake negotiates one key epoch (chosen by the client: the current one plus 1). On
+//! completion each side exports two 32-byte secrets with label [`E2E_EXPORTER_LABEL`] and
+//! context `[direction, epoch]` (direction 0: client to server, 1: server to client) into the
+//! [`Channel`]. The server installs both at once. The client installs its receive key at once
+//! but keeps sending under the old epoch until the server has acknowledged the client's last
+//! handshake bytes (or a packet of the new epoch arrived), because only then does it know the
+//! server can open them. The previous receive key stays for a grace period
+//! ([`crate::channel`]), so nothing in flight is lost across a rekey.
+//!
+//! Rekeying is a fresh handshake (new ephemeral X25519MLKEM768 shares, so each epoch has forward
+//! secrecy of its own), started by [`E2eSession::handle_timeout`] when the send key reaches
+//! [`Limits::rekey_after_time`] (120 s) or [`Limits::rekey_after_packets`] (2^32).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::crypto::aws_lc_rs::{self as provider, kx_group};
+use rustls::server::NoServerSessionStorage;
+use rustls::time_provider::TimeProvider;
+use rustls::version::TLS13;
+use rustls::{
+    ClientConfig, ClientConnection, Connection, NamedGroup, ServerConfig, ServerConnection,
+};
+use rustls_pki_types::ServerName;
+use thiserror::Error;
+use x0_link::kx::KxPolicy;
+use x0_link::trust::SpiffeVerifier;
+use x0_link::{LocalIdentity, TrustState};
+use x0_wire::codec::Reader;
+use x0_wire::{DecodeError, NodeId};
+
+use crate::aead::{KeySetupError, SECRET_LEN, TrafficSecret};
+use crate::buf::PacketBuf;
+use crate::channel::{Channel, Limits, SealError};
+use crate::frame::{E2eHeader, OverlayHeader, RecvError, open_e2e, seal_e2e};
+
+/// ALPN of the end-to-end handshake.
+pub const E2E_ALPN: &[u8] = b"x0t-e2e/1";
+/// Exporter label of end-to-end data keys.
+pub const E2E_EXPORTER_LABEL: &[u8] = b"EXPORTER-x0t-e2e-data";
+/// Exporter label of link data keys (exported from the neighbours' QUIC/TLS session).
+pub const LINK_EXPORTER_LABEL: &[u8] = b"EXPORTER-x0t-link-data";
+/// Length of a handshake message header.
+pub const HANDSHAKE_HEADER_LEN: usize = 24;
+/// Largest chunk of TLS bytes in one handshake message, so that a message with an overlay
+/// header (even with an explicit path) and a link frame around it fits a 1,280-byte path.
+pub const MAX_HANDSHAKE_CHUNK: usize = 900;
+/// Largest TLS byte stream one side may send in one handshake; bounds reassembly memory.
+pub const MAX_HANDSHAKE_STREAM: u32 = 64 * 1024;
+/// Handshake IDs of completed handshakes remembered, so that late duplicates of their first
+/// message do not start a new handshake.
+const COMPLETED_MEMORY: usize = 4;
+
+/// The sender's TLS role in a handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsRole {
+    /// The initiator.
+    Client,
+    /// The responder.
+    Server,
+}
+
+/// One message of the handshake transport (the payload of an e2e-handshake overlay frame).
+///
+/// | Offset | Size | Field |
+/// |---|---|---|
+/// | 0 | 1 | sender's role: 0 client, 1 server |
+/// | 1 | 1 | key epoch the handshake negotiates |
+/// | 2 | 2 | reserved, zero |
+/// | 4 | 8 | handshake ID, chosen at random by the client |
+/// | 12 | 4 | sender's session index (the receiver writes it into e2e headers it sends) |
+/// | 16 | 4 | acknowledgement: bytes of the receiver's stream received in order so far |
+/// | 20 | 4 | stream offset of `data` |
+/// | 24 | … | `data`: TLS bytes, at most [`MAX_HANDSHAKE_CHUNK`] (empty: acknowledgement only) |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandshakeMessage<'a> {
+    /// The sender's role.
+    pub role: TlsRole,
+    /// The epoch being negotiated.
+    pub epoch: u8,
+    /// Identifies the handshake.
+    pub handshake_id: u64,
+    /// The sender's session index.
+    pub sender_index: u32,
+    /// Cumulative acknowledgement of the receiver's stream.
+    pub ack: u32,
+    /// Offset of `data` in the sender's stream.
+    pub offset: u32,
+    /// TLS bytes.
+    pub data: &'a [u8],
+}
+
+impl<'a> HandshakeMessage<'a> {
+    /// The message's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(HANDSHAKE_HEADER_LEN + self.data.len());
+        v.push(match self.role {
+            TlsRole::Client => 0,
+            TlsRole::Server => 1,
+        });
+        v.push(self.epoch);
+        v.extend_from_slice(&[0, 0]);
+        v.extend_from_slice(&self.handshake_id.to_be_bytes());
+        v.extend_from_slice(&self.sender_index.to_be_bytes());
+        v.extend_from_slice(&self.ack.to_be_bytes());
+        v.extend_from_slice(&self.offset.to_be_bytes());
+        v.extend_from_slice(self.data);
+        v
+    }
+
+    /// Reads a message, refusing anything out of bounds.
+    pub fn decode(buf: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let role = match r.u8("handshake role")? {
+            0 => TlsRole::Client,
+            1 => TlsRole::Server,
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    field: "handshake role",
+                    tag: tag.into(),
+                });
+            }
+        };
+        let epoch = r.u8("handshake epoch")?;
+        if r.u16("handshake reserved")? != 0 {
+            return Err(DecodeError::Invalid {
+                field: "handshake reserved",
+                reason: "must be zero",
+            });
+        }
+        let handshake_id = r.u64("handshake id")?;
+        let sender_index = r.u32("sender index")?;
+        let ack = r.u32("handshake ack")?;
+        let offset = r.u32("handshake offset")?;
+        let data = r.bytes(r.remaining(), "handshake data")?;
+        if data.len() > MAX_HANDSHAKE_CHUNK {
+            return Err(DecodeError::TooLong {
+                field: "handshake data",
+                len: data.len(),
+                max: MAX_HANDSHAKE_CHUNK,
+            });
+        }
+        let end = u64::from(offset) + data.len() as u64;
+        if end > u64::from(MAX_HANDSHAKE_STREAM) || ack > MAX_HANDSHAKE_STREAM {
+            return Err(DecodeError::Invalid {
+                field: "handshake offset",
+                reason: "beyond the largest handshake stream",
+            });
+        }
+        Ok(Self {
+            role,
+            epoch,
+            handshake_id,
+            sender_index,
+            ack,
+            offset,
+            data,
+        })
+    }
+}
+
+/// Exports the two data-key secrets of a TLS session: `(send, receive)` for the side whose
+/// role is `role`. `export(out, label, context)` is the session's RFC 8446 §7.5 exporter
+/// (`rustls::ConnectionCommon::export_keying_material`, `quinn::Connection::export_keying_material`).
+/// The context is the direction byte (0: client to server, 1: server to client) followed by
+/// the 64-bit key generation, so every generation and direction gets its own secret; the wire
+/// epoch is the generation's low byte. For links, where one QUIC session serves many
+/// generations, the generation must never repeat within the session.
+pub fn export_secrets<E>(
+    mut export: impl FnMut(&mut [u8; SECRET_LEN], &[u8], &[u8]) -> Result<(), E>,
+    label: &[u8],
+    role: TlsRole,
+    generation: u64,
+) -> Result<(TrafficSecret, TrafficSecret), E> {
+    let mut one = |direction: u8| {
+        let mut ctx = [0u8; 9];
+        ctx[0] = direction;
+        ctx[1..].copy_from_slice(&generation.to_be_bytes());
+        let mut out = [0u8; SECRET_LEN];
+        export(&mut out, label, &ctx)?;
+        Ok(TrafficSecret::new(out))
+    };
+    let c2s = one(0)?;
+    let s2c = one(1)?;
+    Ok(match role {
+        TlsRole::Client => (c2s, s2c),
+        TlsRole::Server => (s2c, c2s),
+    })
+}
+
+/// Settings of end-to-end sessions.
+#[derive(Debug, Clone)]
+pub struct E2eConfig {
+    /// This node's SVID and key.
+    pub identity: Arc<LocalIdentity>,
+    /// The mesh CA bundle and revocations.
+    pub trust: Arc<TrustState>,
+    /// Key-exchange groups offered and accepted.
+    pub kx_policy: KxPolicy,
+    /// Wall-clock time for certificate validity (rustls's `DefaultTimeProvider` in the
+    /// daemon, a fixed time in tests).
+    pub time: Arc<dyn TimeProvider>,
+    /// Rekey and key-retirement limits of the data channel.
+    pub limits: Limits,
+    /// First retransmission timeout. Default 250 ms.
+    pub initial_rto: Duration,
+    /// Largest retransmission timeout. Default 4 s.
+    pub max_rto: Duration,
+    /// A handshake not finished after this long fails. Default 20 s.
+    pub handshake_timeout: Duration,
+    /// Wait before an automatic rekey retries after a failure. Default 2 s.
+    pub retry_after_failure: Duration,
+}
+
+impl E2eConfig {
+    /// The defaults, for `identity` and `trust`.
+    pub fn new(
+        identity: Arc<LocalIdentity>,
+        trust: Arc<TrustState>,
+        time: Arc<dyn TimeProvider>,
+    ) -> Self {
+        Self {
+            identity,
+            trust,
+            kx_policy: KxPolicy::default(),
+            time,
+            limits: Limits::default(),
+            initial_rto: Duration::from_millis(250),
+            max_rto: Duration::from_secs(4),
+            handshake_timeout: Duration::from_secs(20),
+            retry_after_failure: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why a handshake failed or a message was refused.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum E2eError {
+    /// The handshake message does not parse.
+    #[error(transparent)]
+    Malformed(#[from] DecodeError),
+    /// TLS failed (bad certificate, no common group, bad message, ...).
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The peer's SVID names another node than the overlay frames claim.
+    #[error("peer certificate names node {got}, expected {expected}")]
+    PeerMismatch {
+        /// The node the frames came from.
+        expected: NodeId,
+        /// The node the SVID names.
+        got: NodeId,
+    },
+    /// The peer presented no (verified) certificate.
+    #[error("peer presented no verified SVID")]
+    NoPeerCertificate,
+    /// A group the policy does not allow was negotiated.
+    #[error("negotiated key exchange {0:?} not allowed by policy")]
+    WrongGroup(Option<NamedGroup>),
+    /// The handshake did not finish in time.
+    #[error("handshake timed out")]
+    Timeout,
+    /// The peer's stream exceeded [`MAX_HANDSHAKE_STREAM`] or the TLS layer wrote too much.
+    #[error("handshake stream too long")]
+    StreamTooLong,
+    /// Key setup failed.
+    #[error(transparent)]
+    Key(#[from] KeySetupError),
+}
+
+/// What happened in a session.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum E2eEvent {
+    /// A handshake completed and keys of `epoch` were installed.
+    KeysInstalled {
+        /// The new epoch.
+        epoch: u8,
+        /// Our role in that handshake.
+        role: TlsRole,
+        /// The negotiated key-exchange group.
+        group: NamedGroup,
+    },
+    /// The client switched its send key to the new epoch (the server confirmed).
+    SendKeySwitched {
+        /// The epoch now used for sending.
+        epoch: u8,
+    },
+    /// A handshake failed.
+    HandshakeFailed(E2eError),
+}
+
+/// Counters of a session, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct E2eStats {
+    /// Handshakes started as client.
+    pub initiated: u64,
+    /// Handshakes answered as server.
+    pub answered: u64,
+    /// Handshakes completed.
+    pub completed: u64,
+    /// Handshakes failed.
+    pub failed: u64,
+    /// Retransmission timer firings.
+    pub retransmits: u64,
+    /// Handshake messages ignored (stale, foreign, lost collision).
+    pub ignored: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Running,
+    /// Keys installed; a client still waits for the server's confirmation.
+    KeysInstalled,
+    Confirmed,
+}
+
+struct Handshake {
+    role: TlsRole,
+    id: u64,
+    epoch: u8,
+    tls: Connection,
+    verifier: Arc<SpiffeVerifier>,
+    /// Everything we wrote, from offset 0.
+    out: Vec<u8>,
+    acked: u32,
+    sent: u32,
+    /// Bytes of the peer's stream received in order.
+    in_next: u32,
+    pending: BTreeMap<u32, Vec<u8>>,
+    owe_ack: bool,
+    rto: Duration,
+    retransmit_at: Option<Duration>,
+    deadline: Duration,
+    peer_index: Option<u32>,
+    stage: Stage,
+    /// The client's send secret, held until the server confirms.
+    pending_tx: Option<TrafficSecret>,
+}
+
+impl Handshake {
+    fn outstanding(&self) -> bool {
+        (self.acked as usize) < self.out.len()
+    }
+}
+
+static PROVIDERS: LazyLock<[Arc<CryptoProvider>; 3]> = LazyLock::new(|| {
+    let base = provider::default_provider();
+    let with = |kx_groups| {
+        Arc::new(CryptoProvider {
+            kx_groups,
+            ..base.clone()
+        })
+    };
+    [
+        with(vec![kx_group::X25519MLKEM768]),
+        with(vec![
+            kx_group::X25519MLKEM768,
+            kx_group::X25519,
+            kx_group::SECP256R1,
+        ]),
+        with(vec![kx_group::X25519]),
+    ]
+});
+
+fn provider_for(policy: KxPolicy) -> Arc<CryptoProvider> {
+    PROVIDERS[match policy {
+        KxPolicy::PostQuantumOnly => 0,
+        KxPolicy::AllowClassicalDangerous => 1,
+        KxPolicy::ClassicalOnlyForTesting => 2,
+    }]
+    .clone()
+}
+
+/// The end-to-end session with one peer: handshakes, rekeys and the data channel.
+pub struct E2eSession {
+    config: Arc<E2eConfig>,
+    local: NodeId,
+    peer: NodeId,
+    local_index: u32,
+    peer_index: Option<u32>,
+    channel: Channel,
+    epoch: Option<u8>,
+    hs: Option<Handshake>,
+    completed: VecDeque<u64>,
+    retry_at: Option<Duration>,
+    events: VecDeque<E2eEvent>,
+    stats: E2eStats,
+}
+
+impl std::fmt::Debug for E2eSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("E2eSession")
+            .field("local", &self.local)
+            .field("peer", &self.peer)
+            .field("local_index", &self.local_index)
+            .field("peer_index", &self.peer_index)
+            .field("epoch", &self.epoch)
+            .field(
+                "handshake",
+                &self.hs.as_ref().map(|h| (h.role, h.epoch, h.stage)),
+            )
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl E2eSession {
+    /// A session of `local` with `peer`; `local_index` is the index under which the daemon
+    /// finds this session when an e2e header names it.
+    pub fn new(config: Arc<E2eConfig>, local: NodeId, peer: NodeId, local_index: u32) -> Self {
+        let limits = config.limits;
+        Self {
+            config,
+            local,
+            peer,
+            local_index,
+            peer_index: None,
+            channel: Channel::new(limits),
+            epoch: None,
+            hs: None,
+            completed: VecDeque::new(),
+            retry_at: None,
+            events: VecDeque::new(),
+            stats: E2eStats::default(),
+        }
+    }
+
+    /// This node.
+    pub fn local(&self) -> NodeId {
+        self.local
+    }
+
+    /// The peer.
+    pub fn peer(&self) -> NodeId {
+        self.peer
+    }
+
+    /// Our session index.
+    pub fn local_index(&self) -> u32 {
+        self.local_index
+    }
+
+    /// The peer's session index, once a handshake completed.
+    pub fn peer_index(&self) -> Option<u32> {
+        self.peer_index
+    }
+
+    /// Whether data can be sealed.
+    pub fn is_established(&self) -> bool {
+        self.peer_index.is_some() && self.channel.tx_epoch().is_some()
+    }
+
+    /// The epoch of the newest completed handshake.
+    pub fn epoch(&self) -> Option<u8> {
+        self.epoch
+    }
+
+    /// Whether a handshake is running (not yet finished on this side).
+    pub fn is_handshaking(&self) -> bool {
+        self.hs.as_ref().is_some_and(|h| h.stage == Stage::Running)
+    }
+
+    /// Whether a rekey may start now: a session exists and no handshake is running or waiting
+    /// for the peer's confirmation.
+    fn may_rekey(&self) -> bool {
+        self.epoch.is_some() && self.hs.as_ref().is_none_or(|h| h.stage == Stage::Confirmed)
+    }
+
+    /// The data channel.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> E2eStats {
+        self.stats
+    }
+
+    /// Starts a handshake as client, unless one is already running.
+    pub fn initiate(&mut self, now: Duration) -> Result<(), E2eError> {
+        if self.is_handshaking() {
+            return Ok(());
+        }
+        let mut id = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut id).map_err(|_| KeySetupError)?;
+        let epoch = self.epoch.map_or(0, |e| e.wrapping_add(1));
+        let verifier = SpiffeVerifier::new(self.config.trust.clone());
+        let mut cfg = ClientConfig::builder_with_details(
+            provider_for(self.config.kx_policy),
+            self.config.time.clone(),
+        )
+        .with_protocol_versions(&[&TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_client_cert_resolver(self.config.identity.clone());
+        cfg.alpn_protocols = vec![E2E_ALPN.to_vec()];
+        cfg.resumption = rustls::client::Resumption::disabled();
+        cfg.enable_sni = false;
+        // The verifier checks the SVID, not a DNS name; SNI is off, so this never leaves.
+        let name = ServerName::try_from("e2e.x0t.invalid").map_err(|_| KeySetupError)?;
+        let tls = ClientConnection::new(Arc::new(cfg), name)?;
+        self.stats.initiated += 1;
+        self.start(
+            now,
+            TlsRole::Client,
+            u64::from_be_bytes(id),
+            epoch,
+            tls.into(),
+            verifier,
+        )
+    }
+
+    fn start(
+        &mut self,
+        now: Duration,
+        role: TlsRole,
+        id: u64,
+        epoch: u8,
+        tls: Connection,
+        verifier: Arc<SpiffeVerifier>,
+    ) -> Result<(), E2eError> {
+        let mut hs = Handshake {
+            role,
+            id,
+            epoch,
+            tls,
+            verifier,
+            out: Vec::new(),
+            acked: 0,
+            sent: 0,
+            in_next: 0,
+            pending: BTreeMap::new(),
+            owe_ack: false,
+            rto: self.config.initial_rto,
+            retransmit_at: None,
+            deadline: now.saturating_add(self.config.handshake_timeout),
+            peer_index: None,
+            stage: Stage::Running,
+            pending_tx: None,
+        };
+        drain_tls(&mut hs)?;
+        self.hs = Some(hs);
+        Ok(())
+    }
+
+    fn answer(&mut self, now: Duration, msg: &HandshakeMessage<'_>) -> Result<(), E2eError> {
+        let verifier = SpiffeVerifier::new(self.config.trust.clone());
+        let mut cfg = ServerConfig::builder_with_details(
+            provider_for(self.config.kx_policy),
+            self.config.time.clone(),
+        )
+        .with_protocol_versions(&[&TLS13])?
+        .with_client_cert_verifier(verifier.clone())
+        .with_cert_resolver(self.config.identity.clone());
+        cfg.alpn_protocols = vec![E2E_ALPN.to_vec()];
+        cfg.max_early_data_size = 0;
+        cfg.send_tls13_tickets = 0;
+        cfg.session_storage = Arc::new(NoServerSessionStorage {});
+        let tls = ServerConnection::new(Arc::new(cfg))?;
+        self.stats.answered += 1;
+        self.start(
+            now,
+            TlsRole::Server,
+            msg.handshake_id,
+            msg.epoch,
+            tls.into(),
+            verifier,
+        )
+    }
+
+    /// Handles the payload of an e2e-handshake overlay frame whose source is the peer.
+    /// Messages of stale or foreign handshakes are ignored (counted); a TLS failure ends the
+    /// handshake and is also reported as an [`E2eEvent::HandshakeFailed`].
+    pub fn handle_handshake(&mut self, now: Duration, payload: &[u8]) -> Result<(), E2eError> {
+        let msg = HandshakeMessage::decode(payload)?;
+        if !self.accepts(&msg) {
+            self.stats.ignored += 1;
+            return Ok(());
+        }
+        if msg.role == TlsRole::Client
+            && self.hs.as_ref().is_none_or(|h| h.id != msg.handshake_id)
+            && let Err(e) = self.answer(now, &msg)
+        {
+            return Err(self.fail(now, e));
+        }
+        let result = self.feed(now, &msg);
+        result.map_err(|e| self.fail(now, e))
+    }
+
+    /// Whether a message belongs to our handshake or may start one.
+    fn accepts(&self, msg: &HandshakeMessage<'_>) -> bool {
+        let ours = self.hs.as_ref().filter(|h| h.id == msg.handshake_id);
+        match (msg.role, ours) {
+            // The peer answers our client handshake, or retransmits to our server one.
+            (TlsRole::Server, Some(h)) => h.role == TlsRole::Client,
+            (TlsRole::Client, Some(h)) => h.role == TlsRole::Server,
+            (TlsRole::Server, None) => false,
+            (TlsRole::Client, None) => {
+                // Any chunk of a new client stream may open it (the first chunk may be lost);
+                // a bare acknowledgement may not, nor a late copy from a finished handshake.
+                if msg.data.is_empty() || self.completed.contains(&msg.handshake_id) {
+                    return false;
+                }
+                // Both started: the lower node ID keeps its client handshake.
+                let racing = self
+                    .hs
+                    .as_ref()
+                    .is_some_and(|h| h.role == TlsRole::Client && h.stage == Stage::Running);
+                !(racing && self.local < self.peer)
+            }
+        }
+    }
+
+    fn feed(&mut self, now: Duration, msg: &HandshakeMessage<'_>) -> Result<(), E2eError> {
+        let Some(hs) = self.hs.as_mut() else {
+            return Ok(());
+        };
+        hs.peer_index = Some(msg.sender_index);
+        // Acknowledgement of our stream.
+        let ack = msg.ack.min(hs.out.len() as u32);
+        if ack > hs.acked {
+            hs.acked = ack;
+            hs.sent = hs.sent.max(ack);
+            hs.rto = self.config.initial_rto;
+            // Progress: restart the timer for what is still unacknowledged.
+            hs.retransmit_at = hs.outstanding().then(|| now.saturating_add(hs.rto));
+        }
+        // Data of the peer's stream.
+        if !msg.data.is_empty() {
+            hs.owe_ack = true;
+            let end = msg.offset + msg.data.len() as u32;
+            if msg.offset > hs.in_next {
+                let buffered: usize = hs.pending.values().map(Vec::len).sum();
+                if buffered + msg.data.len() > MAX_HANDSHAKE_STREAM as usize {
+                    return Err(E2eError::StreamTooLong);
+                }
+                hs.pending.insert(msg.offset, msg.data.to_vec());
+            } else if end > hs.in_next && hs.stage == Stage::Running {
+                let fresh = &msg.data[(hs.in_next - msg.offset) as usize..];
+                feed_tls(hs, fresh)?;
+                while let Some(entry) = hs.pending.first_entry() {
+                    if *entry.key() > hs.in_next {
+                        break;
+                    }
+                    let (off, data) = entry.remove_entry();
+                    let end = off + data.len() as u32;
+                    if end > hs.in_next && hs.stage == Stage::Running {
+                        feed_tls(hs, &data[(hs.in_next - off) as usize..])?;
+                    }
+                }
+            }
+        }
+        if hs.stage == Stage::Running && !hs.tls.is_handshaking() {
+            self.complete(now)?;
+        }
+        self.maybe_confirm(now)
+    }
+
+    /// The TLS handshake finished on this side: check the peer, export and install keys.
+    fn complete(&mut self, now: Duration) -> Result<(), E2eError> {
+        let Some(hs) = self.hs.as_mut() else {
+            return Ok(());
+        };
+        let svid = hs.verifier.verified().ok_or(E2eError::NoPeerCertificate)?;
+        if hs.tls.peer_certificates().is_none() {
+            return Err(E2eError::NoPeerCertificate);
+        }
+        if svid.node_id != self.peer {
+            return Err(E2eError::PeerMismatch {
+                expected: self.peer,
+                got: svid.node_id,
+            });
+        }
+        let group = hs.tls.negotiated_key_exchange_group().map(|g| g.name());
+        let allowed = match self.config.kx_policy {
+            KxPolicy::PostQuantumOnly => group == Some(NamedGroup::X25519MLKEM768),
+            _ => group.is_some(),
+        };
+        let Some(group) = group.filter(|_| allowed) else {
+            return Err(E2eError::WrongGroup(group));
+        };
+        let tls = &hs.tls;
+        let (tx, rx) = export_secrets(
+            |out, label, ctx| {
+                tls.export_keying_material(out, label, Some(ctx))
+                    .map(|_| ())
+            },
+            E2E_EXPORTER_LABEL,
+            hs.role,
+            u64::from(hs.epoch),
+        )?;
+        self.channel.install_rx(hs.epoch, &rx, now)?;
+        match hs.role {
+            TlsRole::Server => {
+                self.channel.install_tx(hs.epoch, &tx, now)?;
+                hs.stage = Stage::Confirmed;
+            }
+            TlsRole::Client => {
+                hs.pending_tx = Some(tx);
+                hs.stage = Stage::KeysInstalled;
+            }
+        }
+        hs.pending.clear();
+        self.epoch = Some(hs.epoch);
+        self.peer_index = hs.peer_index;
+        self.retry_at = None;
+        if self.completed.len() == COMPLETED_MEMORY {
+            self.completed.pop_front();
+        }
+        self.completed.push_back(hs.id);
+        self.stats.completed += 1;
+        self.events.push_back(E2eEvent::KeysInstalled {
+            epoch: hs.epoch,
+            role: hs.role,
+            group,
+        });
+        Ok(())
+    }
+
+    /// A client switches its send key once the server acknowledged all our bytes.
+    fn maybe_confirm(&mut self, now: Duration) -> Result<(), E2eError> {
+        let Some(hs) = self.hs.as_mut() else {
+            return Ok(());
+        };
+        if hs.stage == Stage::KeysInstalled && !hs.outstanding() {
+            self.confirm(now)?;
+        }
+        Ok(())
+    }
+
+    fn confirm(&mut self, now: Duration) -> Result<(), E2eError> {
+        let Some(hs) = self.hs.as_mut() else {
+            return Ok(());
+        };
+        if let Some(tx) = hs.pending_tx.take() {
+            self.channel.install_tx(hs.epoch, &tx, now)?;
+            hs.stage = Stage::Confirmed;
+            self.events
+                .push_back(E2eEvent::SendKeySwitched { epoch: hs.epoch });
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, now: Duration, e: E2eError) -> E2eError {
+        // A failure after keys were installed (impossible today) would leave them in place;
+        // the handshake state itself is dropped, so no more acknowledgements are sent.
+        self.hs = None;
+        self.stats.failed += 1;
+        self.retry_at = Some(now.saturating_add(self.config.retry_after_failure));
+        self.events.push_back(E2eEvent::HandshakeFailed(e.clone()));
+        e
+    }
+
+    /// The next handshake payload to send to the peer (in an e2e-handshake overlay frame).
+    pub fn poll_transmit(&mut self, now: Duration) -> Option<Vec<u8>> {
+        let hs = self.hs.as_mut()?;
+        let len = hs.out.len() as u32;
+        let (offset, data) = if hs.sent < len {
+            let end = len.min(hs.sent + MAX_HANDSHAKE_CHUNK as u32);
+            let chunk = (hs.sent, &hs.out[hs.sent as usize..end as usize]);
+            hs.sent = end;
+            if hs.retransmit_at.is_none() {
+                hs.retransmit_at = Some(now.saturating_add(hs.rto));
+            }
+            chunk
+        } else if hs.owe_ack {
+            (len, &[][..])
+        } else {
+            return None;
+        };
+        hs.owe_ack = false;
+        Some(
+            HandshakeMessage {
+                role: hs.role,
+                epoch: hs.epoch,
+                handshake_id: hs.id,
+                sender_index: self.local_index,
+                ack: hs.in_next,
+                offset,
+                data,
+            }
+            .encode(),
+        )
+    }
+
+    /// When [`E2eSession::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let mut t: Option<Duration> = None;
+        let mut at = |d: Option<Duration>| {
+            if let Some(d) = d {
+                t = Some(t.map_or(d, |t| t.min(d)));
+            }
+        };
+        match &self.hs {
+            Some(h) if h.stage != Stage::Confirmed => {
+                at(h.retransmit_at);
+                at(Some(h.deadline));
+            }
+            Some(h) => at(h.retransmit_at),
+            None => {}
+        }
+        if self.may_rekey() {
+            let rekey = self.channel.rekey_deadline();
+            at(match (rekey, self.retry_at) {
+                (Some(r), Some(retry)) => Some(r.max(retry)),
+                (r, None) => r,
+                (None, retry) => retry,
+            });
+        }
+        t
+    }
+
+    /// Runs timers: retransmission, handshake deadline, automatic rekey.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        if let Some(hs) = self.hs.as_mut() {
+            if hs.retransmit_at.is_some_and(|t| now >= t) {
+                hs.retransmit_at = None;
+                if hs.outstanding() {
+                    hs.sent = hs.acked;
+                    hs.rto = hs.rto.saturating_mul(2).min(self.config.max_rto);
+                    self.stats.retransmits += 1;
+                }
+            }
+            if hs.stage != Stage::Confirmed && now >= hs.deadline {
+                self.fail(now, E2eError::Timeout);
+            }
+        }
+        let retry_ok = self.retry_at.is_none_or(|t| now >= t);
+        if self.may_rekey()
+            && retry_ok
+            && self.channel.needs_rekey(now)
+            && let Err(e) = self.initiate(now)
+        {
+            self.fail(now, e);
+        }
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<E2eEvent> {
+        self.events.pop_front()
+    }
+
+    /// Seals an IP packet for the peer in place, as the end-to-end payload under `overlay`
+    /// (whose source must be us and destination the peer).
+    pub fn seal(
+        &mut self,
+        now: Duration,
+        overlay: &OverlayHeader,
+        pb: &mut PacketBuf<'_>,
+    ) -> Result<(), SealError> {
+        let session = self.peer_index.ok_or(SealError::NoKey)?;
+        seal_e2e(&mut self.channel, now, session, overlay, pb)
+    }
+
+    /// Opens an end-to-end payload from the peer in place (the overlay header already
+    /// stripped); on success the packet is the inner IP packet.
+    pub fn open(
+        &mut self,
+        now: Duration,
+        overlay: &OverlayHeader,
+        pb: &mut PacketBuf<'_>,
+    ) -> Result<E2eHeader, RecvError> {
+        if overlay.source != self.peer || overlay.destination != self.local {
+            return Err(RecvError::Misdirected);
+        }
+        let h = open_e2e(&mut self.channel, now, overlay, pb)?;
+        // A packet under the new epoch proves the server switched: the client may too.
+        if let Some(hs) = &self.hs
+            && hs.stage == Stage::KeysInstalled
+            && hs.epoch == h.epoch
+        {
+            // Key setup of an already-derived secret cannot fail in practice; if it did,
+            // the client keeps the old key and the timer retries.
+            let _ = self.confirm(now);
+        }
+        Ok(h)
+    }
+}
+
+/// Feeds in-order peer bytes to rustls and collects what it writes.
+fn feed_tls(hs: &mut Handshake, mut bytes: &[u8]) -> Result<(), E2eError> {
+    hs.in_next += bytes.len() as u32;
+    while !bytes.is_empty() {
+        let n = hs
+            .tls
+            .read_tls(&mut bytes)
+            .map_err(|_| E2eError::StreamTooLong)?;
+        hs.tls.process_new_packets()?;
+        if n == 0 {
+            return Err(E2eError::StreamTooLong);
+        }
+    }
+    drain_tls(hs)
+}
+
+fn drain_tls(hs: &mut Handshake) -> Result<(), E2eError> {
+    while hs.tls.wants_write() {
+        hs.tls
+            .write_tls(&mut hs.out)
+            .map_err(|_| E2eError::StreamTooLong)?;
+        if hs.out.len() > MAX_HANDSHAKE_STREAM as usize {
+            return Err(E2eError::StreamTooLong);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::{HEADROOM, TAILROOM};
+    use crate::channel::OpenError;
+    use crate::frame::OverlayKind;
+    use crate::replay::Replay;
+    use proptest::prelude::*;
+    use rustls_pki_types::UnixTime;
+    use x0_identity::{MeshCa, NodeKeys, TrustBundle, TrustDomain};
+    use x0_link::LinkMetrics;
+
+    const T0: u64 = 1_800_000_000;
+    const MS: Duration = Duration::from_millis(1);
+
+    fn unix(secs: u64) -> UnixTime {
+        UnixTime::since_unix_epoch(Duration::from_secs(secs))
+    }
+
+    /// Certificates are checked against a fixed wall time, like everything else here.
+    #[derive(Debug)]
+    struct FixedTime;
+
+    impl TimeProvider for FixedTime {
+        fn current_time(&self) -> Option<UnixTime> {
+            Some(unix(T0 + 60))
+        }
+    }
+
+    struct Mesh {
+        ca: MeshCa,
+        bundle: TrustBundle,
+    }
+
+    impl Mesh {
+        fn new(td: &str) -> Self {
+            let td = TrustDomain::new(td).unwrap();
+            let ca = MeshCa::create(td.clone(), unix(T0)).unwrap();
+            let bundle = TrustBundle::new(td, vec![ca.cert_der().clone()]).unwrap();
+            Self { ca, bundle }
+        }
+
+        /// A node's config, issued by this mesh's CA, trusting `trusts`.
+        fn node_trusting(&self, trusts: &Mesh, policy: KxPolicy) -> (Arc<E2eConfig>, NodeId) {
+            let keys = Arc::new(NodeKeys::generate().unwrap());
+            let svid = self
+                .ca
+                .issue_svid(
+                    keys.tls_public_point(),
+                    keys.node_id(),
+                    unix(T0),
+                    Duration::from_secs(86_400),
+                )
+                .unwrap()
+                .to_vec();
+            let identity = LocalIdentity::new(keys.clone(), svid, None).unwrap();
+            let trust = TrustState::new(trusts.bundle.clone(), Arc::new(LinkMetrics::default()));
+            let mut cfg = E2eConfig::new(identity, trust, Arc::new(FixedTime));
+            cfg.kx_policy = policy;
+            (Arc::new(cfg), keys.node_id())
+        }
+
+        fn node(&self) -> (Arc<E2eConfig>, NodeId) {
+            self.node_trusting(self, KxPolicy::PostQuantumOnly)
+        }
+    }
+
+    /// Two sessions that expect each other.
+    fn pair(mesh: &Mesh) -> [E2eSession; 2] {
+        let (ca, a) = mesh.node();
+        let (cb, b) = mesh.node();
+        [
+            E2eSession::new(ca, a, b, 100),
+            E2eSession::new(cb, b, a, 200),
+        ]
+    }
+
+    /// A lossy, reordering network between two sessions, in virtual time, seeded.
+    struct Net {
+        rng: u64,
+        loss_percent: u64,
+        queue: Vec<(Duration, usize, Vec<u8>)>,
+        sent: u64,
+        lost: u64,
+    }
+
+    impl Net {
+        fn new(seed: u64, loss_percent: u64) -> Self {
+            Self {
+                rng: seed | 1,
+                loss_percent,
+                queue: Vec::new(),
+                sent: 0,
+                lost: 0,
+            }
+        }
+
+        fn next(&mut self) -> u64 {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            self.rng
+        }
+
+        /// Runs until `done` or `limit`; returns the virtual time reached.
+        fn run(
+            &mut self,
+            s: &mut [E2eSession; 2],
+            start: Duration,
+            limit: Duration,
+            done: impl Fn(&[E2eSession; 2]) -> bool,
+        ) -> Duration {
+            let mut t = start;
+            while t < limit {
+                for (i, session) in s.iter_mut().enumerate() {
+                    session.handle_timeout(t);
+                    while let Some(m) = session.poll_transmit(t) {
+                        self.sent += 1;
+                        if self.next() % 100 < self.loss_percent {
+                            self.lost += 1;
+                            continue;
+                        }
+                        let delay = MS * (1 + (self.next() % 30) as u32);
+                        self.queue.push((t + delay, 1 - i, m));
+                    }
+                }
+                self.queue.sort_by_key(|q| q.0);
+                let due = self.queue.iter().take_while(|q| q.0 <= t).count();
+                for (_, to, m) in self.queue.drain(..due).collect::<Vec<_>>() {
+                    // Failures also arrive as events, which the tests inspect.
+                    let _ = s[to].handle_handshake(t, &m);
+                }
+                if done(s) {
+                    return t;
+                }
+                t += 5 * MS;
+            }
+            t
+        }
+    }
+
+    fn both_established(s: &[E2eSession; 2]) -> bool {
+        s.iter().all(E2eSession::is_established)
+    }
+
+    /// Seals `payload` at `from` (end-to-end layer only) and returns the e2e payload bytes.
+    fn seal(from: &mut E2eSession, now: Duration, payload: &[u8]) -> (OverlayHeader, Vec<u8>) {
+        let overlay = OverlayHeader::new(OverlayKind::Data, from.local(), from.peer());
+        let mut raw = vec![0u8; HEADROOM + payload.len() + TAILROOM];
+        raw[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
+        let mut pb = PacketBuf::at_headroom(&mut raw, payload.len()).unwrap();
+        from.seal(now, &overlay, &mut pb).unwrap();
+        (overlay, pb.data().to_vec())
+    }
+
+    fn open(
+        to: &mut E2eSession,
+        now: Duration,
+        frame: &(OverlayHeader, Vec<u8>),
+    ) -> Result<Vec<u8>, RecvError> {
+        let mut raw = frame.1.clone();
+        let len = raw.len();
+        let mut pb = PacketBuf::new(&mut raw, 0..len).unwrap();
+        to.open(now, &frame.0, &mut pb)?;
+        Ok(pb.data().to_vec())
+    }
+
+    fn exchange(s: &mut [E2eSession; 2], now: Duration, msg: &[u8]) {
+        let [a, b] = s;
+        let f = seal(a, now, msg);
+        assert_eq!(open(b, now, &f).unwrap(), msg);
+        let f = seal(b, now, msg);
+        assert_eq!(open(a, now, &f).unwrap(), msg);
+    }
+
+    fn installed(s: &mut E2eSession) -> Vec<(u8, TlsRole, NamedGroup)> {
+        std::iter::from_fn(|| s.poll_event())
+            .filter_map(|e| match e {
+                E2eEvent::KeysInstalled { epoch, role, group } => Some((epoch, role, group)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn handshake_negotiates_x25519mlkem768_and_keys_work() {
+        let mesh = Mesh::new("e2e.test");
+        let mut s = pair(&mesh);
+        s[0].initiate(Duration::ZERO).unwrap();
+        let mut net = Net::new(1, 0);
+        let t = net.run(
+            &mut s,
+            Duration::ZERO,
+            Duration::from_secs(5),
+            both_established,
+        );
+        assert!(both_established(&s), "handshake did not finish");
+        assert_eq!(
+            installed(&mut s[0]),
+            [(0, TlsRole::Client, NamedGroup::X25519MLKEM768)]
+        );
+        assert_eq!(
+            installed(&mut s[1]),
+            [(0, TlsRole::Server, NamedGroup::X25519MLKEM768)]
+        );
+        assert_eq!(
+            (s[0].peer_index(), s[1].peer_index()),
+            (Some(200), Some(100))
+        );
+        exchange(&mut s, t, b"inner IPv6 packet");
+        // A relay (or anyone) replaying or flipping bits is refused with the right reason.
+        let f = seal(&mut s[0], t, b"once");
+        open(&mut s[1], t, &f).unwrap();
+        assert_eq!(
+            open(&mut s[1], t, &f),
+            Err(RecvError::Open(OpenError::Replay(Replay::Duplicate(1))))
+        );
+        let mut g = seal(&mut s[0], t, b"flip");
+        g.1[20] ^= 4;
+        assert_eq!(
+            open(&mut s[1], t, &g),
+            Err(RecvError::Open(OpenError::Authentication))
+        );
+        // Frames claiming another source are not this session's.
+        let mut h = seal(&mut s[0], t, b"x");
+        h.0.source = NodeId::from_bytes([9; 16]);
+        assert_eq!(open(&mut s[1], t, &h), Err(RecvError::Misdirected));
+    }
+
+    #[test]
+    fn handshake_completes_under_30_percent_loss() {
+        let mesh = Mesh::new("e2e.test");
+        let mut retransmits = 0;
+        for seed in 1..=8u64 {
+            let mut s = pair(&mesh);
+            let mut net = Net::new(seed * 0x9e37_79b9, 30);
+            s[0].initiate(Duration::ZERO).unwrap();
+            let t = net.run(
+                &mut s,
+                Duration::ZERO,
+                Duration::from_secs(60),
+                both_established,
+            );
+            assert!(
+                both_established(&s),
+                "seed {seed}: not established after {t:?}: {:?} {:?} {:?} {:?}",
+                s[0],
+                s[1],
+                s[0].stats(),
+                s[1].stats()
+            );
+            assert!(net.lost > 0, "seed {seed}: the network lost nothing");
+            retransmits += s[0].stats().retransmits + s[1].stats().retransmits;
+            exchange(&mut s, t, b"through the loss");
+        }
+        assert!(retransmits > 0, "loss was recovered by retransmission");
+    }
+
+    /// Both start at once: the lower node ID is the client, whatever the order of calls.
+    #[test]
+    fn simultaneous_start_lower_node_id_wins() {
+        let mesh = Mesh::new("e2e.test");
+        for _ in 0..2 {
+            let mut s = pair(&mesh);
+            s[0].initiate(Duration::ZERO).unwrap();
+            s[1].initiate(Duration::ZERO).unwrap();
+            let mut net = Net::new(7, 0);
+            let t = net.run(
+                &mut s,
+                Duration::ZERO,
+                Duration::from_secs(5),
+                both_established,
+            );
+            assert!(both_established(&s));
+            let lower = if s[0].local() < s[1].local() { 0 } else { 1 };
+            assert_eq!(installed(&mut s[lower])[0].1, TlsRole::Client);
+            assert_eq!(installed(&mut s[1 - lower])[0].1, TlsRole::Server);
+            assert_eq!(
+                s[0].stats().completed + s[1].stats().completed,
+                2,
+                "one handshake"
+            );
+            exchange(&mut s, t, b"after the race");
+        }
+    }
+
+    #[test]
+    fn rekey_switches_epochs_without_dropping_in_flight_packets() {
+        let mesh = Mesh::new("e2e.test");
+        let mut s = pair(&mesh);
+        s[0].initiate(Duration::ZERO).unwrap();
+        let mut net = Net::new(3, 0);
+        net.run(
+            &mut s,
+            Duration::ZERO,
+            Duration::from_secs(5),
+            both_established,
+        );
+        let _ = (installed(&mut s[0]), installed(&mut s[1]));
+        // Packets sealed under epoch 0 just before the rekey, delivered after it.
+        let t_old = Duration::from_secs(119);
+        let old_ab: Vec<_> = (0..4u8).map(|i| seal(&mut s[0], t_old, &[i; 40])).collect();
+        let old_ba: Vec<_> = (0..4u8).map(|i| seal(&mut s[1], t_old, &[i; 40])).collect();
+        assert!(s.iter().all(|x| !x.channel().needs_rekey(t_old)));
+        // At 120 s both want a rekey; the timers start it (and resolve the collision).
+        let start = Duration::from_secs(121);
+        let switched = |s: &[E2eSession; 2]| s.iter().all(|x| x.channel().tx_epoch() == Some(1));
+        let t = net.run(&mut s, start, start + Duration::from_secs(5), switched);
+        assert!(switched(&s), "rekey did not complete");
+        assert!(
+            installed(&mut s[0])
+                .iter()
+                .chain(installed(&mut s[1]).iter())
+                .all(|e| e.0 == 1 && e.2 == NamedGroup::X25519MLKEM768)
+        );
+        exchange(&mut s, t, b"new epoch");
+        for (i, f) in old_ab.iter().enumerate() {
+            assert_eq!(open(&mut s[1], t, f).unwrap(), [i as u8; 40]);
+        }
+        for (i, f) in old_ba.iter().enumerate() {
+            assert_eq!(open(&mut s[0], t, f).unwrap(), [i as u8; 40]);
+        }
+        assert_eq!(s[0].channel().rx_epochs(), (Some(1), Some(0)));
+        // After the grace period the old epoch is gone.
+        let late = t + Duration::from_secs(11);
+        let f = seal(&mut s[0], late, b"still works");
+        assert_eq!(open(&mut s[1], late, &f).unwrap(), b"still works");
+        assert_eq!(s[1].channel().rx_epochs(), (Some(1), None));
+    }
+
+    #[test]
+    fn peer_must_be_the_node_the_frames_claim() {
+        let mesh = Mesh::new("e2e.test");
+        let (ca, a) = mesh.node();
+        let (cb, b) = mesh.node();
+        let impostor = NodeId::from_bytes([0x42; 16]);
+        // B believes the frames come from `impostor`, but the SVID says `a`.
+        let mut s = [
+            E2eSession::new(ca, a, b, 1),
+            E2eSession::new(cb, b, impostor, 2),
+        ];
+        s[0].initiate(Duration::ZERO).unwrap();
+        Net::new(5, 0).run(&mut s, Duration::ZERO, Duration::from_secs(3), |_| false);
+        assert!(!both_established(&s));
+        let failed: Vec<_> = std::iter::from_fn(|| s[1].poll_event()).collect();
+        assert!(
+            failed.contains(&E2eEvent::HandshakeFailed(E2eError::PeerMismatch {
+                expected: impostor,
+                got: a
+            })),
+            "{failed:?}"
+        );
+    }
+
+    #[test]
+    fn classical_only_peer_and_foreign_ca_are_refused() {
+        let mesh = Mesh::new("e2e.test");
+        let (ca, a) = mesh.node_trusting(&mesh, KxPolicy::ClassicalOnlyForTesting);
+        let (cb, b) = mesh.node();
+        let mut s = [E2eSession::new(ca, a, b, 1), E2eSession::new(cb, b, a, 2)];
+        s[0].initiate(Duration::ZERO).unwrap();
+        Net::new(5, 0).run(&mut s, Duration::ZERO, Duration::from_secs(3), |_| false);
+        assert!(!both_established(&s));
+        assert!(s[1].stats().failed > 0);
+
+        let other = Mesh::new("e2e.test");
+        let (ca, a) = other.node_trusting(&mesh, KxPolicy::PostQuantumOnly);
+        let (cb, b) = mesh.node();
+        let mut s = [E2eSession::new(ca, a, b, 1), E2eSession::new(cb, b, a, 2)];
+        s[0].initiate(Duration::ZERO).unwrap();
+        Net::new(5, 0).run(&mut s, Duration::ZERO, Duration::from_secs(3), |_| false);
+        assert!(!both_established(&s));
+        let ev: Vec<_> = std::iter::from_fn(|| s[1].poll_event()).collect();
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, E2eEvent::HandshakeFailed(E2eError::Tls(_)))),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn handshake_gives_up_when_nothing_arrives() {
+        let mesh = Mesh::new("e2e.test");
+        let mut s = pair(&mesh);
+        s[0].initiate(Duration::ZERO).unwrap();
+        Net::new(5, 100).run(&mut s, Duration::ZERO, Duration::from_secs(25), |_| false);
+        let ev: Vec<_> = std::iter::from_fn(|| s[0].poll_event()).collect();
+        assert_eq!(ev, [E2eEvent::HandshakeFailed(E2eError::Timeout)]);
+        assert!(!s[0].is_handshaking());
+        assert!(s[0].stats().retransmits >= 4);
+    }
+
+    #[test]
+    fn export_secrets_separates_directions_and_generations() {
+        let fake = |out: &mut [u8; 32], label: &[u8], ctx: &[u8]| -> Result<(), ()> {
+            out.fill(0);
+            for (i, b) in label.iter().chain(ctx).enumerate() {
+                out[i % 32] ^= b.wrapping_mul(i as u8 + 1);
+            }
+            Ok(())
+        };
+        let (ctx_tx, ctx_rx) =
+            export_secrets(fake, LINK_EXPORTER_LABEL, TlsRole::Client, 7).unwrap();
+        let (srv_tx, srv_rx) =
+            export_secrets(fake, LINK_EXPORTER_LABEL, TlsRole::Server, 7).unwrap();
+        assert_eq!(ctx_tx, srv_rx);
+        assert_eq!(ctx_rx, srv_tx);
+        assert_ne!(ctx_tx, ctx_rx);
+        let (next_tx, _) =
+            export_secrets(fake, LINK_EXPORTER_LABEL, TlsRole::Client, 7 + 256).unwrap();
+        assert_ne!(
+            ctx_tx, next_tx,
+            "generations that share a wire epoch still differ"
+        );
+    }
+
+    #[test]
+    fn junk_handshake_input_is_refused_without_panic() {
+        let mesh = Mesh::new("e2e.test");
+        let mut s = pair(&mesh);
+        assert!(s[1].handle_handshake(Duration::ZERO, &[]).is_err());
+        assert!(s[1].handle_handshake(Duration::ZERO, &[2; 30]).is_err());
+        // A well-formed client message with garbage TLS bytes fails the handshake.
+        let junk = HandshakeMessage {
+            role: TlsRole::Client,
+            epoch: 0,
+            handshake_id: 1,
+            sender_index: 1,
+            ack: 0,
+            offset: 0,
+            data: &[0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5],
+        }
+        .encode();
+        assert!(s[1].handle_handshake(Duration::ZERO, &junk).is_err());
+        assert!(!s[1].is_handshaking());
+    }
+
+    proptest! {
+        #[test]
+        fn handshake_message_round_trip(
+            server in any::<bool>(), epoch in any::<u8>(), id in any::<u64>(), idx in any::<u32>(),
+            ack in 0..=MAX_HANDSHAKE_STREAM, offset in 0u32..60_000,
+            data in prop::collection::vec(any::<u8>(), 0..MAX_HANDSHAKE_CHUNK),
+        ) {
+            let m = HandshakeMessage {
+                role: if server { TlsRole::Server } else { TlsRole::Client },
+                epoch, handshake_id: id, sender_index: idx, ack, offset, data: &data,
+            };
+            let bytes = m.encode();
+            prop_assert_eq!(HandshakeMessage::decode(&bytes).unwrap(), m);
+        }
+
+        #[test]
+        fn handshake_decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..1200)) {
+            let _ = HandshakeMessage::decode(&bytes);
+        }
+    }
+}

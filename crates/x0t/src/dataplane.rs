@@ -1,0 +1,778 @@
+//! The data plane in the daemon: TUN device, data socket, forwarding.
+//!
+//! The sans-IO pieces (frames, channels, the end-to-end handshake) are `x0-dataplane`; this is
+//! their shell:
+//!
+//! * **TUN** (`tun.name`, default `x0t0`) carries the node's overlay address with the mesh's /48
+//!   routed into it. A packet read from it is mapped to its destination node (by overlay
+//!   address, from the link-state database), sealed end to end for that node (its session is
+//!   set up on first use, with a TLS 1.3 handshake over the overlay), given an overlay header,
+//!   sealed for the next hop's link and sent on the **data socket** (raw UDP).
+//! * **Links.** When a link comes up each end picks a receiver index, derives the link keys
+//!   from the link's TLS exporter, and announces `{port, index}` on the control stream
+//!   ([`x0_wire::DataChannel`]). A link key is replaced every 120 s by the next generation
+//!   exported from the same session; the receiver derives it when the first frame under it
+//!   arrives, so a link rekey costs no message.
+//! * **Relays** open the link layer, check the overlay header (hop limit, explicit path), and
+//!   re-seal for the next hop in the same buffer. They never hold end-to-end keys.
+//! * **Delivery**: the end-to-end layer is opened, the inner packet's addresses are checked
+//!   against the overlay source and us (a node may only send from its own address), and the
+//!   packet is written to the TUN device.
+//!
+//! Everything dropped is counted by reason ([`Counters`]); unknown destinations and packets
+//! over the overlay MTU are answered with ICMPv6 errors to the local sender.
+//!
+//! This first version takes a mutex per packet and a syscall per packet; batching, offloads
+//! and GSO/GRO come with the throughput work.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tracing::{debug, info, warn};
+use x0_dataplane::aead::TrafficSecret;
+use x0_dataplane::buf::{HEADROOM, TAILROOM};
+use x0_dataplane::e2e::{LINK_EXPORTER_LABEL, TlsRole, export_secrets};
+use x0_dataplane::frame::{
+    ExplicitPath, Forward, LINK_HEADER_LEN, forward_in_place, open_link, seal_link,
+};
+use x0_dataplane::packet::{self, Icmpv6Error};
+use x0_dataplane::{
+    Channel, E2eConfig, E2eEvent, E2eSession, Limits, OpenError, OverlayHeader, OverlayKind,
+    PacketBuf,
+};
+use x0_identity::{MeshPrefix, NodeId};
+use x0_wire::DataChannel;
+
+use crate::routing::{RouteTable, Routing};
+
+/// Packets held per destination while its end-to-end session is being set up.
+const MAX_QUEUED: usize = 64;
+/// Largest datagram read from the data socket or TUN.
+const MAX_PACKET: usize = 65_535;
+/// How often session timers are checked.
+const TICK: Duration = Duration::from_millis(20);
+
+/// Drop and traffic counters.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    /// Packets read from TUN and sent into the mesh.
+    pub tun_packets_sent: u64,
+    /// Packets delivered to TUN.
+    pub delivered: u64,
+    /// Frames relayed for others.
+    pub relayed: u64,
+    /// Drops by reason.
+    pub drops: HashMap<&'static str, u64>,
+}
+
+impl Counters {
+    fn drop(&mut self, reason: &'static str) {
+        *self.drops.entry(reason).or_default() += 1;
+    }
+}
+
+/// One neighbour's data channel.
+struct LinkChan {
+    conn: quinn::Connection,
+    role: TlsRole,
+    channel: Channel,
+    /// Send-key generation (exported from the link session).
+    tx_generation: u64,
+    /// Highest receive-key generation installed.
+    rx_generation: u64,
+    /// Our receiver index.
+    index: u32,
+    /// Where the neighbour receives data frames, once announced.
+    peer: Option<(SocketAddr, u32)>,
+}
+
+struct Session {
+    e2e: E2eSession,
+    queue: VecDeque<Vec<u8>>,
+}
+
+struct State {
+    links: HashMap<NodeId, LinkChan>,
+    link_by_index: HashMap<u32, NodeId>,
+    sessions: HashMap<NodeId, Session>,
+    next_index: u32,
+    /// Overlay address → node, rebuilt when the routing table changes.
+    addresses: HashMap<Ipv6Addr, NodeId>,
+    addresses_of: Option<Arc<RouteTable>>,
+    counters: Counters,
+}
+
+/// The data plane of one daemon.
+pub struct DataPlane {
+    me: NodeId,
+    my_address: Ipv6Addr,
+    prefix: MeshPrefix,
+    mtu: usize,
+    socket: UdpSocket,
+    tun: Option<tun_rs::AsyncDevice>,
+    routing: Routing,
+    e2e: Arc<E2eConfig>,
+    started: std::time::Instant,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for DataPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPlane")
+            .field("me", &self.me)
+            .field("my_address", &self.my_address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the data plane is set up.
+#[derive(Debug, Clone)]
+pub struct DataPlaneConfig {
+    /// Open a TUN device (otherwise the node only relays).
+    pub tun: bool,
+    /// Its name.
+    pub tun_name: String,
+    /// The overlay MTU.
+    pub mtu: u16,
+    /// Address of the data socket.
+    pub bind: SocketAddr,
+}
+
+fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DataPlane {
+    /// Binds the data socket, opens the TUN device, and starts the loops.
+    pub fn start(
+        cfg: &DataPlaneConfig,
+        me: NodeId,
+        prefix: MeshPrefix,
+        routing: Routing,
+        e2e: E2eConfig,
+    ) -> Result<Arc<Self>, String> {
+        let my_address = prefix.address_of(me);
+        let std_socket = std::net::UdpSocket::bind(cfg.bind)
+            .map_err(|e| format!("cannot bind the data socket on {}: {e}", cfg.bind))?;
+        std_socket
+            .set_nonblocking(true)
+            .map_err(|e| format!("data socket: {e}"))?;
+        let socket = UdpSocket::from_std(std_socket).map_err(|e| format!("data socket: {e}"))?;
+        let tun = if cfg.tun {
+            let dev = tun_rs::DeviceBuilder::new()
+                .name(&cfg.tun_name)
+                .ipv6(my_address, 48u8)
+                .mtu(cfg.mtu)
+                .build_async()
+                .map_err(|e| {
+                    format!(
+                        "cannot open the TUN device {:?}: {e} (needs CAP_NET_ADMIN and /dev/net/tun; \
+                         set `tun.enabled = false` to run as a relay only)",
+                        cfg.tun_name
+                    )
+                })?;
+            Some(dev)
+        } else {
+            None
+        };
+        let dp = Arc::new(Self {
+            me,
+            my_address,
+            prefix,
+            mtu: usize::from(cfg.mtu),
+            socket,
+            tun,
+            routing,
+            e2e: Arc::new(e2e),
+            started: std::time::Instant::now(),
+            state: Mutex::new(State {
+                links: HashMap::new(),
+                link_by_index: HashMap::new(),
+                sessions: HashMap::new(),
+                next_index: 1,
+                addresses: HashMap::new(),
+                addresses_of: None,
+                counters: Counters::default(),
+            }),
+        });
+        info!(
+            data = %dp.socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            tun = ?cfg.tun.then_some(&cfg.tun_name),
+            address = %my_address,
+            mtu = cfg.mtu,
+            "data plane up"
+        );
+        tokio::spawn(dp.clone().udp_loop());
+        if dp.tun.is_some() {
+            tokio::spawn(dp.clone().tun_loop());
+        }
+        tokio::spawn(dp.clone().timer_loop());
+        Ok(dp)
+    }
+
+    /// The data socket's port.
+    pub fn port(&self) -> u16 {
+        self.socket.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> Counters {
+        lock(&self.state).counters.clone()
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// A link came up: derive its keys and return what to announce to the neighbour.
+    pub fn attach(&self, peer: NodeId, conn: &quinn::Connection, dialer: bool) -> DataChannel {
+        let role = if dialer {
+            TlsRole::Client
+        } else {
+            TlsRole::Server
+        };
+        let now = self.now();
+        let mut st = lock(&self.state);
+        if let Some(old) = st.links.remove(&peer) {
+            st.link_by_index.remove(&old.index);
+        }
+        let index = st.next_index;
+        st.next_index = st.next_index.wrapping_add(1).max(1);
+        let mut channel = Channel::new(Limits::default());
+        if let Err(e) = install_generation(&mut channel, conn, role, 0, now, true) {
+            warn!(peer = %peer, "cannot derive the link's data keys: {e}");
+        }
+        st.link_by_index.insert(index, peer);
+        st.links.insert(
+            peer,
+            LinkChan {
+                conn: conn.clone(),
+                role,
+                channel,
+                tx_generation: 0,
+                rx_generation: 0,
+                index,
+                peer: None,
+            },
+        );
+        DataChannel {
+            port: self.port(),
+            receiver_index: index,
+        }
+    }
+
+    /// The neighbour announced its data channel.
+    pub fn peer_channel(&self, peer: NodeId, conn: &quinn::Connection, d: DataChannel) {
+        let mut st = lock(&self.state);
+        if let Some(l) = st.links.get_mut(&peer)
+            && l.conn.stable_id() == conn.stable_id()
+        {
+            let addr = SocketAddr::new(conn.remote_address().ip(), d.port);
+            debug!(peer = %peer, %addr, index = d.receiver_index, "data channel");
+            l.peer = Some((addr, d.receiver_index));
+        }
+    }
+
+    /// A link went away.
+    pub fn detach(&self, peer: NodeId, conn: &quinn::Connection) {
+        let mut st = lock(&self.state);
+        if st
+            .links
+            .get(&peer)
+            .is_some_and(|l| l.conn.stable_id() == conn.stable_id())
+            && let Some(l) = st.links.remove(&peer)
+        {
+            st.link_by_index.remove(&l.index);
+        }
+    }
+
+    // ---- TUN → mesh -----------------------------------------------------------------------
+
+    async fn tun_loop(self: Arc<Self>) {
+        let Some(tun) = &self.tun else { return };
+        let mut buf = vec![0u8; HEADROOM + MAX_PACKET + TAILROOM];
+        loop {
+            let n = match tun.recv(&mut buf[HEADROOM..HEADROOM + MAX_PACKET]).await {
+                Ok(n) => n,
+                Err(e) => {
+                    warn!("TUN read failed: {e}; the data plane stops");
+                    return;
+                }
+            };
+            self.handle_tun_packet(&mut buf, n);
+        }
+    }
+
+    fn handle_tun_packet(&self, buf: &mut [u8], n: usize) {
+        let table = self.routing.table();
+        let packet = &buf[HEADROOM..HEADROOM + n];
+        let header = match packet::parse(packet) {
+            Ok(h) => h,
+            Err(_) => return lock(&self.state).counters.drop("tun_malformed"),
+        };
+        let IpAddr::V6(dst) = header.dst else {
+            return lock(&self.state).counters.drop("tun_ipv4");
+        };
+        if header.src != IpAddr::V6(self.my_address) {
+            return lock(&self.state).counters.drop("tun_foreign_source");
+        }
+        if !self.prefix.contains(dst) || dst == self.my_address {
+            return lock(&self.state).counters.drop("tun_not_overlay");
+        }
+        if n > self.mtu {
+            self.icmp_to_tun(
+                Icmpv6Error::PacketTooBig {
+                    mtu: self.mtu as u32,
+                },
+                packet,
+            );
+            return lock(&self.state).counters.drop("tun_too_big");
+        }
+        let mut st = lock(&self.state);
+        let Some(node) = st.address(&table, &self.prefix, dst) else {
+            st.counters.drop("no_route");
+            drop(st);
+            return self.icmp_to_tun(Icmpv6Error::NoRoute, packet);
+        };
+        if !table.routes.contains_key(&node) {
+            st.counters.drop("no_route");
+            drop(st);
+            return self.icmp_to_tun(Icmpv6Error::NoRoute, packet);
+        }
+        let now = self.now();
+        let session = st.session(&self.e2e, self.me, node);
+        if !session.e2e.is_established() {
+            let queued = session.queue.len() < MAX_QUEUED;
+            if queued {
+                session.queue.push_back(packet.to_vec());
+            }
+            if !session.e2e.is_handshaking()
+                && let Err(e) = session.e2e.initiate(now)
+            {
+                debug!(dst = %node, "cannot start the end-to-end handshake: {e}");
+            }
+            if !queued {
+                st.counters.drop("e2e_queue_full");
+            }
+            self.flush_session(&mut st, &table, node, now);
+            return;
+        }
+        self.send_data(&mut st, &table, node, buf, n, now);
+    }
+
+    /// Seals the packet at `buf[HEADROOM..HEADROOM + n]` for `node` and sends it.
+    fn send_data(
+        &self,
+        st: &mut State,
+        table: &RouteTable,
+        node: NodeId,
+        buf: &mut [u8],
+        n: usize,
+        now: Duration,
+    ) {
+        let overlay = self.overlay_header(table, OverlayKind::Data, node);
+        let Ok(mut pb) = PacketBuf::at_headroom(buf, n) else {
+            return st.counters.drop("buffer");
+        };
+        let Some(session) = st.sessions.get_mut(&node) else {
+            return st.counters.drop("no_session");
+        };
+        if let Err(e) = session.e2e.seal(now, &overlay, &mut pb) {
+            debug!(dst = %node, "end-to-end seal failed: {e}");
+            return st.counters.drop("e2e_seal");
+        }
+        if overlay.prepend_to(&mut pb).is_err() {
+            return st.counters.drop("buffer");
+        }
+        if self.send_link(st, table, &overlay, &mut pb, now) {
+            st.counters.tun_packets_sent += 1;
+        }
+    }
+
+    fn overlay_header(&self, table: &RouteTable, kind: OverlayKind, dst: NodeId) -> OverlayHeader {
+        let mut h = OverlayHeader::new(kind, self.me, dst);
+        if let Some(route) = table.routes.get(&dst)
+            && let Some(path) = &route.path
+            && path.len() > 1
+        {
+            h.path = ExplicitPath::new(&path[1..], 0).ok();
+        }
+        h
+    }
+
+    /// Seals the overlay frame in `pb` for the next hop toward its destination and sends it.
+    fn send_link(
+        &self,
+        st: &mut State,
+        table: &RouteTable,
+        overlay: &OverlayHeader,
+        pb: &mut PacketBuf<'_>,
+        now: Duration,
+    ) -> bool {
+        let next = match &overlay.path {
+            Some(p) => p.next(),
+            None => match table.routes.get(&overlay.destination) {
+                Some(r) => r.next_hop,
+                None => {
+                    st.counters.drop("no_route");
+                    return false;
+                }
+            },
+        };
+        self.seal_and_send(st, next, pb, now)
+    }
+
+    fn seal_and_send(
+        &self,
+        st: &mut State,
+        next: NodeId,
+        pb: &mut PacketBuf<'_>,
+        now: Duration,
+    ) -> bool {
+        let Some(link) = st.links.get_mut(&next) else {
+            st.counters.drop("no_link");
+            return false;
+        };
+        let Some((addr, index)) = link.peer else {
+            st.counters.drop("link_not_ready");
+            return false;
+        };
+        if link.channel.needs_rekey(now) {
+            let generation = link.tx_generation + 1;
+            match install_generation(
+                &mut link.channel,
+                &link.conn,
+                link.role,
+                generation,
+                now,
+                false,
+            ) {
+                Ok(()) => link.tx_generation = generation,
+                Err(e) => debug!(peer = %next, "link rekey failed: {e}"),
+            }
+        }
+        if let Err(e) = seal_link(&mut link.channel, now, index, pb) {
+            debug!(peer = %next, "link seal failed: {e}");
+            st.counters.drop("link_seal");
+            return false;
+        }
+        match self.socket.try_send_to(pb.data(), addr) {
+            Ok(_) => true,
+            Err(_) => {
+                st.counters.drop("send_failed");
+                false
+            }
+        }
+    }
+
+    fn icmp_to_tun(&self, kind: Icmpv6Error, offending: &[u8]) {
+        let Some(tun) = &self.tun else { return };
+        let mut reply = [0u8; 1280];
+        if let Ok(n) = packet::icmpv6_error(kind, self.my_address, offending, &mut reply) {
+            let _ = tun.try_send(&reply[..n]);
+        }
+    }
+
+    // ---- mesh → TUN / relay -----------------------------------------------------------------
+
+    async fn udp_loop(self: Arc<Self>) {
+        let mut buf = vec![0u8; MAX_PACKET + TAILROOM];
+        loop {
+            let (n, from) = match self.socket.recv_from(&mut buf[..MAX_PACKET]).await {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!("data socket receive error: {e}");
+                    continue;
+                }
+            };
+            self.handle_frame(&mut buf, n, from);
+        }
+    }
+
+    fn handle_frame(&self, buf: &mut [u8], n: usize, _from: SocketAddr) {
+        let now = self.now();
+        let table = self.routing.table();
+        let mut st = lock(&self.state);
+        let Ok(mut pb) = PacketBuf::new(buf, 0..n) else {
+            return st.counters.drop("buffer");
+        };
+        let Some(first) = pb.data().first().copied() else {
+            return st.counters.drop("link_malformed");
+        };
+        if !x0_dataplane::frame::is_link_frame(first) || pb.len() < LINK_HEADER_LEN {
+            return st.counters.drop("link_malformed");
+        }
+        let index = u32::from_be_bytes([pb.data()[4], pb.data()[5], pb.data()[6], pb.data()[7]]);
+        let Some(from_node) = st.link_by_index.get(&index).copied() else {
+            return st.counters.drop("link_unknown_index");
+        };
+        let Some(link) = st.links.get_mut(&from_node) else {
+            return st.counters.drop("link_unknown_index");
+        };
+        let epoch = pb.data()[1];
+        // A frame under the next generation: derive it from the link session and retry.
+        let next_gen = link.rx_generation + 1;
+        if link.channel.rx_epochs().0 != Some(epoch)
+            && link.channel.rx_epochs().1 != Some(epoch)
+            && epoch == next_gen as u8
+        {
+            match install_rx_generation(&mut link.channel, &link.conn, link.role, next_gen, now) {
+                Ok(()) => link.rx_generation = next_gen,
+                Err(e) => debug!(peer = %from_node, "cannot derive the next link key: {e}"),
+            }
+        }
+        match open_link(&mut link.channel, now, &mut pb) {
+            Ok(_) => {}
+            Err(x0_dataplane::frame::RecvError::Open(OpenError::Replay(_))) => {
+                return st.counters.drop("link_replay");
+            }
+            Err(x0_dataplane::frame::RecvError::Open(OpenError::UnknownEpoch(_))) => {
+                return st.counters.drop("link_unknown_epoch");
+            }
+            Err(_) => return st.counters.drop("link_auth"),
+        }
+        let decision = match forward_in_place(pb.data_mut(), self.me) {
+            Ok(d) => d,
+            Err(x0_dataplane::frame::ForwardError::HopLimitExceeded) => {
+                return st.counters.drop("hop_limit");
+            }
+            Err(_) => return st.counters.drop("overlay_malformed"),
+        };
+        match decision {
+            Forward::Deliver => self.deliver(&mut st, &table, &mut pb, now),
+            Forward::Route(dst) => {
+                let Some(route) = table.routes.get(&dst) else {
+                    return st.counters.drop("relay_no_route");
+                };
+                let next = route.next_hop;
+                if self.seal_and_send(&mut st, next, &mut pb, now) {
+                    st.counters.relayed += 1;
+                }
+            }
+            Forward::Explicit(next) => {
+                if self.seal_and_send(&mut st, next, &mut pb, now) {
+                    st.counters.relayed += 1;
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, st: &mut State, table: &RouteTable, pb: &mut PacketBuf<'_>, now: Duration) {
+        let Ok((overlay, len)) = OverlayHeader::decode(pb.data()) else {
+            return st.counters.drop("overlay_malformed");
+        };
+        if pb.trim_front(len).is_err() {
+            return st.counters.drop("overlay_malformed");
+        }
+        let source = overlay.source;
+        match overlay.kind {
+            OverlayKind::E2eHandshake => {
+                let session = st.session(&self.e2e, self.me, source);
+                if let Err(e) = session.e2e.handle_handshake(now, pb.data()) {
+                    debug!(src = %source, "end-to-end handshake message refused: {e}");
+                    st.counters.drop("e2e_handshake");
+                }
+                self.flush_session(st, table, source, now);
+            }
+            OverlayKind::Data => {
+                let Some(session) = st.sessions.get_mut(&source) else {
+                    return st.counters.drop("e2e_no_session");
+                };
+                match session.e2e.open(now, &overlay, pb) {
+                    Ok(_) => {}
+                    Err(x0_dataplane::frame::RecvError::Open(OpenError::Replay(_))) => {
+                        return st.counters.drop("e2e_replay");
+                    }
+                    Err(_) => return st.counters.drop("e2e_auth"),
+                }
+                // The session may have switched keys on this packet.
+                self.flush_session(st, table, source, now);
+                let Ok(inner) = packet::parse(pb.data()) else {
+                    return st.counters.drop("inner_malformed");
+                };
+                if inner.src != IpAddr::V6(self.prefix.address_of(source))
+                    || inner.dst != IpAddr::V6(self.my_address)
+                {
+                    return st.counters.drop("inner_spoofed");
+                }
+                match &self.tun {
+                    Some(tun) => match tun.try_send(pb.data()) {
+                        Ok(_) => st.counters.delivered += 1,
+                        Err(_) => st.counters.drop("tun_write"),
+                    },
+                    None => st.counters.drop("no_tun"),
+                }
+            }
+            _ => st.counters.drop("overlay_kind_unsupported"),
+        }
+    }
+
+    // ---- sessions ---------------------------------------------------------------------------
+
+    async fn timer_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = self.now();
+            let table = self.routing.table();
+            let mut st = lock(&self.state);
+            let due: Vec<NodeId> = st
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.e2e.poll_timeout().is_some_and(|t| t <= now))
+                .map(|(n, _)| *n)
+                .collect();
+            for node in due {
+                if let Some(s) = st.sessions.get_mut(&node) {
+                    s.e2e.handle_timeout(now);
+                }
+                self.flush_session(&mut st, &table, node, now);
+            }
+        }
+    }
+
+    /// Sends the session's handshake messages, handles its events, and once keys are in
+    /// place sends what was queued.
+    fn flush_session(&self, st: &mut State, table: &RouteTable, node: NodeId, now: Duration) {
+        let mut out = Vec::new();
+        let mut ready = false;
+        let mut failed = 0u64;
+        if let Some(s) = st.sessions.get_mut(&node) {
+            while let Some(msg) = s.e2e.poll_transmit(now) {
+                out.push(msg);
+            }
+            while let Some(ev) = s.e2e.poll_event() {
+                match ev {
+                    E2eEvent::KeysInstalled { epoch, role, group } => {
+                        info!(peer = %node, epoch, role = ?role, group = ?group, "end-to-end keys installed");
+                    }
+                    E2eEvent::HandshakeFailed(e) => {
+                        warn!(peer = %node, "end-to-end handshake failed: {e}");
+                        failed += s.queue.len() as u64;
+                        s.queue.clear();
+                    }
+                    _ => {}
+                }
+            }
+            ready = s.e2e.is_established() && !s.queue.is_empty();
+        }
+        if failed > 0 {
+            *st.counters.drops.entry("e2e_handshake_failed").or_default() += failed;
+        }
+        for msg in out {
+            let mut buf = vec![0u8; HEADROOM + msg.len() + TAILROOM];
+            buf[HEADROOM..HEADROOM + msg.len()].copy_from_slice(&msg);
+            let overlay = self.overlay_header(table, OverlayKind::E2eHandshake, node);
+            let Ok(mut pb) = PacketBuf::at_headroom(&mut buf, msg.len()) else {
+                continue;
+            };
+            if overlay.prepend_to(&mut pb).is_ok() {
+                self.send_link(st, table, &overlay, &mut pb, now);
+            }
+        }
+        if ready {
+            let queued: Vec<Vec<u8>> = st
+                .sessions
+                .get_mut(&node)
+                .map(|s| s.queue.drain(..).collect())
+                .unwrap_or_default();
+            let mut buf = vec![0u8; HEADROOM + MAX_PACKET + TAILROOM];
+            for p in queued {
+                buf[HEADROOM..HEADROOM + p.len()].copy_from_slice(&p);
+                self.send_data(st, table, node, &mut buf, p.len(), now);
+            }
+        }
+    }
+}
+
+impl State {
+    /// The node with overlay address `addr`, from the nodes `table` knows.
+    fn address(
+        &mut self,
+        table: &Arc<RouteTable>,
+        prefix: &MeshPrefix,
+        addr: Ipv6Addr,
+    ) -> Option<NodeId> {
+        if !self
+            .addresses_of
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(t, table))
+        {
+            self.addresses = table
+                .nodes
+                .iter()
+                .map(|n| (prefix.address_of(*n), *n))
+                .collect();
+            self.addresses_of = Some(table.clone());
+        }
+        self.addresses.get(&addr).copied()
+    }
+
+    fn session(&mut self, cfg: &Arc<E2eConfig>, me: NodeId, peer: NodeId) -> &mut Session {
+        let next_index = &mut self.next_index;
+        self.sessions.entry(peer).or_insert_with(|| {
+            let index = *next_index;
+            *next_index = next_index.wrapping_add(1).max(1);
+            Session {
+                e2e: E2eSession::new(cfg.clone(), me, peer, index),
+                queue: VecDeque::new(),
+            }
+        })
+    }
+}
+
+/// Both directions of link key `generation`, exported from the link's TLS session.
+fn link_secrets(
+    conn: &quinn::Connection,
+    role: TlsRole,
+    generation: u64,
+) -> Result<(TrafficSecret, TrafficSecret), String> {
+    export_secrets(
+        |out: &mut [u8; 32], label: &[u8], ctx: &[u8]| {
+            conn.export_keying_material(out, label, ctx)
+                .map_err(|e| format!("{e:?}"))
+        },
+        LINK_EXPORTER_LABEL,
+        role,
+        generation,
+    )
+}
+
+/// Installs link key `generation` for sending (and for receiving when `with_rx`).
+fn install_generation(
+    channel: &mut Channel,
+    conn: &quinn::Connection,
+    role: TlsRole,
+    generation: u64,
+    now: Duration,
+    with_rx: bool,
+) -> Result<(), String> {
+    let (tx, rx) = link_secrets(conn, role, generation)?;
+    let epoch = generation as u8;
+    if with_rx {
+        channel
+            .install_rx(epoch, &rx, now)
+            .map_err(|e| e.to_string())?;
+    }
+    channel
+        .install_tx(epoch, &tx, now)
+        .map_err(|e| e.to_string())
+}
+
+/// Installs link key `generation` for receiving.
+fn install_rx_generation(
+    channel: &mut Channel,
+    conn: &quinn::Connection,
+    role: TlsRole,
+    generation: u64,
+    now: Duration,
+) -> Result<(), String> {
+    let (_, rx) = link_secrets(conn, role, generation)?;
+    channel
+        .install_rx(generation as u8, &rx, now)
+        .map_err(|e| e.to_string())
+}
