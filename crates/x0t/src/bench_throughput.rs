@@ -540,15 +540,23 @@ fn setup_yggdrasil(lab: &mut Lab, hops: u32) -> SetupResult {
 /// The x0t case: starts `x0t up` with a TUN device in every namespace (through
 /// [`crate::lab::start_daemons`]) once the data plane exists; until then it is skipped.
 fn setup_x0t(lab: &mut Lab, _hops: u32) -> SetupResult {
-    if !crate::lab::daemons_available() {
-        return Err(crate::lab::DATA_PLANE_MISSING.to_owned());
-    }
     let plan = crate::lab::DaemonPlan {
         binary: std::env::current_exe().map_err(|e| e.to_string())?,
         dir: lab.dir().join("daemons"),
     };
-    crate::lab::start_daemons(lab, &plan).map_err(|e| e.message)?;
-    Err("x0t tunnel address discovery is not wired yet".into())
+    let daemons = crate::lab::start_daemons(lab, &plan).map_err(|e| e.message)?;
+    let last = daemons.last().ok_or("no nodes")?;
+    let target = IpAddr::V6(last.overlay);
+    // Links, routes and the end-to-end handshake: the first ping that gets through.
+    wait_reachable(lab, target, Duration::from_secs(30))?;
+    let mtu = lab.mtu(0, "x0t0").map_err(|e| e.to_string())?;
+    Ok(Tunnel {
+        target,
+        pids: daemons.iter().map(|d| d.process.pid).collect(),
+        mtu,
+        relayed_by_system: true,
+        path: PATH_RELAYED,
+    })
 }
 
 fn cpu_ticks(pids: &[u32]) -> u64 {

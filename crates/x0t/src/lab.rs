@@ -184,31 +184,160 @@ pub struct DaemonPlan {
     pub dir: PathBuf,
 }
 
-/// Why daemons cannot be started in this build.
-pub const DATA_PLANE_MISSING: &str = "x0t data plane not available yet: `--daemons` will start \
-    `x0t up` with a TUN device in every namespace once the data plane exists";
+/// Why daemons cannot be started.
+pub const DATA_PLANE_MISSING: &str = "x0t daemons could not be started in the lab";
 
-/// Starts one `x0t up` per node of `lab`, each recorded in the lab's state file (so `lab down`
-/// stops it by PID).
-///
-/// The contract for the data-plane implementation: for each node `i`, write a configuration
-/// under `plan.dir/<node>/` that listens on the node's link addresses
-/// ([`Lab::neighbours`]`(i)[k].local_addr`) and dials its neighbours' `remote_addr`, then
-/// [`Lab::spawn`] `plan.binary up --config …` with [`x0_lab::SpawnOptions`] `{ log, detach:
-/// true }` and return the records in node order. Until then it refuses, and nothing is started.
-pub fn start_daemons(lab: &mut Lab, plan: &DaemonPlan) -> Result<Vec<ProcessRecord>, Exit> {
-    tracing::debug!(
-        binary = %plan.binary.display(),
-        dir = %plan.dir.display(),
-        nodes = lab.node_count(),
-        "start_daemons: refused, no data plane"
-    );
-    Err(Exit::new(UNAVAILABLE, DATA_PLANE_MISSING))
+/// Port every lab daemon listens on (all addresses of its namespace).
+pub const LAB_PORT: u16 = 7101;
+
+/// One started daemon.
+#[derive(Debug, Clone)]
+pub struct LabDaemon {
+    /// The process (recorded in the lab's state file, so `lab down` stops it by PID).
+    pub process: ProcessRecord,
+    /// Its node ID.
+    pub node_id: String,
+    /// Its overlay IPv6 address.
+    pub overlay: std::net::Ipv6Addr,
+    /// Its log file.
+    pub log: PathBuf,
 }
 
-/// True once [`start_daemons`] can do its job.
+fn x0t_json(binary: &Path, args: &[&str]) -> Result<serde_json::Value, Exit> {
+    let o = std::process::Command::new(binary)
+        .args(args)
+        .output()
+        .map_err(|e| Exit::failure(format!("{}: {e}", binary.display())))?;
+    if !o.status.success() {
+        return Err(Exit::failure(format!(
+            "x0t {}: {}",
+            args.first().copied().unwrap_or(""),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )));
+    }
+    serde_json::from_slice(&o.stdout).map_err(|e| Exit::failure(format!("x0t output: {e}")))
+}
+
+/// Starts one `x0t up` per node of `lab`, with its TUN device, node 0 being the mesh CA.
+///
+/// Each node gets `plan.dir/<node>/` with its state directory, `x0t.toml` and `x0t.log`; it
+/// listens on port 7101 of every address of its namespace and dials its neighbours of lower
+/// index on their link addresses. Joins run inside node 0's namespace (where the CA daemon
+/// is), so they work without underlay routes. Returns once every daemon is started (not yet
+/// linked).
+pub fn start_daemons(lab: &mut Lab, plan: &DaemonPlan) -> Result<Vec<LabDaemon>, Exit> {
+    let n = lab.node_count();
+    let binary = plan.binary.display().to_string();
+    let bin = plan.binary.as_path();
+    let node_dir = |i: usize| plan.dir.join(format!("n{i}"));
+    let mut daemons = Vec::with_capacity(n);
+    for i in 0..n {
+        let dir = node_dir(i);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Exit::failure(format!("{}: {e}", dir.display())))?;
+        let state = dir.join("state");
+        let state_s = state.display().to_string();
+        let addr = lab.node_addr(i).map_err(lab_exit)?;
+        let advertise = format!("{addr}:{LAB_PORT}");
+        if i == 0 {
+            x0t_json(bin, &["init", "--state-dir", &state_s, "--json"])?;
+            x0t_json(
+                bin,
+                &[
+                    "ca",
+                    "init",
+                    "--trust-domain",
+                    "lab.x0t",
+                    "--state-dir",
+                    &state_s,
+                    "--json",
+                ],
+            )?;
+        } else {
+            let ca_state = node_dir(0).join("state").display().to_string();
+            let ca_addr = format!("{}:{LAB_PORT}", lab.node_addr(0).map_err(lab_exit)?);
+            let inv = x0t_json(
+                bin,
+                &[
+                    "ca",
+                    "invite",
+                    "--state-dir",
+                    &ca_state,
+                    "--bootstrap",
+                    &ca_addr,
+                    "--json",
+                ],
+            )?;
+            let token = inv["token"].as_str().unwrap_or_default().to_owned();
+            let mut ok = false;
+            // The CA daemon may still be binding its port.
+            for _ in 0..50 {
+                let o = lab
+                    .exec(
+                        0,
+                        &[&binary, "join", &token, "--state-dir", &state_s, "--json"],
+                    )
+                    .map_err(lab_exit)?;
+                if o.status.success() {
+                    ok = true;
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            if !ok {
+                return Err(Exit::failure(format!(
+                    "node {i} could not join the lab mesh"
+                )));
+            }
+        }
+        let mut text = format!(
+            "state_dir = {state_s:?}\nlisten = \"0.0.0.0:{LAB_PORT}\"\nadvertise = \"{advertise}\"\n"
+        );
+        for nb in lab.neighbours(i).map_err(lab_exit)? {
+            if nb.node < i {
+                text.push_str(&format!(
+                    "\n[[peers]]\naddr = \"{}:{LAB_PORT}\"\n",
+                    nb.remote_addr
+                ));
+            }
+        }
+        let config = dir.join("x0t.toml");
+        std::fs::write(&config, text)
+            .map_err(|e| Exit::failure(format!("{}: {e}", config.display())))?;
+        let log = dir.join("x0t.log");
+        let config_s = config.display().to_string();
+        let process = lab
+            .spawn(
+                i,
+                "x0t",
+                &[&binary, "up", "--config", &config_s],
+                &x0_lab::SpawnOptions {
+                    log: Some(log.clone()),
+                    detach: true,
+                },
+            )
+            .map_err(lab_exit)?;
+        let id = x0t_json(
+            bin,
+            &["identity", "show", "--state-dir", &state_s, "--json"],
+        )?;
+        let overlay = id["overlay_addr"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| Exit::failure("identity without an overlay address"))?;
+        daemons.push(LabDaemon {
+            process,
+            node_id: id["node_id"].as_str().unwrap_or_default().to_owned(),
+            overlay,
+            log,
+        });
+    }
+    Ok(daemons)
+}
+
+/// True: [`start_daemons`] can do its job.
 pub fn daemons_available() -> bool {
-    false
+    true
 }
 
 #[derive(Serialize)]
@@ -240,6 +369,17 @@ struct LabView {
     nodes: Vec<NodeView>,
     links: Vec<LinkView>,
     processes: Vec<ProcessRecord>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    daemons: Vec<DaemonView>,
+}
+
+#[derive(Serialize)]
+struct DaemonView {
+    node: usize,
+    pid: u32,
+    node_id: String,
+    overlay: std::net::Ipv6Addr,
+    log: String,
 }
 
 fn view(state: &x0_lab::LabState, dir: &Path) -> LabView {
@@ -274,6 +414,7 @@ fn view(state: &x0_lab::LabState, dir: &Path) -> LabView {
             })
             .collect(),
         processes: state.processes.clone(),
+        daemons: Vec::new(),
     }
 }
 
@@ -294,6 +435,12 @@ fn print_view(v: &LabView, json: bool) {
         println!(
             "  node {:<12} netns {:<28} addr {}",
             n.name, n.netns, n.node_addr
+        );
+    }
+    for d in &v.daemons {
+        println!(
+            "  x0t  node {:<3} pid {:<8} overlay {:<40} log {}",
+            d.node, d.pid, d.overlay, d.log
         );
     }
     for l in &v.links {
@@ -337,16 +484,29 @@ fn up(args: LabUpArgs) -> CmdResult {
     spec.underlay_routes = args.underlay_routes;
     // Armed until the end: a failure anywhere removes what was built.
     let mut lab = Lab::up(&spec).map_err(lab_exit)?;
+    let mut daemons = Vec::new();
     if args.daemons {
         let plan = DaemonPlan {
             binary: std::env::current_exe().map_err(|e| Exit::failure(e.to_string()))?,
             dir: lab.dir().join("daemons"),
         };
-        start_daemons(&mut lab, &plan)?;
+        daemons = start_daemons(&mut lab, &plan)?;
     }
     let dir = lab.dir().to_owned();
     let state = lab.detach();
-    print_view(&view(&state, &dir), args.json);
+    let mut v = view(&state, &dir);
+    v.daemons = daemons
+        .iter()
+        .enumerate()
+        .map(|(node, d)| DaemonView {
+            node,
+            pid: d.process.pid,
+            node_id: d.node_id.clone(),
+            overlay: d.overlay,
+            log: d.log.display().to_string(),
+        })
+        .collect();
+    print_view(&v, args.json);
     if !args.json {
         println!(
             "run commands with `x0t lab exec --name {0} NODE -- CMD`; remove with `x0t lab down --name {0}`",
