@@ -69,6 +69,9 @@ pub struct DataplaneSection {
     /// UDP port of the data socket, on the `listen` address (0: any free port; the port is
     /// announced to each neighbour over the link).
     pub port: u16,
+    /// Redundant mode: packets whose DSCP is in this list (e.g. `[46]`, EF) are sent twice,
+    /// over two node-disjoint paths, and de-duplicated at the receiver. Empty: off.
+    pub redundant_dscp: Vec<u8>,
 }
 
 impl Default for DataplaneSection {
@@ -78,6 +81,7 @@ impl Default for DataplaneSection {
             tun_name: "x0t0".into(),
             mtu: 1352,
             port: 0,
+            redundant_dscp: Vec::new(),
         }
     }
 }
@@ -303,6 +307,11 @@ impl Config {
             return Err(format!(
                 "key `dataplane.tun_name`: must be 1 to 15 letters, digits, '-', '_' or '.', got {:?}",
                 d.tun_name
+            ));
+        }
+        if let Some(bad) = d.redundant_dscp.iter().find(|v| **v > 63) {
+            return Err(format!(
+                "key `dataplane.redundant_dscp`: DSCP values are 0 to 63, got {bad}"
             ));
         }
         let f = self.svid.renew_at_fraction;

@@ -179,6 +179,7 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
             tun_name: config.dataplane.tun_name.clone(),
             mtu: config.dataplane.mtu,
             bind: SocketAddr::new(config.listen.ip(), config.dataplane.port),
+            redundant_dscp: config.dataplane.redundant_dscp.clone(),
         },
         keys.node_id(),
         MeshPrefix::of(&td),

@@ -64,6 +64,10 @@ pub struct Counters {
     pub delivered: u64,
     /// Frames relayed for others.
     pub relayed: u64,
+    /// Packets sent twice, over disjoint paths (redundant mode).
+    pub redundant_sent: u64,
+    /// Second copies of redundant packets, discarded at the receiver.
+    pub redundant_duplicates: u64,
     /// Drops by reason.
     pub drops: HashMap<&'static str, u64>,
 }
@@ -92,6 +96,12 @@ struct LinkChan {
 struct Session {
     e2e: E2eSession,
     queue: VecDeque<Vec<u8>>,
+    /// Sequence number of the next redundant packet.
+    redundant_seq: u32,
+    /// Whether the routing task was asked for an alternate path to this peer.
+    alternate_requested: bool,
+    /// Whether a second copy of a redundant packet from this peer was seen (logged once).
+    redundant_seen: bool,
 }
 
 struct State {
@@ -111,6 +121,7 @@ pub struct DataPlane {
     my_address: Ipv6Addr,
     prefix: MeshPrefix,
     mtu: usize,
+    redundant_dscp: [bool; 64],
     socket: UdpSocket,
     tun: Option<tun_rs::AsyncDevice>,
     routing: Routing,
@@ -139,6 +150,8 @@ pub struct DataPlaneConfig {
     pub mtu: u16,
     /// Address of the data socket.
     pub bind: SocketAddr,
+    /// DSCP values whose packets are sent redundantly over two disjoint paths.
+    pub redundant_dscp: Vec<u8>,
 }
 
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -183,6 +196,15 @@ impl DataPlane {
             my_address,
             prefix,
             mtu: usize::from(cfg.mtu),
+            redundant_dscp: {
+                let mut set = [false; 64];
+                for &d in &cfg.redundant_dscp {
+                    if let Some(slot) = set.get_mut(usize::from(d)) {
+                        *slot = true;
+                    }
+                }
+                set
+            },
             socket,
             tun,
             routing,
@@ -360,10 +382,17 @@ impl DataPlane {
             self.flush_session(&mut st, &table, node, now);
             return;
         }
-        self.send_data(&mut st, &table, node, buf, n, now);
+        let redundant = self
+            .redundant_dscp
+            .get(usize::from(header.dscp))
+            .copied()
+            .unwrap_or(false);
+        self.send_data(&mut st, &table, node, buf, n, now, redundant);
     }
 
-    /// Seals the packet at `buf[HEADROOM..HEADROOM + n]` for `node` and sends it.
+    /// Seals the packet at `buf[HEADROOM..HEADROOM + n]` for `node` and sends it; with
+    /// `redundant`, also a second copy over a path node-disjoint from the first.
+    #[allow(clippy::too_many_arguments)]
     fn send_data(
         &self,
         st: &mut State,
@@ -372,8 +401,9 @@ impl DataPlane {
         buf: &mut [u8],
         n: usize,
         now: Duration,
+        redundant: bool,
     ) {
-        let overlay = self.overlay_header(table, OverlayKind::Data, node);
+        let mut overlay = self.overlay_header(table, OverlayKind::Data, node);
         let Ok(mut pb) = PacketBuf::at_headroom(buf, n) else {
             return st.counters.drop("buffer");
         };
@@ -384,11 +414,46 @@ impl DataPlane {
             debug!(dst = %node, "end-to-end seal failed: {e}");
             return st.counters.drop("e2e_seal");
         }
+        // The second copy: the same end-to-end payload (the receiver's replay window keeps
+        // one), its own overlay header with an explicit path, its own link seal.
+        let mut copy = None;
+        if redundant {
+            let seq = session.redundant_seq;
+            session.redundant_seq = seq.wrapping_add(1);
+            overlay.redundant_seq = Some(seq);
+            match table.alternates.get(&node) {
+                Some(alt) if alt.len() > 1 => {
+                    let mut second = OverlayHeader::new(OverlayKind::Data, self.me, node);
+                    second.redundant_seq = Some(seq);
+                    second.path = ExplicitPath::new(&alt[1..], 0).ok();
+                    let mut b = vec![0u8; HEADROOM + pb.len() + TAILROOM];
+                    b[HEADROOM..HEADROOM + pb.len()].copy_from_slice(pb.data());
+                    copy = Some((second, b, pb.len()));
+                }
+                _ => {
+                    if !session.alternate_requested {
+                        session.alternate_requested = true;
+                        self.routing.want_alternate(node);
+                    }
+                }
+            }
+        }
         if overlay.prepend_to(&mut pb).is_err() {
             return st.counters.drop("buffer");
         }
-        if self.send_link(st, table, &overlay, &mut pb, now) {
+        let first = self.send_link(st, table, &overlay, &mut pb, now);
+        let mut second = false;
+        if let Some((h, mut b, len)) = copy
+            && let Ok(mut pb2) = PacketBuf::at_headroom(&mut b, len)
+            && h.prepend_to(&mut pb2).is_ok()
+        {
+            second = self.send_link(st, table, &h, &mut pb2, now);
+        }
+        if first || second {
             st.counters.tun_packets_sent += 1;
+        }
+        if first && second {
+            st.counters.redundant_sent += 1;
         }
     }
 
@@ -583,6 +648,17 @@ impl DataPlane {
                 };
                 match session.e2e.open(now, &overlay, pb) {
                     Ok(_) => {}
+                    Err(x0_dataplane::frame::RecvError::Open(OpenError::Replay(_)))
+                        if overlay.redundant_seq.is_some() =>
+                    {
+                        // The other copy of a redundant packet arrived first.
+                        if !session.redundant_seen {
+                            session.redundant_seen = true;
+                            info!(peer = %source, "redundant delivery: copies arrive over two paths");
+                        }
+                        st.counters.redundant_duplicates += 1;
+                        return;
+                    }
                     Err(x0_dataplane::frame::RecvError::Open(OpenError::Replay(_))) => {
                         return st.counters.drop("e2e_replay");
                     }
@@ -683,7 +759,13 @@ impl DataPlane {
             let mut buf = vec![0u8; HEADROOM + MAX_PACKET + TAILROOM];
             for p in queued {
                 buf[HEADROOM..HEADROOM + p.len()].copy_from_slice(&p);
-                self.send_data(st, table, node, &mut buf, p.len(), now);
+                let redundant = packet::parse(&p).is_ok_and(|h| {
+                    self.redundant_dscp
+                        .get(usize::from(h.dscp))
+                        .copied()
+                        .unwrap_or(false)
+                });
+                self.send_data(st, table, node, &mut buf, p.len(), now, redundant);
             }
         }
     }
@@ -720,6 +802,9 @@ impl State {
             Session {
                 e2e: E2eSession::new(cfg.clone(), me, peer, index),
                 queue: VecDeque::new(),
+                redundant_seq: 0,
+                alternate_requested: false,
+                redundant_seen: false,
             }
         })
     }

@@ -63,6 +63,9 @@ pub struct RouteTable {
     pub known_nodes: usize,
     /// Every node in the link-state database but us (reachable or not).
     pub nodes: Vec<NodeId>,
+    /// For destinations the data plane asked about ([`Routing::want_alternate`]): a path
+    /// node-disjoint from the primary (node IDs, starting with us), for redundant copies.
+    pub alternates: HashMap<NodeId, Vec<NodeId>>,
 }
 
 enum Input {
@@ -78,6 +81,7 @@ enum Input {
         link: LinkId,
         bytes: Bytes,
     },
+    WantAlternate(NodeId),
 }
 
 /// Handle to the routing task.
@@ -120,6 +124,7 @@ impl Routing {
                 clock,
                 rx,
                 links: HashMap::new(),
+                wanted: std::collections::HashSet::new(),
                 table: table.clone(),
                 store,
                 saved_seq: last_seq,
@@ -136,6 +141,12 @@ impl Routing {
     /// The current routing table.
     pub fn table(&self) -> Arc<RouteTable> {
         self.table.load_full()
+    }
+
+    /// Asks for a path to `dst` node-disjoint from its primary, kept in every table published
+    /// from now on (and its fast-reroute backup precomputed).
+    pub fn want_alternate(&self, dst: NodeId) {
+        let _ = self.tx.send(Input::WantAlternate(dst));
     }
 
     /// Hands a new link to the router; it is reported down when the connection closes.
@@ -204,6 +215,8 @@ struct Task {
     clock: Clock,
     rx: mpsc::UnboundedReceiver<Input>,
     links: HashMap<LinkId, LinkOut>,
+    /// Destinations whose alternate path the data plane wants.
+    wanted: std::collections::HashSet<NodeId>,
     table: Arc<ArcSwap<RouteTable>>,
     store: Arc<Mutex<StateStore>>,
     saved_seq: u64,
@@ -264,6 +277,11 @@ impl Task {
             Input::Message { link, bytes } => {
                 if self.links.contains_key(&link) {
                     self.router.handle_datagram(now, link, &bytes);
+                }
+            }
+            Input::WantAlternate(dst) => {
+                if self.wanted.insert(dst) {
+                    self.publish(now);
                 }
             }
         }
@@ -365,6 +383,22 @@ impl Task {
                 );
             }
         }
+        let wanted: Vec<NodeId> = self.wanted.iter().copied().collect();
+        self.router.prepare_backups(now, &wanted);
+        let mut alternates = HashMap::new();
+        for dst in wanted {
+            let primary = routes.get(&dst).map(|r| r.next_hop);
+            let paths = self.router.disjoint_paths(now, &dst, 2);
+            if let Some(alt) = paths
+                .into_iter()
+                .find(|p| p.len() > 1 && Some(p[1]) != primary)
+            {
+                debug!(dst = %dst, path = ?alt, "alternate path");
+                alternates.insert(dst, alt);
+            } else {
+                debug!(dst = %dst, "no alternate path");
+            }
+        }
         let old = self.table.load_full();
         let mut changed = 0usize;
         for (dst, r) in &routes {
@@ -391,6 +425,7 @@ impl Task {
             routes,
             known_nodes: dsts.len() + 1,
             nodes: dsts,
+            alternates,
         }));
     }
 }
