@@ -166,6 +166,12 @@ pub struct Router {
     interner: Option<Arc<AdvertInterner>>,
     /// Anchor of the probe tick grid.
     epoch: Instant,
+    /// What [`Router::poll_timeout`] answers, kept current by every input (the scan over all
+    /// links it replaces ran after every datagram; see `docs/decisions.md`).
+    next_timeout: Instant,
+    /// False only when no link has adverts queued or acknowledgements to send, so that
+    /// [`Router::run`] can skip its scans over the links (true is always safe).
+    work_pending: bool,
 }
 
 impl std::fmt::Debug for Router {
@@ -210,6 +216,8 @@ impl Router {
             stats: RouterStats::default(),
             interner: None,
             epoch: now,
+            next_timeout: refresh_at,
+            work_pending: false,
         }
     }
 
@@ -232,15 +240,34 @@ impl Router {
         links: &[(LinkId, NodeId, Duration)],
         lsdb: impl IntoIterator<Item = Arc<StoredAdvert>>,
     ) -> Self {
-        let mut r = Self::new(cfg, me, auth, 0, now);
-        let mut adverts: Vec<Arc<StoredAdvert>> = lsdb.into_iter().collect();
+        Self::warm_with_lsdb(cfg, me, auth, now, links, Self::warm_lsdb(lsdb, now))
+    }
+
+    /// The database [`Router::warm`] starts from: `adverts` offered in origin order at `now`.
+    /// Build it once and pass clones to [`Router::warm_with_lsdb`]: the clones share their
+    /// entries until they change.
+    pub fn warm_lsdb(adverts: impl IntoIterator<Item = Arc<StoredAdvert>>, now: Instant) -> Lsdb {
+        let mut adverts: Vec<Arc<StoredAdvert>> = adverts.into_iter().collect();
         adverts.sort_by_key(|a| a.body.origin);
+        let mut lsdb = Lsdb::new();
         for stored in adverts {
-            if stored.body.origin == me {
-                r.seq = stored.body.seq;
-            }
-            r.lsdb.offer(stored, now);
+            lsdb.offer(stored, now);
         }
+        lsdb
+    }
+
+    /// [`Router::warm`] from a database built by [`Router::warm_lsdb`] with the same `now`.
+    pub fn warm_with_lsdb(
+        cfg: RouterConfig,
+        me: NodeId,
+        auth: Box<dyn AdvertAuth + Send>,
+        now: Instant,
+        links: &[(LinkId, NodeId, Duration)],
+        lsdb: Lsdb,
+    ) -> Self {
+        let mut r = Self::new(cfg, me, auth, 0, now);
+        r.seq = lsdb.seq_of(&me).unwrap_or(0);
+        r.lsdb = lsdb;
         for &(link, neighbor, rtt) in links {
             let mut n = new_neighbor(&r.cfg, neighbor, now);
             n.session.seed_rtt(rtt);
@@ -250,6 +277,7 @@ impl Router {
             r.links.insert(link, n);
             r.by_neighbor.insert(neighbor, link);
         }
+        r.next_timeout = r.compute_timeout();
         r
     }
 
@@ -350,11 +378,13 @@ impl Router {
         }
         self.links.insert(link, n);
         self.by_neighbor.insert(neighbor, link);
+        self.work_pending = true;
         self.events
             .push_back(RouterEvent::NeighborUp { link, neighbor });
         self.originate_wanted = true;
         self.topology_changed(now);
         self.run(now);
+        self.next_timeout = self.compute_timeout();
     }
 
     /// The caller saw the link fail (carrier lost, send error, QUIC link closed).
@@ -362,6 +392,7 @@ impl Router {
         if self.links.contains_key(&link) {
             self.drop_link(now, link, DownCause::Local);
             self.run(now);
+            self.next_timeout = self.compute_timeout();
         }
     }
 
@@ -369,6 +400,7 @@ impl Router {
     pub fn note_traffic(&mut self, now: Instant, link: LinkId) {
         if let Some(n) = self.links.get_mut(&link) {
             n.session.note_traffic(now, &self.cfg);
+            self.next_timeout = self.compute_timeout();
         }
     }
 
@@ -388,8 +420,10 @@ impl Router {
             })
         {
             self.stats.adverts_received += 1;
+            self.work_pending = true;
             self.old_advert(now, link, origin, seq);
             self.run(now);
+            self.next_timeout = self.compute_timeout();
             return;
         }
         let msg = match RoutingMessage::decode(bytes) {
@@ -402,16 +436,32 @@ impl Router {
         match msg {
             RoutingMessage::Probe(p) => {
                 self.stats.probes_received += 1;
-                if let Some(n) = self.links.get_mut(&link)
-                    && n.session.on_probe(now, &p)
-                {
-                    let class = n.session.quality().class();
-                    self.events
-                        .push_back(RouterEvent::QualityChanged { link, class });
+                if let Some(n) = self.links.get_mut(&link) {
+                    let deadline_before = n.session.detect_deadline();
+                    if n.session.on_probe(now, &p) {
+                        let class = n.session.quality().class();
+                        self.events
+                            .push_back(RouterEvent::QualityChanged { link, class });
+                    }
+                    if wants_advert(&self.cfg, n, now) {
+                        self.originate_wanted = true;
+                    }
+                    // The common case: nothing to send, so `run` would do nothing, and the
+                    // only deadline that moved is this link's detection deadline. If that one
+                    // did not hold the minimum, the new minimum follows without a scan.
+                    if !self.work_pending
+                        && !self.originate_wanted
+                        && deadline_before > self.next_timeout
+                    {
+                        self.next_timeout = self.next_timeout.min(n.session.detect_deadline());
+                        return;
+                    }
                 }
-                self.check_significant(now, link);
             }
-            RoutingMessage::Advert(advert, body) => self.on_advert(now, link, advert, body),
+            RoutingMessage::Advert(advert, body) => {
+                self.work_pending = true;
+                self.on_advert(now, link, advert, body);
+            }
             RoutingMessage::AdvertAck(acks) => {
                 if let Some(n) = self.links.get_mut(&link) {
                     for (origin, seq) in acks {
@@ -422,6 +472,7 @@ impl Router {
             _ => self.stats.malformed += 1,
         }
         self.run(now);
+        self.next_timeout = self.compute_timeout();
     }
 
     /// Runs everything due at `now`.
@@ -467,6 +518,7 @@ impl Router {
                     if n.queued.insert(origin) {
                         n.queue.push_back(origin);
                         self.stats.retransmissions += 1;
+                        self.work_pending = true;
                     }
                 }
             }
@@ -479,6 +531,7 @@ impl Router {
             self.originate_wanted = true;
         }
         self.run(now);
+        self.next_timeout = self.compute_timeout();
     }
 
     // ---- outputs --------------------------------------------------------------------------
@@ -507,6 +560,12 @@ impl Router {
 
     /// When [`Router::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        debug_assert_eq!(self.next_timeout, self.compute_timeout());
+        Some(self.next_timeout)
+    }
+
+    /// The earliest of every deadline the router holds (what [`Router::poll_timeout`] caches).
+    fn compute_timeout(&self) -> Instant {
         let mut t = self.refresh_at;
         if self.originate_wanted {
             let ready = self.next_originate_allowed;
@@ -530,7 +589,7 @@ impl Router {
                 );
             }
         }
-        Some(t)
+        t
     }
 
     // ---- queries --------------------------------------------------------------------------
@@ -676,35 +735,9 @@ impl Router {
     ///   and class). Each advert costs one transmission per link of the mesh, so at 1,200
     ///   nodes a single one-step class change would cost more than a minute of a 1 % budget.
     fn check_significant(&mut self, now: Instant, link: LinkId) {
-        let holddown = self.cfg.change_holddown;
-        let (rel, abs) = (
-            self.cfg.significant_cost_change,
-            self.cfg.significant_cost_delta,
-        );
-        let Some(n) = self.links.get_mut(&link) else {
-            return;
-        };
-        let q = n.session.quality();
-        if !q.has_rtt() {
-            return;
-        }
-        let (cost, class) = (q.cost(), q.class());
-        if n.advertised_cost >= UNMEASURED_COST {
-            // First measurement of a new link: advertise its real cost.
-            self.originate_wanted = true;
-            return;
-        }
-        let (old_class, new_class) = (n.advertised_class as i32, class as i32);
-        let steps = (new_class - old_class).abs();
-        let bad = class == QualityClass::Bad || n.advertised_class == QualityClass::Bad;
-        if steps >= 2 || (steps == 1 && bad) {
-            self.originate_wanted = true;
-            return;
-        }
-        let delta = cost.abs_diff(n.advertised_cost);
-        let big_cost = delta > abs && f64::from(delta) > rel * f64::from(n.advertised_cost.max(1));
-        if big_cost && now >= n.cost_change_allowed {
-            n.cost_change_allowed = now + holddown;
+        if let Some(n) = self.links.get_mut(&link)
+            && wants_advert(&self.cfg, n, now)
+        {
             self.originate_wanted = true;
         }
     }
@@ -717,9 +750,19 @@ impl Router {
         {
             self.originate(now);
         }
+        if !self.work_pending {
+            debug_assert!(
+                self.links
+                    .values()
+                    .all(|n| n.queue.is_empty() && n.acks.is_empty())
+            );
+            return;
+        }
         if self.links.values().any(|n| !n.queue.is_empty()) {
             self.flush_floods(now);
         }
+        // Acknowledgements all go out below; adverts held back by the rate limit stay queued.
+        self.work_pending = self.links.values().any(|n| !n.queue.is_empty());
         if self.links.values().all(|n| n.acks.is_empty()) {
             return;
         }
@@ -793,6 +836,7 @@ impl Router {
         for n in self.links.values_mut() {
             schedule_send(n, me, seq, now);
         }
+        self.work_pending = true;
     }
 
     /// An advert we already hold (or an older version): acknowledge it and, if older, send the
@@ -995,6 +1039,33 @@ impl Router {
         });
         self.events.push_back(RouterEvent::RoutesRecomputed);
     }
+}
+
+/// [`Router::check_significant`] for one link: whether its new measurements warrant an advert.
+fn wants_advert(cfg: &RouterConfig, n: &mut Neighbor, now: Instant) -> bool {
+    let q = n.session.quality();
+    if !q.has_rtt() {
+        return false;
+    }
+    let (cost, class) = (q.cost(), q.class());
+    if n.advertised_cost >= UNMEASURED_COST {
+        // First measurement of a new link: advertise its real cost.
+        return true;
+    }
+    let (old_class, new_class) = (n.advertised_class as i32, class as i32);
+    let steps = (new_class - old_class).abs();
+    let bad = class == QualityClass::Bad || n.advertised_class == QualityClass::Bad;
+    if steps >= 2 || (steps == 1 && bad) {
+        return true;
+    }
+    let delta = cost.abs_diff(n.advertised_cost);
+    let big_cost = delta > cfg.significant_cost_delta
+        && f64::from(delta) > cfg.significant_cost_change * f64::from(n.advertised_cost.max(1));
+    if big_cost && now >= n.cost_change_allowed {
+        n.cost_change_allowed = now + cfg.change_holddown;
+        return true;
+    }
+    false
 }
 
 fn new_neighbor(cfg: &RouterConfig, neighbor: NodeId, now: Instant) -> Neighbor {

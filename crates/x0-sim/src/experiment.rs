@@ -428,7 +428,7 @@ fn warm_plan(sim: &RoutingSim, cfg: &RouterConfig) -> WarmPlan {
             ))
         })
         .collect();
-    WarmPlan { links, adverts }
+    WarmPlan::new(links, adverts)
 }
 
 /// Advances the simulator, reporting progress and stopping at every observer's sampling

@@ -13,10 +13,10 @@
 //! 10,000-node run (the daemon signs with ML-DSA-65; see `docs/sim.md`).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use x0_routing::lsdb::{AdvertInterner, StoredAdvert};
+use x0_routing::lsdb::{AdvertInterner, Lsdb, StoredAdvert};
 use x0_routing::{DownCause, InsecureDigestAuth, Router, RouterConfig, RouterEvent};
 use x0_wire::NodeId;
 
@@ -74,6 +74,34 @@ pub struct WarmPlan {
     pub links: Vec<Vec<(NodeIx, Duration)>>,
     /// Every node's advert.
     pub adverts: Vec<Arc<StoredAdvert>>,
+    /// The database every warm router starts from, built once for the start time: its clones
+    /// share one vector of entries until they change (10,000 routers holding 10,000 entries
+    /// each would take 3.2 GB and most of a short run's time to build).
+    lsdb: Mutex<Option<(Instant, Lsdb)>>,
+}
+
+impl WarmPlan {
+    /// A plan from each node's links and every node's advert.
+    pub fn new(links: Vec<Vec<(NodeIx, Duration)>>, adverts: Vec<Arc<StoredAdvert>>) -> Self {
+        Self {
+            links,
+            adverts,
+            lsdb: Mutex::new(None),
+        }
+    }
+
+    /// The database of every advert, as a router warm-started at `now` holds it.
+    fn lsdb_at(&self, now: Instant) -> Lsdb {
+        let mut cached = self.lsdb.lock().unwrap_or_else(|e| e.into_inner());
+        match cached.as_ref() {
+            Some((at, lsdb)) if *at == now => lsdb.clone(),
+            _ => {
+                let lsdb = Router::warm_lsdb(self.adverts.iter().cloned(), now);
+                *cached = Some((now, lsdb.clone()));
+                lsdb
+            }
+        }
+    }
 }
 
 /// The signer a simulated node uses.
@@ -102,6 +130,8 @@ pub struct RoutingNode {
     first_life: bool,
     router: Option<Router>,
     ports: BTreeMap<NodeIx, Port>,
+    /// Ports in [`Port::Dormant`] (none in a steady mesh: then no callback scans the ports).
+    dormant: usize,
     /// Neighbours declared down since the experiment last drained this list.
     pub downs: Vec<DownRecord>,
     /// Link hellos sent (link-layer stand-in traffic).
@@ -119,6 +149,7 @@ impl RoutingNode {
             first_life,
             router: None,
             ports: BTreeMap::new(),
+            dormant: 0,
             downs: Vec::new(),
             hellos_sent: 0,
         }
@@ -137,6 +168,17 @@ impl RoutingNode {
     /// The router, mutably (route queries refresh its caches).
     pub fn router_mut(&mut self) -> Option<&mut Router> {
         self.router.as_mut()
+    }
+
+    /// Sets the port towards `neighbor`, keeping the count of dormant ones.
+    fn set_port(&mut self, neighbor: NodeIx, port: Port) {
+        let was = self.ports.insert(neighbor, port);
+        if matches!(was, Some(Port::Dormant { .. })) {
+            self.dormant -= 1;
+        }
+        if matches!(port, Port::Dormant { .. }) {
+            self.dormant += 1;
+        }
     }
 
     fn flush(&mut self, now: Instant, out: &mut Outbox) {
@@ -162,6 +204,7 @@ impl RoutingNode {
                         next_hello: now + REDIAL_MIN,
                         backoff: REDIAL_MIN,
                     };
+                    self.dormant += 1;
                 }
             }
         }
@@ -186,14 +229,7 @@ impl SimNode for RoutingNode {
                 for &(nb, _) in plan.links.get(self.ix as usize).into_iter().flatten() {
                     self.ports.insert(nb, Port::Active);
                 }
-                Router::warm(
-                    self.cfg.clone(),
-                    me,
-                    auth,
-                    now,
-                    &links,
-                    plan.adverts.iter().cloned(),
-                )
+                Router::warm_with_lsdb(self.cfg.clone(), me, auth, now, &links, plan.lsdb_at(now))
             }
             _ => Router::new(self.cfg.clone(), me, auth, 0, now),
         };
@@ -203,30 +239,39 @@ impl SimNode for RoutingNode {
     }
 
     fn datagram(&mut self, now: Instant, from: NodeIx, bytes: &[u8], out: &mut Outbox) {
-        let Some(r) = self.router.as_mut() else {
+        if self.router.is_none() {
             return;
-        };
-        if matches!(self.ports.get(&from), Some(Port::Dormant { .. })) {
-            // The neighbour is reachable again: the link is re-established.
-            self.ports.insert(from, Port::Active);
-            r.link_up(now, u64::from(from), sim_node_id(from));
         }
-        if bytes.first() != Some(&LINK_HELLO) && self.ports.get(&from) == Some(&Port::Active) {
+        let port = self.ports.get(&from).copied();
+        if matches!(port, Some(Port::Dormant { .. })) {
+            // The neighbour is reachable again: the link is re-established.
+            self.set_port(from, Port::Active);
+            if let Some(r) = self.router.as_mut() {
+                r.link_up(now, u64::from(from), sim_node_id(from));
+            }
+        }
+        if bytes.first() != Some(&LINK_HELLO)
+            && port.is_some()
+            && port != Some(Port::Down)
+            && let Some(r) = self.router.as_mut()
+        {
             r.handle_datagram(now, u64::from(from), bytes);
         }
         self.flush(now, out);
     }
 
     fn link_up(&mut self, now: Instant, neighbor: NodeIx, out: &mut Outbox) {
+        if self.router.is_some() {
+            self.set_port(neighbor, Port::Active);
+        }
         if let Some(r) = self.router.as_mut() {
-            self.ports.insert(neighbor, Port::Active);
             r.link_up(now, u64::from(neighbor), sim_node_id(neighbor));
         }
         self.flush(now, out);
     }
 
     fn link_down(&mut self, now: Instant, neighbor: NodeIx, out: &mut Outbox) {
-        self.ports.insert(neighbor, Port::Down);
+        self.set_port(neighbor, Port::Down);
         if let Some(r) = self.router.as_mut() {
             r.link_down(now, u64::from(neighbor));
         }
@@ -234,7 +279,12 @@ impl SimNode for RoutingNode {
     }
 
     fn timeout(&mut self, now: Instant, out: &mut Outbox) {
-        for (nb, port) in self.ports.iter_mut() {
+        let ports = if self.dormant > 0 {
+            Some(self.ports.iter_mut())
+        } else {
+            None
+        };
+        for (nb, port) in ports.into_iter().flatten() {
             if let Port::Dormant {
                 next_hello,
                 backoff,
@@ -254,7 +304,12 @@ impl SimNode for RoutingNode {
     }
 
     fn next_timeout(&self) -> Option<Instant> {
-        let hellos = self.ports.values().filter_map(|p| match p {
+        let ports = if self.dormant > 0 {
+            Some(self.ports.values())
+        } else {
+            None
+        };
+        let hellos = ports.into_iter().flatten().filter_map(|p| match p {
             Port::Dormant { next_hello, .. } => Some(*next_hello),
             _ => None,
         });

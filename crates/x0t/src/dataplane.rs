@@ -30,7 +30,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
+use std::net::UdpSocket;
 use tracing::{debug, info, warn};
 use x0_dataplane::aead::TrafficSecret;
 use x0_dataplane::buf::{HEADROOM, TAILROOM};
@@ -52,6 +52,9 @@ use crate::routing::{RouteTable, Routing};
 const MAX_QUEUED: usize = 64;
 /// Largest datagram read from the data socket or TUN.
 const MAX_PACKET: usize = 65_535;
+/// Packets the kernel queues for us on the TUN device (its default, 500, drops bursts of a
+/// fast TCP flow while the reader is busy; every drop is a loss TCP backs off from).
+const TUN_TX_QUEUE: u32 = 4096;
 /// How often session timers are checked.
 const TICK: Duration = Duration::from_millis(20);
 
@@ -123,7 +126,7 @@ pub struct DataPlane {
     mtu: usize,
     redundant_dscp: [bool; 64],
     socket: UdpSocket,
-    tun: Option<tun_rs::AsyncDevice>,
+    tun: Option<tun_rs::SyncDevice>,
     routing: Routing,
     e2e: Arc<E2eConfig>,
     started: std::time::Instant,
@@ -168,18 +171,17 @@ impl DataPlane {
         e2e: E2eConfig,
     ) -> Result<Arc<Self>, String> {
         let my_address = prefix.address_of(me);
-        let std_socket = std::net::UdpSocket::bind(cfg.bind)
+        let socket = UdpSocket::bind(cfg.bind)
             .map_err(|e| format!("cannot bind the data socket on {}: {e}", cfg.bind))?;
-        std_socket
-            .set_nonblocking(true)
-            .map_err(|e| format!("data socket: {e}"))?;
-        let socket = UdpSocket::from_std(std_socket).map_err(|e| format!("data socket: {e}"))?;
+        let (rcv, snd) = grow_socket_buffers(&socket);
+        debug!(rcvbuf = rcv, sndbuf = snd, "data socket buffers");
         let tun = if cfg.tun {
             let dev = tun_rs::DeviceBuilder::new()
                 .name(&cfg.tun_name)
                 .ipv6(my_address, 48u8)
                 .mtu(cfg.mtu)
-                .build_async()
+                .tx_queue_len(TUN_TX_QUEUE)
+                .build_sync()
                 .map_err(|e| {
                     format!(
                         "cannot open the TUN device {:?}: {e} (needs CAP_NET_ADMIN and /dev/net/tun; \
@@ -227,9 +229,19 @@ impl DataPlane {
             mtu = cfg.mtu,
             "data plane up"
         );
-        tokio::spawn(dp.clone().udp_loop());
+        // The packet loops are plain threads with blocking I/O: a task wake-up per packet
+        // cost more than the packet's cryptography.
+        let udp = dp.clone();
+        std::thread::Builder::new()
+            .name("x0t-data-rx".into())
+            .spawn(move || udp.udp_loop())
+            .map_err(|e| format!("cannot start the data thread: {e}"))?;
         if dp.tun.is_some() {
-            tokio::spawn(dp.clone().tun_loop());
+            let tun = dp.clone();
+            std::thread::Builder::new()
+                .name("x0t-tun-rx".into())
+                .spawn(move || tun.tun_loop())
+                .map_err(|e| format!("cannot start the TUN thread: {e}"))?;
         }
         tokio::spawn(dp.clone().timer_loop());
         Ok(dp)
@@ -313,11 +325,11 @@ impl DataPlane {
 
     // ---- TUN → mesh -----------------------------------------------------------------------
 
-    async fn tun_loop(self: Arc<Self>) {
+    fn tun_loop(self: Arc<Self>) {
         let Some(tun) = &self.tun else { return };
         let mut buf = vec![0u8; HEADROOM + MAX_PACKET + TAILROOM];
         loop {
-            let n = match tun.recv(&mut buf[HEADROOM..HEADROOM + MAX_PACKET]).await {
+            let n = match tun.recv(&mut buf[HEADROOM..HEADROOM + MAX_PACKET]) {
                 Ok(n) => n,
                 Err(e) => {
                     warn!("TUN read failed: {e}; the data plane stops");
@@ -524,7 +536,7 @@ impl DataPlane {
             st.counters.drop("link_seal");
             return false;
         }
-        match self.socket.try_send_to(pb.data(), addr) {
+        match self.socket.send_to(pb.data(), addr) {
             Ok(_) => true,
             Err(_) => {
                 st.counters.drop("send_failed");
@@ -537,19 +549,21 @@ impl DataPlane {
         let Some(tun) = &self.tun else { return };
         let mut reply = [0u8; 1280];
         if let Ok(n) = packet::icmpv6_error(kind, self.my_address, offending, &mut reply) {
-            let _ = tun.try_send(&reply[..n]);
+            let _ = tun.send(&reply[..n]);
         }
     }
 
     // ---- mesh → TUN / relay -----------------------------------------------------------------
 
-    async fn udp_loop(self: Arc<Self>) {
+    fn udp_loop(self: Arc<Self>) {
         let mut buf = vec![0u8; MAX_PACKET + TAILROOM];
         loop {
-            let (n, from) = match self.socket.recv_from(&mut buf[..MAX_PACKET]).await {
+            let (n, from) = match self.socket.recv_from(&mut buf[..MAX_PACKET]) {
                 Ok(r) => r,
                 Err(e) => {
                     debug!("data socket receive error: {e}");
+                    // Never spin on a persistent error.
+                    std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
             };
@@ -675,7 +689,7 @@ impl DataPlane {
                     return st.counters.drop("inner_spoofed");
                 }
                 match &self.tun {
-                    Some(tun) => match tun.try_send(pb.data()) {
+                    Some(tun) => match tun.send(pb.data()) {
                         Ok(_) => st.counters.delivered += 1,
                         Err(_) => st.counters.drop("tun_write"),
                     },
@@ -808,6 +822,26 @@ impl State {
             }
         })
     }
+}
+
+/// Socket buffer size asked for the data socket: a burst of a fast TCP flow must not overflow
+/// the kernel's default (~208 KB), or every overflow is a loss TCP backs off from.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// Grows the data socket's buffers to [`SOCKET_BUFFER`]: past `net.core.rmem_max` when we may
+/// (`SO_RCVBUFFORCE`, CAP_NET_ADMIN), else as far as the limit allows. Returns the sizes the
+/// kernel reports.
+fn grow_socket_buffers(socket: &std::net::UdpSocket) -> (usize, usize) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER);
+    }
+    let rcv = nix::sys::socket::getsockopt(socket, sockopt::RcvBuf).unwrap_or(0);
+    let snd = nix::sys::socket::getsockopt(socket, sockopt::SndBuf).unwrap_or(0);
+    (rcv, snd)
 }
 
 /// Both directions of link key `generation`, exported from the link's TLS session.
