@@ -543,6 +543,7 @@ fn setup_x0t(lab: &mut Lab, _hops: u32) -> SetupResult {
     let plan = crate::lab::DaemonPlan {
         binary: std::env::current_exe().map_err(|e| e.to_string())?,
         dir: lab.dir().join("daemons"),
+        extra_config: String::new(),
     };
     let daemons = crate::lab::start_daemons(lab, &plan).map_err(|e| e.message)?;
     let last = daemons.last().ok_or("no nodes")?;
@@ -779,15 +780,7 @@ fn run_case(
 }
 
 pub fn run(args: ThroughputArgs) -> CmdResult {
-    x0_lab::preflight().map_err(|e| crate::lab::lab_exit(e.into()))?;
-    for (program, package) in [("iperf3", "iperf3"), ("ping", "iputils-ping")] {
-        if x0_lab::tools::which(program).is_none() {
-            return Err(Exit::new(
-                crate::lab::UNAVAILABLE,
-                format!("`{program}` is not installed: apt-get install -y {package}"),
-            ));
-        }
-    }
+    crate::lab::require_tools(&[("iperf3", "iperf3"), ("ping", "iputils-ping")])?;
     let mut systems = args.systems.clone();
     systems.dedup();
     let mut report = Report {

@@ -220,4 +220,13 @@ pub enum BenchCommand {
     /// Overlay TCP throughput (iperf3) and ping RTT over 1 and 3 hops in network namespaces:
     /// raw veth, wireguard-go, Nebula, Yggdrasil and x0t side by side (needs root).
     Throughput(crate::bench_throughput::ThroughputArgs),
+    /// Outage and loss of a 1000 packet/s UDP stream through the overlay when its relay
+    /// fails (veth down, daemon killed), in a 4-node ring of namespaces (needs root).
+    Failover(crate::bench_failover::FailoverArgs),
+    /// Sends a paced stream of sequenced UDP packets (used by `bench failover`).
+    #[command(hide = true)]
+    UdpSource(crate::bench_failover::UdpSourceArgs),
+    /// Receives such a stream and writes a summary (used by `bench failover`).
+    #[command(hide = true)]
+    UdpSink(crate::bench_failover::UdpSinkArgs),
 }

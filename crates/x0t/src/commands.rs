@@ -61,6 +61,9 @@ pub fn run(cmd: Command) -> CmdResult {
             crate::bench::handshake(count, json, &out)
         }
         Command::Bench(BenchCommand::Throughput(args)) => crate::bench_throughput::run(args),
+        Command::Bench(BenchCommand::Failover(args)) => crate::bench_failover::run(args),
+        Command::Bench(BenchCommand::UdpSource(args)) => crate::bench_failover::udp_source(args),
+        Command::Bench(BenchCommand::UdpSink(args)) => crate::bench_failover::udp_sink(args),
         Command::Sim(args) => crate::sim::run(args),
         Command::Lab(cmd) => crate::lab::run(cmd),
         Command::Up(_) => Err(Exit::failure("internal: `up` is dispatched by main")),

@@ -174,6 +174,21 @@ fn preflight() -> Result<(), Exit> {
     x0_lab::preflight().map_err(|e| lab_exit(e.into()))
 }
 
+/// The lab's own checks (root, `ip`, `nft`), then each `(program, apt package)` a bench needs:
+/// a missing one is refused with the package to install (exit 69).
+pub fn require_tools(tools: &[(&str, &str)]) -> Result<(), Exit> {
+    x0_lab::preflight().map_err(|e| lab_exit(e.into()))?;
+    for (program, package) in tools {
+        if x0_lab::tools::which(program).is_none() {
+            return Err(Exit::new(
+                UNAVAILABLE,
+                format!("`{program}` is not installed: apt-get install -y {package}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What [`start_daemons`] needs to start one x0t daemon per node.
 #[derive(Debug, Clone)]
 pub struct DaemonPlan {
@@ -182,6 +197,8 @@ pub struct DaemonPlan {
     /// Directory for each node's state directory, configuration file and log
     /// (`<dir>/<node>/`), normally inside the lab directory so `down` removes it.
     pub dir: PathBuf,
+    /// TOML appended to every node's `x0t.toml` (e.g. a `[dataplane]` table); empty for none.
+    pub extra_config: String,
 }
 
 /// Why daemons cannot be started.
@@ -300,6 +317,11 @@ pub fn start_daemons(lab: &mut Lab, plan: &DaemonPlan) -> Result<Vec<LabDaemon>,
                     nb.remote_addr
                 ));
             }
+        }
+        if !plan.extra_config.is_empty() {
+            text.push('\n');
+            text.push_str(&plan.extra_config);
+            text.push('\n');
         }
         let config = dir.join("x0t.toml");
         std::fs::write(&config, text)
@@ -489,6 +511,7 @@ fn up(args: LabUpArgs) -> CmdResult {
         let plan = DaemonPlan {
             binary: std::env::current_exe().map_err(|e| Exit::failure(e.to_string()))?,
             dir: lab.dir().join("daemons"),
+            extra_config: String::new(),
         };
         daemons = start_daemons(&mut lab, &plan)?;
     }

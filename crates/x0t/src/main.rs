@@ -9,6 +9,7 @@
 #![allow(unreachable_pub)]
 
 mod bench;
+mod bench_failover;
 mod bench_throughput;
 mod cli;
 mod commands;

@@ -102,14 +102,15 @@ fn mesh(test: &str, shape: Shape, n: usize, extra: &str) -> Option<Mesh> {
 }
 
 #[test]
-fn ping_and_tcp_cross_a_relay_end_to_end_encrypted() {
-    let Some(m) = line("ping", 3) else { return };
-    let (a, c) = (&m.daemons[0], &m.daemons[2]);
-    a.wait_for(&["route", &format!("dst={}", m.ids[2])], T);
+fn ping_and_tcp_cross_two_relays_end_to_end_encrypted() {
+    // Four nodes in a line: three hops, two relays.
+    let Some(m) = line("ping", 4) else { return };
+    let (a, c) = (&m.daemons[0], &m.daemons[3]);
+    a.wait_for(&["route", &format!("dst={}", m.ids[3])], T);
     c.wait_for(&["route", &format!("dst={}", m.ids[0])], T);
     m.daemons[0].wait_for(&["data plane up"], T);
 
-    // Ping c's overlay address from a: the first packet waits for the end-to-end handshake.
+    // Ping the far end's overlay address: the first packet waits for the end-to-end handshake.
     let ping = m
         .lab
         .exec(
@@ -123,7 +124,7 @@ fn ping_and_tcp_cross_a_relay_end_to_end_encrypted() {
                 "0.2",
                 "-W",
                 "5",
-                &m.overlay[2],
+                &m.overlay[3],
             ],
         )
         .unwrap();
@@ -134,35 +135,38 @@ fn ping_and_tcp_cross_a_relay_end_to_end_encrypted() {
         "{out}"
     );
     a.wait_for(
-        &["end-to-end keys installed", &format!("peer={}", m.ids[2])],
+        &["end-to-end keys installed", &format!("peer={}", m.ids[3])],
         T,
     );
     c.wait_for(
         &["end-to-end keys installed", &format!("peer={}", m.ids[0])],
         T,
     );
-    // The relay never takes part in the end-to-end handshake.
+    // The relays never take part in the end-to-end handshake.
     assert_eq!(m.daemons[1].count("end-to-end keys installed"), 0);
+    assert_eq!(m.daemons[2].count("end-to-end keys installed"), 0);
 
-    // TCP across the relay: a small HTTP-like exchange through ncat-free plumbing: iperf3 if
-    // installed, else skip that part.
+    // TCP across both relays, with iperf3 when it is installed.
     if Command::new("iperf3").arg("--version").output().is_ok() {
         let server = m
             .lab
-            .exec(2, &["iperf3", "-s", "-1", "-D", "-B", &m.overlay[2]])
+            .exec(3, &["iperf3", "-s", "-1", "-D", "-B", &m.overlay[3]])
             .unwrap();
         assert!(server.status.success());
         std::thread::sleep(Duration::from_millis(300));
         let client = m
             .lab
-            .exec(0, &["iperf3", "-c", &m.overlay[2], "-t", "2", "-J"])
+            .exec(0, &["iperf3", "-c", &m.overlay[3], "-t", "2", "-J"])
             .unwrap();
         let json: serde_json::Value =
             serde_json::from_slice(&client.stdout).unwrap_or(serde_json::Value::Null);
         let bps = json["end"]["sum_received"]["bits_per_second"]
             .as_f64()
             .unwrap_or(0.0);
-        eprintln!("TCP a → c over the overlay: {:.0} Mbit/s", bps / 1e6);
+        eprintln!(
+            "TCP over three hops of the overlay: {:.0} Mbit/s",
+            bps / 1e6
+        );
         assert!(
             bps > 1e6,
             "TCP over the overlay: {}",

@@ -1,5 +1,5 @@
-//! `x0t lab` and `x0t bench throughput` through the binary, against the real kernel.
-//! Skipped (with a message) when not root or when `ip`/`nft` are missing.
+//! `x0t lab`, `x0t bench throughput` and `x0t bench failover` through the binary, against the
+//! real kernel. Skipped (with a message) when not root or when `ip`/`nft` are missing.
 
 mod support;
 
@@ -206,4 +206,53 @@ fn throughput_bench_measures_x0t_through_its_daemons() {
     // No peer was measured in this run: nothing to compare with, and it says so.
     assert!(v["ratio_vs_best_peer"][0]["ratio"].is_null());
     assert!(dir.path().join("throughput.json").exists());
+}
+
+#[test]
+fn failover_bench_streams_through_a_link_failure() {
+    if lab_or_skip("fo").is_none() {
+        return;
+    }
+    if x0_lab::tools::which("ping").is_none() || x0_lab::tools::which("kill").is_none() {
+        eprintln!("SKIPPED failover_bench: ping or kill missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "bench",
+        "failover",
+        "--runs",
+        "1",
+        "--seconds",
+        "3",
+        "--scenarios",
+        "link-down",
+        "--modes",
+        "default",
+        "--json",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["bench"], "failover");
+    let rows = v["scenarios"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{v}");
+    let row = &rows[0];
+    assert_eq!(row["name"], "link-down");
+    assert_eq!(row["mode"], "default");
+    assert!(row["outage_ms"].as_f64().is_some(), "{row}");
+    assert!(row["lost_packets"].as_f64().is_some(), "{row}");
+    assert!(["met", "missed"].contains(&row["result"].as_str().unwrap()));
+    let r = &row["runs"][0];
+    assert!(["n1", "n3"].contains(&r["primary_relay"].as_str().unwrap()));
+    // Packets flowed before the fault and again after it (no timing asserted).
+    assert!(r["delivered_before_fault"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["recovered"], true, "{r}");
+    assert!(r["delivered_last_second"].as_u64().unwrap() > 0, "{r}");
+    assert!(dir.path().join("failover.json").exists());
+    // The run's lab and its processes are gone.
+    let lab = r["lab"].as_str().unwrap();
+    assert!(namespaces(&format!("x0lab-{lab}-")).is_empty());
+    assert!(!std::path::Path::new(&format!("/run/x0lab/{lab}")).exists());
 }
