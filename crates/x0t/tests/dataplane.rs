@@ -19,6 +19,7 @@ struct Mesh {
     daemons: Vec<Daemon>,
     ids: Vec<String>,
     overlay: Vec<String>,
+    configs: Vec<std::path::PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -42,6 +43,7 @@ fn mesh(test: &str, shape: Shape, n: usize, extra: &str) -> Option<Mesh> {
     let mut daemons = Vec::new();
     let mut ids = Vec::new();
     let mut overlay = Vec::new();
+    let mut configs = Vec::new();
     for i in 0..n {
         let ns = lab.netns(i).unwrap().to_owned();
         let listen = lab.node_addr(i).unwrap();
@@ -81,6 +83,7 @@ fn mesh(test: &str, shape: Shape, n: usize, extra: &str) -> Option<Mesh> {
         let cfg = dir.path().join(format!("n{i}.toml"));
         std::fs::write(&cfg, text).unwrap();
         let d = Daemon::start_in(&ns, &format!("n{i}"), &cfg);
+        configs.push(cfg.clone());
         let up = d.wait_for(&["x0t up", "overlay="], T);
         let field = |k: &str| {
             up.split_whitespace()
@@ -97,6 +100,7 @@ fn mesh(test: &str, shape: Shape, n: usize, extra: &str) -> Option<Mesh> {
         daemons,
         ids,
         overlay,
+        configs,
         _dir: dir,
     })
 }
@@ -219,4 +223,70 @@ fn redundant_mode_sends_ef_packets_over_both_disjoint_paths() {
             "relays never hold end-to-end keys"
         );
     }
+}
+
+/// Pings `to` from node `from` until one echo comes back, for up to `within`.
+fn ping_until(m: &Mesh, from: usize, to: &str, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        let o = m
+            .lab
+            .exec(from, &["ping", "-6", "-c", "1", "-W", "1", to])
+            .unwrap();
+        if o.status.success() {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_killed_relay_restarts_rejoins_and_carries_traffic_again() {
+    let Some(mut m) = line("rejoin", 3) else {
+        return;
+    };
+    let far = m.overlay[2].clone();
+    assert!(ping_until(&m, 0, &far, T), "no path before the restart");
+
+    // SIGKILL the relay: its neighbours notice by the missing probes; n0 has no route to n2.
+    let mark = m.daemons[0].lines();
+    m.daemons[1].stop();
+    m.daemons[0].wait_for_since(
+        mark,
+        &["routing neighbour down", &format!("peer={}", m.ids[1])],
+        T,
+    );
+    m.daemons[0].wait_for_since(mark, &["route lost", &format!("dst={}", m.ids[2])], T);
+    let lost = m
+        .lab
+        .exec(0, &["ping", "-6", "-c", "1", "-W", "1", &far])
+        .unwrap();
+    assert!(
+        !lost.status.success(),
+        "n2 answered with its only relay dead"
+    );
+
+    // The relay restarts from its state directory (same identity, a new TUN device and data
+    // port): it links again, the route through it returns, and traffic flows end to end.
+    let mark = m.daemons[0].lines();
+    let ns = m.lab.netns(1).unwrap().to_owned();
+    m.daemons[1] = Daemon::start_in(&ns, "n1-restarted", &m.configs[1]);
+    m.daemons[0].wait_for_since(
+        mark,
+        &["routing neighbour up", &format!("peer={}", m.ids[1])],
+        T,
+    );
+    m.daemons[0].wait_for_since(
+        mark,
+        &[
+            "route",
+            &format!("dst={}", m.ids[2]),
+            &format!("via={}", m.ids[1]),
+        ],
+        T,
+    );
+    assert!(
+        ping_until(&m, 0, &far, T),
+        "no path after the relay rejoined"
+    );
 }
