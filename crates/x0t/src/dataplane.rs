@@ -350,11 +350,13 @@ impl DataPlane {
         let IpAddr::V6(dst) = header.dst else {
             return lock(&self.state).counters.drop("tun_ipv4");
         };
-        if header.src != IpAddr::V6(self.my_address) {
-            return lock(&self.state).counters.drop("tun_foreign_source");
-        }
+        // The kernel's own link-local traffic on the device (router solicitations, MLD) is not
+        // for the mesh: counted apart from packets that claim another node's address.
         if !self.prefix.contains(dst) || dst == self.my_address {
             return lock(&self.state).counters.drop("tun_not_overlay");
+        }
+        if header.src != IpAddr::V6(self.my_address) {
+            return lock(&self.state).counters.drop("tun_foreign_source");
         }
         if n > self.mtu {
             self.icmp_to_tun(
