@@ -263,11 +263,7 @@ pub fn handshake(count: usize, json: bool, out: &Path) -> CmdResult {
             .await
             .map_err(|e| Exit::failure(format!("bench task failed: {e}")))?
     })?;
-    let text = serde_json::to_string_pretty(&report).map_err(|e| Exit::failure(e.to_string()))?;
-    std::fs::create_dir_all(out).map_err(|e| Exit::failure(format!("{}: {e}", out.display())))?;
-    let file = out.join("handshake.json");
-    std::fs::write(&file, format!("{text}\n"))
-        .map_err(|e| Exit::failure(format!("{}: {e}", file.display())))?;
+    let (text, file) = write_report(&report, out, "handshake.json")?;
     if json {
         println!("{text}");
     } else {
@@ -297,4 +293,19 @@ pub fn handshake(count: usize, json: bool, out: &Path) -> CmdResult {
         );
     }
     Ok(())
+}
+
+/// Writes a benchmark report as pretty JSON to `out/name` (creating `out`); returns the text
+/// (for `--json`) and the file's path.
+pub fn write_report(
+    report: &impl serde::Serialize,
+    out: &std::path::Path,
+    name: &str,
+) -> Result<(String, std::path::PathBuf), Exit> {
+    let text = serde_json::to_string_pretty(report).map_err(|e| Exit::failure(e.to_string()))?;
+    std::fs::create_dir_all(out).map_err(|e| Exit::failure(format!("{}: {e}", out.display())))?;
+    let file = out.join(name);
+    std::fs::write(&file, format!("{text}\n"))
+        .map_err(|e| Exit::failure(format!("{}: {e}", file.display())))?;
+    Ok((text, file))
 }

@@ -853,12 +853,7 @@ pub fn run(args: ThroughputArgs) -> CmdResult {
         }
     }
     finish(&mut report, &args);
-    let text = serde_json::to_string_pretty(&report).map_err(|e| Exit::failure(e.to_string()))?;
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| Exit::failure(format!("{}: {e}", args.out.display())))?;
-    let file = args.out.join("throughput.json");
-    std::fs::write(&file, format!("{text}\n"))
-        .map_err(|e| Exit::failure(format!("{}: {e}", file.display())))?;
+    let (text, file) = crate::bench::write_report(&report, &args.out, "throughput.json")?;
     if args.json {
         println!("{text}");
     } else {
