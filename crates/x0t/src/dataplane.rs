@@ -36,7 +36,7 @@ use x0_dataplane::aead::TrafficSecret;
 use x0_dataplane::buf::{HEADROOM, TAILROOM};
 use x0_dataplane::e2e::{LINK_EXPORTER_LABEL, TlsRole, export_secrets};
 use x0_dataplane::frame::{
-    ExplicitPath, Forward, LINK_HEADER_LEN, forward_in_place, open_link, seal_link,
+    ExplicitPath, Forward, LinkHeader, forward_in_place, open_link, seal_link,
 };
 use x0_dataplane::packet::{self, Icmpv6Error};
 use x0_dataplane::{
@@ -46,6 +46,7 @@ use x0_dataplane::{
 use x0_identity::{MeshPrefix, NodeId};
 use x0_wire::DataChannel;
 
+use crate::daemon::lock;
 use crate::routing::{RouteTable, Routing};
 
 /// Packets held per destination while its end-to-end session is being set up.
@@ -155,10 +156,6 @@ pub struct DataPlaneConfig {
     pub bind: SocketAddr,
     /// DSCP values whose packets are sent redundantly over two disjoint paths.
     pub redundant_dscp: Vec<u8>,
-}
-
-fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl DataPlane {
@@ -276,7 +273,7 @@ impl DataPlane {
         let index = st.next_index;
         st.next_index = st.next_index.wrapping_add(1).max(1);
         let mut channel = Channel::new(Limits::default());
-        if let Err(e) = install_generation(&mut channel, conn, role, 0, now, true) {
+        if let Err(e) = install_generation(&mut channel, conn, role, 0, now, Install::Both) {
             warn!(peer = %peer, "cannot derive the link's data keys: {e}");
         }
         st.link_by_index.insert(index, peer);
@@ -396,11 +393,7 @@ impl DataPlane {
             self.flush_session(&mut st, &table, node, now);
             return;
         }
-        let redundant = self
-            .redundant_dscp
-            .get(usize::from(header.dscp))
-            .copied()
-            .unwrap_or(false);
+        let redundant = self.is_redundant(header.dscp);
         self.send_data(&mut st, &table, node, buf, n, now, redundant);
     }
 
@@ -471,6 +464,14 @@ impl DataPlane {
         }
     }
 
+    /// Whether packets with this DSCP are sent redundantly.
+    fn is_redundant(&self, dscp: u8) -> bool {
+        self.redundant_dscp
+            .get(usize::from(dscp))
+            .copied()
+            .unwrap_or(false)
+    }
+
     fn overlay_header(&self, table: &RouteTable, kind: OverlayKind, dst: NodeId) -> OverlayHeader {
         let mut h = OverlayHeader::new(kind, self.me, dst);
         if let Some(route) = table.routes.get(&dst)
@@ -527,7 +528,7 @@ impl DataPlane {
                 link.role,
                 generation,
                 now,
-                false,
+                Install::Send,
             ) {
                 Ok(()) => link.tx_generation = generation,
                 Err(e) => debug!(peer = %next, "link rekey failed: {e}"),
@@ -580,27 +581,30 @@ impl DataPlane {
         let Ok(mut pb) = PacketBuf::new(buf, 0..n) else {
             return st.counters.drop("buffer");
         };
-        let Some(first) = pb.data().first().copied() else {
+        let Ok(header) = LinkHeader::decode(pb.data()) else {
             return st.counters.drop("link_malformed");
         };
-        if !x0_dataplane::frame::is_link_frame(first) || pb.len() < LINK_HEADER_LEN {
-            return st.counters.drop("link_malformed");
-        }
-        let index = u32::from_be_bytes([pb.data()[4], pb.data()[5], pb.data()[6], pb.data()[7]]);
-        let Some(from_node) = st.link_by_index.get(&index).copied() else {
+        let Some(from_node) = st.link_by_index.get(&header.receiver_index).copied() else {
             return st.counters.drop("link_unknown_index");
         };
         let Some(link) = st.links.get_mut(&from_node) else {
             return st.counters.drop("link_unknown_index");
         };
-        let epoch = pb.data()[1];
+        let epoch = header.epoch;
         // A frame under the next generation: derive it from the link session and retry.
         let next_gen = link.rx_generation + 1;
         if link.channel.rx_epochs().0 != Some(epoch)
             && link.channel.rx_epochs().1 != Some(epoch)
             && epoch == next_gen as u8
         {
-            match install_rx_generation(&mut link.channel, &link.conn, link.role, next_gen, now) {
+            match install_generation(
+                &mut link.channel,
+                &link.conn,
+                link.role,
+                next_gen,
+                now,
+                Install::Receive,
+            ) {
                 Ok(()) => link.rx_generation = next_gen,
                 Err(e) => debug!(peer = %from_node, "cannot derive the next link key: {e}"),
             }
@@ -775,12 +779,7 @@ impl DataPlane {
             let mut buf = vec![0u8; HEADROOM + MAX_PACKET + TAILROOM];
             for p in queued {
                 buf[HEADROOM..HEADROOM + p.len()].copy_from_slice(&p);
-                let redundant = packet::parse(&p).is_ok_and(|h| {
-                    self.redundant_dscp
-                        .get(usize::from(h.dscp))
-                        .copied()
-                        .unwrap_or(false)
-                });
+                let redundant = packet::parse(&p).is_ok_and(|h| self.is_redundant(h.dscp));
                 self.send_data(st, table, node, &mut buf, p.len(), now, redundant);
             }
         }
@@ -863,37 +862,37 @@ fn link_secrets(
     )
 }
 
-/// Installs link key `generation` for sending (and for receiving when `with_rx`).
+/// Which directions of a link key generation to install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Install {
+    /// Both (link setup).
+    Both,
+    /// Sending only (our rekey; the peer derives the same generation when it sees it).
+    Send,
+    /// Receiving only (the peer's rekey).
+    Receive,
+}
+
+/// Installs link key `generation` in the directions `which`.
 fn install_generation(
     channel: &mut Channel,
     conn: &quinn::Connection,
     role: TlsRole,
     generation: u64,
     now: Duration,
-    with_rx: bool,
+    which: Install,
 ) -> Result<(), String> {
     let (tx, rx) = link_secrets(conn, role, generation)?;
     let epoch = generation as u8;
-    if with_rx {
+    if which != Install::Send {
         channel
             .install_rx(epoch, &rx, now)
             .map_err(|e| e.to_string())?;
     }
-    channel
-        .install_tx(epoch, &tx, now)
-        .map_err(|e| e.to_string())
-}
-
-/// Installs link key `generation` for receiving.
-fn install_rx_generation(
-    channel: &mut Channel,
-    conn: &quinn::Connection,
-    role: TlsRole,
-    generation: u64,
-    now: Duration,
-) -> Result<(), String> {
-    let (_, rx) = link_secrets(conn, role, generation)?;
-    channel
-        .install_rx(generation as u8, &rx, now)
-        .map_err(|e| e.to_string())
+    if which != Install::Receive {
+        channel
+            .install_tx(epoch, &tx, now)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
