@@ -872,6 +872,16 @@ impl E2eSession {
         self.events.pop_front()
     }
 
+    /// Whether [`E2eSession::poll_transmit`] or [`E2eSession::poll_event`] has something: a
+    /// cheap check for the per-packet path.
+    pub fn has_pending(&self) -> bool {
+        !self.events.is_empty()
+            || self
+                .hs
+                .as_ref()
+                .is_some_and(|h| h.sent < h.out.len() as u32 || h.owe_ack)
+    }
+
     /// Seals an IP packet for the peer in place, as the end-to-end payload under `overlay`
     /// (whose source must be us and destination the peer).
     pub fn seal(

@@ -640,9 +640,27 @@ impl Router {
         backup_hop(routes, d, k, &self.by_neighbor)
     }
 
+    /// The configuration.
+    pub fn config(&self) -> &RouterConfig {
+        &self.cfg
+    }
+
     /// Up to `k` node-disjoint paths to `dst` over the current topology, cheapest set first,
     /// as node ID sequences starting with us.
     pub fn disjoint_paths(&mut self, now: Instant, dst: &NodeId, k: usize) -> Vec<Vec<NodeId>> {
+        self.disjoint_paths_with_cost(now, dst, k)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// [`Router::disjoint_paths`], each with its cost (the sum of its links' costs).
+    pub fn disjoint_paths_with_cost(
+        &mut self,
+        now: Instant,
+        dst: &NodeId,
+        k: usize,
+    ) -> Vec<(Vec<NodeId>, u64)> {
         self.refresh_routes(now);
         let Some(routes) = self.routes.as_ref() else {
             return Vec::new();
@@ -653,10 +671,12 @@ impl Router {
         disjoint_paths(&routes.graph, routes.me, d, k)
             .into_iter()
             .map(|p| {
-                p.nodes
+                let ids = p
+                    .nodes
                     .iter()
                     .filter_map(|ix| routes.graph.id(*ix))
-                    .collect()
+                    .collect();
+                (ids, p.cost)
             })
             .collect()
     }

@@ -962,8 +962,16 @@ fn print_table(report: &Report, file: &Path) {
             "  x0t ÷ best peer, {} hop(s), {} stream(s): {} (best peer {} {})",
             r.hops,
             r.streams,
-            r.ratio
-                .map_or_else(|| "n/a (x0t not measured)".into(), |v| format!("{v:.2}")),
+            r.ratio.map_or_else(
+                || {
+                    if r.best_peer.is_some() {
+                        "n/a (x0t not measured)".into()
+                    } else {
+                        "n/a (no peer measured)".into()
+                    }
+                },
+                |v| format!("{v:.2}")
+            ),
             r.best_peer.unwrap_or("-"),
             r.best_peer_mbps
                 .map_or_else(String::new, |m| format!("{m:.0} Mbit/s"))

@@ -72,6 +72,24 @@ pub struct DataplaneSection {
     /// Redundant mode: packets whose DSCP is in this list (e.g. `[46]`, EF) are sent twice,
     /// over two node-disjoint paths, and de-duplicated at the receiver. Empty: off.
     pub redundant_dscp: Vec<u8>,
+    /// Kernel offloads: TUN segmentation/coalescing (virtio-net header) and UDP GSO/GRO on
+    /// the data socket. Off: one packet per syscall (for debugging, or old kernels).
+    pub offload: bool,
+    /// How traffic to a destination uses the k disjoint paths: `primary` (every flow on the
+    /// primary path, with fast reroute) or `balanced` (flows spread by flow hash over the
+    /// paths, weighted by quality).
+    pub multipath: Multipath,
+}
+
+/// `dataplane.multipath`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Multipath {
+    /// Every flow on the primary path, with fast reroute onto the backup.
+    #[default]
+    Primary,
+    /// Flows spread over the k disjoint paths by flow hash, weighted by path quality.
+    Balanced,
 }
 
 impl Default for DataplaneSection {
@@ -82,6 +100,8 @@ impl Default for DataplaneSection {
             mtu: 1352,
             port: 0,
             redundant_dscp: Vec::new(),
+            offload: true,
+            multipath: Multipath::Primary,
         }
     }
 }

@@ -180,6 +180,8 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
             mtu: config.dataplane.mtu,
             bind: SocketAddr::new(config.listen.ip(), config.dataplane.port),
             redundant_dscp: config.dataplane.redundant_dscp.clone(),
+            offload: config.dataplane.offload,
+            balanced: config.dataplane.multipath == crate::config::Multipath::Balanced,
         },
         keys.node_id(),
         MeshPrefix::of(&td),

@@ -15,6 +15,7 @@ mod cli;
 mod commands;
 mod config;
 mod daemon;
+mod dataio;
 mod dataplane;
 mod exit;
 mod lab;

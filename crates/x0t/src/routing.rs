@@ -66,6 +66,9 @@ pub struct RouteTable {
     /// For destinations the data plane asked about ([`Routing::want_alternate`]): a path
     /// node-disjoint from the primary (node IDs, starting with us), for redundant copies.
     pub alternates: HashMap<NodeId, Vec<NodeId>>,
+    /// For the same destinations: up to `routing.k_paths` (at least 2) node-disjoint paths
+    /// with their costs, cheapest set first, for balanced mode.
+    pub paths: HashMap<NodeId, Vec<(Vec<NodeId>, u64)>>,
 }
 
 enum Input {
@@ -386,18 +389,21 @@ impl Task {
         let wanted: Vec<NodeId> = self.wanted.iter().copied().collect();
         self.router.prepare_backups(now, &wanted);
         let mut alternates = HashMap::new();
+        let mut multipaths = HashMap::new();
+        let k = self.router.config().k_paths.max(2);
         for dst in wanted {
             let primary = routes.get(&dst).map(|r| r.next_hop);
-            let paths = self.router.disjoint_paths(now, &dst, 2);
-            if let Some(alt) = paths
-                .into_iter()
-                .find(|p| p.len() > 1 && Some(p[1]) != primary)
+            let paths = self.router.disjoint_paths_with_cost(now, &dst, k);
+            if let Some((alt, _)) = paths
+                .iter()
+                .find(|(p, _)| p.len() > 1 && Some(p[1]) != primary)
             {
                 debug!(dst = %dst, path = ?alt, "alternate path");
-                alternates.insert(dst, alt);
+                alternates.insert(dst, alt.clone());
             } else {
                 debug!(dst = %dst, "no alternate path");
             }
+            multipaths.insert(dst, paths);
         }
         let old = self.table.load_full();
         let mut changed = 0usize;
@@ -426,6 +432,7 @@ impl Task {
             known_nodes: dsts.len() + 1,
             nodes: dsts,
             alternates,
+            paths: multipaths,
         }));
     }
 }

@@ -154,6 +154,22 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// Asks the daemon to stop (SIGTERM), so that it logs its counters, and waits for it to
+    /// exit; SIGKILL after 10 s.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.stop();
+    }
+
     pub fn has_exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
