@@ -36,7 +36,7 @@ pub mod svid;
 
 pub use ca::MeshCa;
 pub use keys::{NodeKeys, node_id_of};
-pub use overlay::MeshPrefix;
+pub use overlay::{Ipv4Overlay, MeshPrefix};
 pub use spiffe::{SpiffeId, TrustDomain};
 pub use store::{Membership, StateStore, StoreError};
 pub use svid::{Role, SvidError, TrustBundle, VerifiedSvid};

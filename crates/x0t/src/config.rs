@@ -79,6 +79,22 @@ pub struct DataplaneSection {
     /// primary path, with fast reroute) or `balanced` (flows spread by flow hash over the
     /// paths, weighted by quality).
     pub multipath: Multipath,
+    /// Optional IPv4 overlay range (`a.b.c.d/len`, len 8–24), the same on every node: the
+    /// node's IPv4 address is derived from its node ID. Unset: IPv6 only.
+    pub ipv4: Option<String>,
+    /// Userspace mode (with `tun = false`): a loopback UDP address where the daemon exchanges
+    /// raw IP packets with a local application in place of a TUN device (needs no root; used
+    /// by `x0t demo`). Unset: no local packets without TUN (the node only relays).
+    pub app_socket: Option<SocketAddr>,
+}
+
+impl DataplaneSection {
+    /// The IPv4 overlay range, if configured (validated at load).
+    pub fn ipv4_range(&self) -> Option<x0_identity::Ipv4Overlay> {
+        self.ipv4
+            .as_deref()
+            .and_then(|t| x0_identity::Ipv4Overlay::parse(t).ok())
+    }
 }
 
 /// `dataplane.multipath`.
@@ -102,6 +118,8 @@ impl Default for DataplaneSection {
             redundant_dscp: Vec::new(),
             offload: true,
             multipath: Multipath::Primary,
+            ipv4: None,
+            app_socket: None,
         }
     }
 }
@@ -334,6 +352,25 @@ impl Config {
                 "key `dataplane.redundant_dscp`: DSCP values are 0 to 63, got {bad}"
             ));
         }
+        if let Some(a) = d.app_socket {
+            if !a.ip().is_loopback() {
+                return Err(format!(
+                    "key `dataplane.app_socket`: must be a loopback address (it carries the \
+                     node's plaintext packets), got {a}"
+                ));
+            }
+            if d.tun {
+                return Err(
+                    "key `dataplane.app_socket`: needs `dataplane.tun = false` (one packet port \
+                     per node)"
+                        .into(),
+                );
+            }
+        }
+        if let Some(text) = &d.ipv4 {
+            x0_identity::Ipv4Overlay::parse(text)
+                .map_err(|e| format!("key `dataplane.ipv4`: {e}"))?;
+        }
         let f = self.svid.renew_at_fraction;
         if !(0.1..=0.9).contains(&f) {
             return Err(format!(
@@ -448,6 +485,15 @@ mod tests {
         assert!(e.contains("dataplane.mtu") && e.contains("1280"), "{e}");
         let e = Config::parse("state_dir = \"/x\"\n[dataplane]\ntun_name = \"a b\"\n").unwrap_err();
         assert!(e.contains("dataplane.tun_name"), "{e}");
+        let e =
+            Config::parse("state_dir = \"/x\"\n[dataplane]\nipv4 = \"10.1.2.0/16\"\n").unwrap_err();
+        assert!(
+            e.contains("dataplane.ipv4") && e.contains("host bits"),
+            "{e}"
+        );
+        let e =
+            Config::parse("state_dir = \"/x\"\n[dataplane]\nmultipath = \"spray\"\n").unwrap_err();
+        assert!(e.contains("multipath") && e.contains("balanced"), "{e}");
         let e = Config::parse("listen = \"0.0.0.0:1\"\n").unwrap_err();
         assert!(e.contains("state_dir"), "{e}");
     }

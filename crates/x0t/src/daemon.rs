@@ -182,6 +182,8 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
             redundant_dscp: config.dataplane.redundant_dscp.clone(),
             offload: config.dataplane.offload,
             balanced: config.dataplane.multipath == crate::config::Multipath::Balanced,
+            ipv4: config.dataplane.ipv4_range(),
+            app_socket: config.dataplane.app_socket,
         },
         keys.node_id(),
         MeshPrefix::of(&td),

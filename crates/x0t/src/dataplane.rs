@@ -29,7 +29,7 @@
 //! and every buffer is allocated once per thread.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,12 +42,12 @@ use x0_dataplane::e2e::{LINK_EXPORTER_LABEL, TlsRole, export_secrets};
 use x0_dataplane::frame::{
     ExplicitPath, Forward, LinkHeader, forward_in_place, open_link, seal_link,
 };
-use x0_dataplane::packet::{self, Icmpv6Error};
+use x0_dataplane::packet::{self, Icmpv4Error, Icmpv6Error, IpHeader};
 use x0_dataplane::{
     Channel, E2eConfig, E2eEvent, E2eSession, Limits, OpenError, OverlayHeader, OverlayKind,
     PacketBuf,
 };
-use x0_identity::{MeshPrefix, NodeId};
+use x0_identity::{Ipv4Overlay, MeshPrefix, NodeId};
 use x0_wire::DataChannel;
 
 use crate::daemon::lock;
@@ -60,6 +60,15 @@ use crate::routing::{RouteTable, Routing};
 const MAX_QUEUED: usize = 64;
 /// Largest packet handled.
 const MAX_PACKET: usize = MAX_DATAGRAM;
+/// The ICMP errors the data plane sends to local senders.
+#[derive(Debug, Clone, Copy)]
+enum Unreachable {
+    /// No route to the destination node.
+    NoRoute,
+    /// The packet is over the overlay MTU.
+    TooBig,
+}
+
 /// Balanced mode leaves out paths that cost more than this many times the cheapest.
 const BALANCED_MAX_COST_RATIO: u64 = 8;
 /// Frames read from the data socket before what they produced is flushed.
@@ -156,6 +165,8 @@ struct State {
     next_index: u32,
     /// Overlay address → node, rebuilt when the routing table changes.
     addresses: HashMap<Ipv6Addr, NodeId>,
+    /// IPv4 overlay address → node (`None`: two nodes derive this address), rebuilt with it.
+    addresses4: HashMap<Ipv4Addr, Option<NodeId>>,
     addresses_of: Option<Arc<RouteTable>>,
     counters: Counters,
 }
@@ -165,6 +176,8 @@ pub struct DataPlane {
     me: NodeId,
     my_address: Ipv6Addr,
     prefix: MeshPrefix,
+    /// The IPv4 overlay range and our address in it.
+    ipv4: Option<(Ipv4Overlay, Ipv4Addr)>,
     mtu: usize,
     redundant_dscp: [bool; 64],
     balanced: bool,
@@ -172,6 +185,7 @@ pub struct DataPlane {
     flow_key: u64,
     udp: UdpIo,
     tun: Option<SyncDevice>,
+    app: Option<AppPort>,
     routing: Routing,
     e2e: Arc<E2eConfig>,
     started: std::time::Instant,
@@ -204,6 +218,27 @@ pub struct DataPlaneConfig {
     pub offload: bool,
     /// Balanced mode: flows spread over the k disjoint paths.
     pub balanced: bool,
+    /// The IPv4 overlay range, if any.
+    pub ipv4: Option<Ipv4Overlay>,
+    /// Userspace mode: a loopback UDP socket carrying raw IP packets in place of the TUN
+    /// device (with `tun` off).
+    pub app_socket: Option<SocketAddr>,
+}
+
+/// Userspace mode's packet port: raw IP packets in UDP datagrams on a local socket, in place of
+/// the TUN device. A datagram received is a packet from the application; packets for it go to
+/// the address that last sent one (an empty datagram registers without sending a packet).
+#[derive(Debug)]
+struct AppPort {
+    socket: UdpSocket,
+    peer: Mutex<Option<SocketAddr>>,
+}
+
+impl AppPort {
+    fn send(&self, packet: &[u8]) -> bool {
+        let peer = *lock(&self.peer);
+        peer.is_some_and(|p| self.socket.send_to(packet, p).is_ok())
+    }
 }
 
 impl DataPlane {
@@ -216,14 +251,19 @@ impl DataPlane {
         e2e: E2eConfig,
     ) -> Result<Arc<Self>, String> {
         let my_address = prefix.address_of(me);
+        let ipv4 = cfg.ipv4.map(|r| (r, r.address_of(me)));
         let socket = UdpSocket::bind(cfg.bind)
             .map_err(|e| format!("cannot bind the data socket on {}: {e}", cfg.bind))?;
         let (rcv, snd) = grow_socket_buffers(&socket);
         debug!(rcvbuf = rcv, sndbuf = snd, "data socket buffers");
         let tun = if cfg.tun {
-            let dev = tun_rs::DeviceBuilder::new()
+            let mut builder = tun_rs::DeviceBuilder::new()
                 .name(&cfg.tun_name)
-                .ipv6(my_address, 48u8)
+                .ipv6(my_address, 48u8);
+            if let Some((range, addr)) = ipv4 {
+                builder = builder.ipv4(addr, range.prefix_len(), None);
+            }
+            let dev = builder
                 .mtu(cfg.mtu)
                 .tx_queue_len(TUN_TX_QUEUE)
                 .offload(cfg.offload)
@@ -239,10 +279,22 @@ impl DataPlane {
         } else {
             None
         };
+        let app = match cfg.app_socket.filter(|_| !cfg.tun) {
+            Some(addr) => {
+                let socket = UdpSocket::bind(addr)
+                    .map_err(|e| format!("cannot bind the application socket on {addr}: {e}"))?;
+                Some(AppPort {
+                    socket,
+                    peer: Mutex::new(None),
+                })
+            }
+            None => None,
+        };
         let dp = Arc::new(Self {
             me,
             my_address,
             prefix,
+            ipv4,
             mtu: usize::from(cfg.mtu),
             redundant_dscp: {
                 let mut set = [false; 64];
@@ -261,6 +313,7 @@ impl DataPlane {
             },
             udp: UdpIo::new(socket, cfg.offload),
             tun,
+            app,
             routing,
             e2e: Arc::new(e2e),
             started: std::time::Instant::now(),
@@ -270,6 +323,7 @@ impl DataPlane {
                 sessions: HashMap::new(),
                 next_index: 1,
                 addresses: HashMap::new(),
+                addresses4: HashMap::new(),
                 addresses_of: None,
                 counters: Counters::default(),
             }),
@@ -277,7 +331,9 @@ impl DataPlane {
         info!(
             data = %dp.udp.socket().local_addr().map(|a| a.to_string()).unwrap_or_default(),
             tun = ?cfg.tun.then_some(&cfg.tun_name),
+            app = ?dp.app.as_ref().and_then(|a| a.socket.local_addr().ok()),
             address = %my_address,
+            ipv4 = ?ipv4.map(|(_, a)| a),
             mtu = cfg.mtu,
             tun_offload = dp.tun.as_ref().is_some_and(|t| t.tcp_gso()),
             udp_gso = dp.udp.gso(),
@@ -291,6 +347,13 @@ impl DataPlane {
             .name("x0t-data-rx".into())
             .spawn(move || udp.udp_loop())
             .map_err(|e| format!("cannot start the data thread: {e}"))?;
+        if dp.app.is_some() {
+            let app = dp.clone();
+            std::thread::Builder::new()
+                .name("x0t-app-rx".into())
+                .spawn(move || app.app_loop())
+                .map_err(|e| format!("cannot start the application socket thread: {e}"))?;
+        }
         if dp.tun.is_some() {
             let tun = dp.clone();
             std::thread::Builder::new()
@@ -423,6 +486,37 @@ impl DataPlane {
         }
     }
 
+    /// Userspace mode: packets from the application socket, handled as if read from TUN.
+    fn app_loop(self: Arc<Self>) {
+        let Some(app) = &self.app else { return };
+        let mut buf = vec![0u8; HEADROOM + MAX_PACKET + TAILROOM];
+        let mut out = Out::default();
+        loop {
+            let (n, from) = match app
+                .socket
+                .recv_from(&mut buf[HEADROOM..HEADROOM + MAX_PACKET])
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!("application socket receive error: {e}");
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+            };
+            *lock(&app.peer) = Some(from);
+            if n == 0 {
+                continue;
+            }
+            let table = self.routing.table();
+            let now = self.now();
+            {
+                let mut st = lock(&self.state);
+                self.handle_tun_packet(&mut st, &table, &mut buf, n, now, &mut out);
+            }
+            self.flush(&mut out);
+        }
+    }
+
     /// Sends what `out` holds and counts the outcome.
     fn flush(&self, out: &mut Out) {
         let (delivered, tun_failed, send_failed) = out.flush(&self.udp, self.tun.as_ref());
@@ -450,34 +544,32 @@ impl DataPlane {
             Ok(h) => h,
             Err(_) => return st.counters.drop("tun_malformed"),
         };
-        let IpAddr::V6(dst) = header.dst else {
-            return st.counters.drop("tun_ipv4");
-        };
         // The kernel's own link-local traffic on the device (router solicitations, MLD) is not
         // for the mesh: counted apart from packets that claim another node's address.
-        if !self.prefix.contains(dst) || dst == self.my_address {
-            return st.counters.drop("tun_not_overlay");
-        }
-        if header.src != IpAddr::V6(self.my_address) {
+        let Some(mine) = self.own_address(header.dst) else {
+            return st
+                .counters
+                .drop(if header.dst.is_ipv4() && self.ipv4.is_none() {
+                    "tun_ipv4"
+                } else {
+                    "tun_not_overlay"
+                });
+        };
+        if header.src != mine {
             return st.counters.drop("tun_foreign_source");
         }
         if n > self.mtu {
-            self.icmp_to_tun(
-                Icmpv6Error::PacketTooBig {
-                    mtu: self.mtu as u32,
-                },
-                packet,
-            );
+            self.icmp_to_tun(Unreachable::TooBig, packet);
             return st.counters.drop("tun_too_big");
         }
-        let Some(node) = st.address(table, &self.prefix, dst) else {
-            st.counters.drop("no_route");
-            return self.icmp_to_tun(Icmpv6Error::NoRoute, packet);
+        let node = match header.dst {
+            IpAddr::V6(dst) => st.address(table, &self.prefix, self.ipv4, dst),
+            IpAddr::V4(dst) => st.address4(table, &self.prefix, self.ipv4, dst),
         };
-        if !table.routes.contains_key(&node) {
+        let Some(node) = node.filter(|n| table.routes.contains_key(n)) else {
             st.counters.drop("no_route");
-            return self.icmp_to_tun(Icmpv6Error::NoRoute, packet);
-        }
+            return self.icmp_to_tun(Unreachable::NoRoute, packet);
+        };
         let session = st.session(&self.e2e, self.me, node);
         if !session.e2e.is_established() {
             let queued = session.queue.len() < MAX_QUEUED;
@@ -713,11 +805,70 @@ impl DataPlane {
         true
     }
 
-    fn icmp_to_tun(&self, kind: Icmpv6Error, offending: &[u8]) {
-        let Some(tun) = &self.tun else { return };
+    /// Our overlay address of the family of `dst`, if `dst` is another node's overlay
+    /// address (in the mesh's prefix, or in the IPv4 range when there is one).
+    fn own_address(&self, dst: IpAddr) -> Option<IpAddr> {
+        match dst {
+            IpAddr::V6(d) => (self.prefix.contains(d) && d != self.my_address)
+                .then_some(IpAddr::V6(self.my_address)),
+            IpAddr::V4(d) => {
+                let (range, mine) = self.ipv4?;
+                (range.contains(d) && d != mine).then_some(IpAddr::V4(mine))
+            }
+        }
+    }
+
+    /// Whether `inner`, delivered from `source`, carries `source`'s overlay address and ours.
+    fn inner_addresses_ok(&self, inner: &IpHeader, source: NodeId) -> bool {
+        match (inner.src, inner.dst) {
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                s == self.prefix.address_of(source) && d == self.my_address
+            }
+            (IpAddr::V4(s), IpAddr::V4(d)) => self
+                .ipv4
+                .is_some_and(|(range, mine)| s == range.address_of(source) && d == mine),
+            _ => false,
+        }
+    }
+
+    /// Answers the local sender of `offending` with the ICMP error of its family.
+    fn icmp_to_tun(&self, kind: Unreachable, offending: &[u8]) {
+        if self.tun.is_none() && self.app.is_none() {
+            return;
+        }
         let mut reply = [0u8; 1280];
-        if let Ok(n) = packet::icmpv6_error(kind, self.my_address, offending, &mut reply) {
-            let _ = tun_write_one(tun, &reply[..n]);
+        let built = match (offending.first().map(|b| b >> 4), kind) {
+            (Some(6), Unreachable::NoRoute) => {
+                packet::icmpv6_error(Icmpv6Error::NoRoute, self.my_address, offending, &mut reply)
+            }
+            (Some(6), Unreachable::TooBig) => packet::icmpv6_error(
+                Icmpv6Error::PacketTooBig {
+                    mtu: self.mtu as u32,
+                },
+                self.my_address,
+                offending,
+                &mut reply,
+            ),
+            (Some(4), kind) => {
+                // From the range's network address: the kernel drops (as martian) an ICMP
+                // error that claims to come from one of its own addresses.
+                let Some((range, _)) = self.ipv4 else { return };
+                let kind = match kind {
+                    Unreachable::NoRoute => Icmpv4Error::HostUnreachable,
+                    Unreachable::TooBig => Icmpv4Error::FragmentationNeeded {
+                        next_hop_mtu: u16::try_from(self.mtu).unwrap_or(u16::MAX),
+                    },
+                };
+                packet::icmpv4_error(kind, range.network(), offending, &mut reply)
+            }
+            _ => return,
+        };
+        if let Ok(n) = built {
+            if let Some(tun) = &self.tun {
+                let _ = tun_write_one(tun, &reply[..n]);
+            } else if let Some(app) = &self.app {
+                app.send(&reply[..n]);
+            }
         }
     }
 
@@ -882,14 +1033,19 @@ impl DataPlane {
                 let Ok(inner) = packet::parse(pb.data()) else {
                     return st.counters.drop("inner_malformed");
                 };
-                if inner.src != IpAddr::V6(self.prefix.address_of(source))
-                    || inner.dst != IpAddr::V6(self.my_address)
-                {
+                if !self.inner_addresses_ok(&inner, source) {
                     return st.counters.drop("inner_spoofed");
                 }
-                match &self.tun {
-                    Some(tun) => out.tun.push(tun, pb.data()),
-                    None => st.counters.drop("no_tun"),
+                match (&self.tun, &self.app) {
+                    (Some(tun), _) => out.tun.push(tun, pb.data()),
+                    (None, Some(app)) => {
+                        if app.send(pb.data()) {
+                            st.counters.delivered += 1;
+                        } else {
+                            st.counters.drop("app_send");
+                        }
+                    }
+                    (None, None) => st.counters.drop("no_tun"),
                 }
             }
             _ => st.counters.drop("overlay_kind_unsupported"),
@@ -1001,21 +1157,66 @@ impl State {
         &mut self,
         table: &Arc<RouteTable>,
         prefix: &MeshPrefix,
+        ipv4: Option<(Ipv4Overlay, Ipv4Addr)>,
         addr: Ipv6Addr,
     ) -> Option<NodeId> {
-        if !self
+        self.refresh_addresses(table, prefix, ipv4);
+        self.addresses.get(&addr).copied()
+    }
+
+    /// The node with IPv4 overlay address `addr` (none if two nodes derive it).
+    fn address4(
+        &mut self,
+        table: &Arc<RouteTable>,
+        prefix: &MeshPrefix,
+        ipv4: Option<(Ipv4Overlay, Ipv4Addr)>,
+        addr: Ipv4Addr,
+    ) -> Option<NodeId> {
+        self.refresh_addresses(table, prefix, ipv4);
+        self.addresses4.get(&addr).copied().flatten()
+    }
+
+    /// Rebuilds the address maps if `table` is not the one they were built from.
+    fn refresh_addresses(
+        &mut self,
+        table: &Arc<RouteTable>,
+        prefix: &MeshPrefix,
+        ipv4: Option<(Ipv4Overlay, Ipv4Addr)>,
+    ) {
+        if self
             .addresses_of
             .as_ref()
             .is_some_and(|t| Arc::ptr_eq(t, table))
         {
-            self.addresses = table
-                .nodes
-                .iter()
-                .map(|n| (prefix.address_of(*n), *n))
-                .collect();
-            self.addresses_of = Some(table.clone());
+            return;
         }
-        self.addresses.get(&addr).copied()
+        self.addresses = table
+            .nodes
+            .iter()
+            .map(|n| (prefix.address_of(*n), *n))
+            .collect();
+        if let Some((range, mine)) = ipv4 {
+            let before = self.addresses4.values().filter(|v| v.is_none()).count();
+            self.addresses4.clear();
+            // Our own address is taken: a node deriving it is unreachable over IPv4.
+            self.addresses4.insert(mine, None);
+            for n in &table.nodes {
+                self.addresses4
+                    .entry(range.address_of(*n))
+                    .and_modify(|v| *v = None)
+                    .or_insert(Some(*n));
+            }
+            let clashes = self.addresses4.values().filter(|v| v.is_none()).count();
+            if clashes > before.max(1) {
+                warn!(
+                    clashes = clashes - 1,
+                    range = %range,
+                    "nodes derive the same IPv4 overlay address; those addresses are not used \
+                     (IPv6 still works; a larger range makes this rarer)"
+                );
+            }
+        }
+        self.addresses_of = Some(table.clone());
     }
 
     fn session(&mut self, cfg: &Arc<E2eConfig>, me: NodeId, peer: NodeId) -> &mut Session {

@@ -312,6 +312,48 @@ fn balanced_mode_spreads_flows_over_both_disjoint_paths() {
     assert!(alternate > 0);
 }
 
+#[test]
+fn ipv4_overlay_ping_crosses_a_relay_and_unknown_hosts_get_icmp_unreachable() {
+    let extra = "\n[dataplane]\nipv4 = \"10.77.0.0/16\"\n";
+    let Some(m) = mesh("v4", Shape::Line, 3, extra) else {
+        return;
+    };
+    m.daemons[0].wait_for(&["route", &format!("dst={}", m.ids[2])], T);
+    let up = m.daemons[2].wait_for(&["data plane up", "ipv4=Some("], T);
+    let far = up
+        .split("ipv4=Some(")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap()
+        .to_owned();
+    let ping = m
+        .lab
+        .exec(0, &["ping", "-4", "-c", "5", "-i", "0.2", "-W", "5", &far])
+        .unwrap();
+    let out = String::from_utf8_lossy(&ping.stdout);
+    assert!(ping.status.success(), "IPv4 ping over the overlay: {out}");
+    // The relay holds no end-to-end keys for IPv4 either.
+    assert_eq!(m.daemons[1].count("end-to-end keys installed"), 0);
+    // An address of the range no node has: ICMP host unreachable from our own address.
+    let none = m
+        .lab
+        .exec(0, &["ping", "-4", "-c", "1", "-W", "2", "10.77.255.254"])
+        .unwrap();
+    let out = String::from_utf8_lossy(&none.stdout);
+    assert!(!none.status.success());
+    assert!(out.contains("Unreachable"), "{out}");
+    // The same for IPv6: an address of the mesh's /48 that no node has.
+    let groups: Vec<&str> = m.overlay[0].split(':').take(3).collect();
+    let nobody = format!("{}::1234", groups.join(":"));
+    let none = m
+        .lab
+        .exec(0, &["ping", "-6", "-c", "1", "-W", "2", &nobody])
+        .unwrap();
+    let out = String::from_utf8_lossy(&none.stdout);
+    assert!(!none.status.success());
+    assert!(out.contains("unreachable"), "{nobody}: {out}");
+}
+
 /// Pings `to` from node `from` until one echo comes back, for up to `within`.
 fn ping_until(m: &Mesh, from: usize, to: &str, within: Duration) -> bool {
     let deadline = std::time::Instant::now() + within;

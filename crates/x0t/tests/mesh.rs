@@ -283,3 +283,88 @@ fn three_daemons_in_a_line_route_through_the_middle_and_notice_it_die() {
         T,
     );
 }
+
+/// An IPv6/UDP packet from `src` to `dst` carrying `payload` (checksum left zero: only the
+/// daemons, which do not check it, and the test see it).
+fn udp6_packet(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, payload: &[u8]) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&len.to_be_bytes());
+    p.extend_from_slice(&[17, 64]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&4000u16.to_be_bytes());
+    p.extend_from_slice(&5000u16.to_be_bytes());
+    p.extend_from_slice(&len.to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+#[test]
+fn userspace_mode_carries_packets_through_a_relay_without_tun() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    ca_node(&a, &[]);
+    let app = "\n[dataplane]\ntun = false\napp_socket = \"127.0.0.1:0\"\n";
+    let da = Daemon::start("a", &config(dir.path(), "a", &a, &[], app));
+    let a_addr = da.listen_addr();
+    let c_id = join(&a, &c)["node_id"].as_str().unwrap().to_owned();
+    join(&a, &b);
+    let db = Daemon::start("b", &config(dir.path(), "b", &b, &[&a_addr], ""));
+    let dc = Daemon::start("c", &config(dir.path(), "c", &c, &[&db.listen_addr()], app));
+    da.wait_for(&["route", &format!("dst={c_id}")], T);
+
+    let field = |line: &str, key: &str| -> String {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .unwrap()
+            .trim_start_matches("Some(")
+            .trim_end_matches(')')
+            .to_owned()
+    };
+    let overlay = |d: &Daemon| -> std::net::Ipv6Addr {
+        field(&d.wait_for(&["x0t up", "overlay="], T), "overlay=")
+            .parse()
+            .unwrap()
+    };
+    let app_addr = |d: &Daemon| field(&d.wait_for(&["data plane up", "app="], T), "app=");
+    let (oa, oc) = (overlay(&da), overlay(&dc));
+    let (app_a, app_c) = (app_addr(&da), app_addr(&dc));
+
+    // The application at c registers with an empty datagram; the one at a sends until a packet
+    // arrives (the first ones wait for the end-to-end handshake).
+    let sock_c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock_c.send_to(&[], &app_c).unwrap();
+    sock_c
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let sock_a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let packet = udp6_packet(oa, oc, b"through the relay, sealed end to end");
+    let mut buf = [0u8; 2048];
+    let deadline = std::time::Instant::now() + T;
+    let got = loop {
+        assert!(std::time::Instant::now() < deadline, "{}", da.log());
+        sock_a.send_to(&packet, &app_a).unwrap();
+        if let Ok(n) = sock_c.recv(&mut buf) {
+            break buf[..n].to_vec();
+        }
+    };
+    assert_eq!(got, packet, "delivered unchanged");
+    assert_eq!(
+        db.count("end-to-end keys installed"),
+        0,
+        "the relay holds no keys"
+    );
+
+    // A packet that claims another source is not sent into the mesh.
+    let spoofed = udp6_packet(oc, oc, b"spoofed");
+    sock_a.send_to(&spoofed, &app_a).unwrap();
+    sock_a.send_to(&packet, &app_a).unwrap();
+    let n = sock_c.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], &packet[..], "only the genuine packet arrives");
+}
