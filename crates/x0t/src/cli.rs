@@ -42,6 +42,8 @@ pub enum Command {
     /// Real-kernel lab: network namespaces joined by veth links (needs root; docs/lab.md).
     #[command(subcommand)]
     Lab(crate::lab::LabCommand),
+    /// Watch a real mesh form, lose a relay and heal itself (no root needed).
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(Debug, Args)]

@@ -66,6 +66,7 @@ pub fn run(cmd: Command) -> CmdResult {
         Command::Bench(BenchCommand::UdpSink(args)) => crate::bench_failover::udp_sink(args),
         Command::Sim(args) => crate::sim::run(args),
         Command::Lab(cmd) => crate::lab::run(cmd),
+        Command::Demo(args) => crate::demo::run(args),
         Command::Up(_) => Err(Exit::failure("internal: `up` is dispatched by main")),
     }
 }

@@ -220,7 +220,8 @@ pub struct LabDaemon {
     pub log: PathBuf,
 }
 
-fn x0t_json(binary: &Path, args: &[&str]) -> Result<serde_json::Value, Exit> {
+/// Runs `binary args…` (an x0t command with `--json`) and parses what it prints.
+pub(crate) fn x0t_json(binary: &Path, args: &[&str]) -> Result<serde_json::Value, Exit> {
     let o = std::process::Command::new(binary)
         .args(args)
         .output()

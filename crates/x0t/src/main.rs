@@ -17,6 +17,7 @@ mod config;
 mod daemon;
 mod dataio;
 mod dataplane;
+mod demo;
 mod exit;
 mod lab;
 mod logging;

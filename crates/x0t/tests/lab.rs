@@ -256,3 +256,27 @@ fn failover_bench_streams_through_a_link_failure() {
     assert!(namespaces(&format!("x0lab-{lab}-")).is_empty());
     assert!(!std::path::Path::new(&format!("/run/x0lab/{lab}")).exists());
 }
+
+#[test]
+fn demo_in_the_lab_kills_a_relay_and_the_stream_comes_back() {
+    if lab_or_skip("demo").is_none() {
+        return;
+    }
+    if x0_lab::tools::which("ping").is_none() || x0_lab::tools::which("kill").is_none() {
+        eprintln!("SKIPPED demo --lab: ping or kill missing");
+        return;
+    }
+    let o = run(&["demo", "--lab", "--seconds", "3", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(s["mode"], "lab");
+    let relay = s["killed_relay"].as_str().unwrap();
+    assert!(relay == "n1" || relay == "n3", "{s}");
+    for key in ["detect_ms", "recover_ms"] {
+        assert!(s[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {s}");
+    }
+    assert!(
+        s["delivered"].as_u64().unwrap() > s["lost"].as_u64().unwrap(),
+        "{s}"
+    );
+}
