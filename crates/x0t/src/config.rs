@@ -72,6 +72,12 @@ pub struct DataplaneSection {
     /// Redundant mode: packets whose DSCP is in this list (e.g. `[46]`, EF) are sent twice,
     /// over two node-disjoint paths, and de-duplicated at the receiver. Empty: off.
     pub redundant_dscp: Vec<u8>,
+    /// Redundant mode for flows by port: packets whose UDP or TCP source or destination port
+    /// is listed (e.g. `[5060, 5004]`).
+    pub redundant_ports: Vec<u16>,
+    /// Redundant mode for flows by address: packets whose destination lies in one of these
+    /// prefixes (`addr/len`, IPv6 or IPv4 overlay addresses).
+    pub redundant_prefixes: Vec<String>,
     /// Kernel offloads: TUN segmentation/coalescing (virtio-net header) and UDP GSO/GRO on
     /// the data socket. Off: one packet per syscall (for debugging, or old kernels).
     pub offload: bool,
@@ -88,7 +94,32 @@ pub struct DataplaneSection {
     pub app_socket: Option<SocketAddr>,
 }
 
+/// Parses `addr/len` (IPv6 or IPv4).
+pub fn parse_prefix(text: &str) -> Result<(std::net::IpAddr, u8), String> {
+    let (addr, len) = text
+        .split_once('/')
+        .ok_or_else(|| format!("expected addr/len, got {text:?}"))?;
+    let addr: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| *l <= max)
+        .ok_or_else(|| format!("prefix length must be 0 to {max}, got {len:?}"))?;
+    Ok((addr, len))
+}
+
 impl DataplaneSection {
+    /// The redundant-mode prefixes (validated at load).
+    pub fn redundant_prefixes(&self) -> Vec<(std::net::IpAddr, u8)> {
+        self.redundant_prefixes
+            .iter()
+            .filter_map(|t| parse_prefix(t).ok())
+            .collect()
+    }
+
     /// The IPv4 overlay range, if configured (validated at load).
     pub fn ipv4_range(&self) -> Option<x0_identity::Ipv4Overlay> {
         self.ipv4
@@ -116,6 +147,8 @@ impl Default for DataplaneSection {
             mtu: 1352,
             port: 0,
             redundant_dscp: Vec::new(),
+            redundant_ports: Vec::new(),
+            redundant_prefixes: Vec::new(),
             offload: true,
             multipath: Multipath::Primary,
             ipv4: None,
@@ -352,6 +385,10 @@ impl Config {
                 "key `dataplane.redundant_dscp`: DSCP values are 0 to 63, got {bad}"
             ));
         }
+        for (i, text) in d.redundant_prefixes.iter().enumerate() {
+            parse_prefix(text)
+                .map_err(|e| format!("key `dataplane.redundant_prefixes[{i}]`: {e}"))?;
+        }
         if let Some(a) = d.app_socket {
             if !a.ip().is_loopback() {
                 return Err(format!(
@@ -489,6 +526,14 @@ mod tests {
             Config::parse("state_dir = \"/x\"\n[dataplane]\nipv4 = \"10.1.2.0/16\"\n").unwrap_err();
         assert!(
             e.contains("dataplane.ipv4") && e.contains("host bits"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "state_dir = \"/x\"\n[dataplane]\nredundant_prefixes = [\"fd00::/64\", \"10.0.0.0/33\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("dataplane.redundant_prefixes[1]") && e.contains("0 to 32"),
             "{e}"
         );
         let e =

@@ -180,6 +180,8 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
             mtu: config.dataplane.mtu,
             bind: SocketAddr::new(config.listen.ip(), config.dataplane.port),
             redundant_dscp: config.dataplane.redundant_dscp.clone(),
+            redundant_ports: config.dataplane.redundant_ports.clone(),
+            redundant_prefixes: config.dataplane.redundant_prefixes(),
             offload: config.dataplane.offload,
             balanced: config.dataplane.multipath == crate::config::Multipath::Balanced,
             ipv4: config.dataplane.ipv4_range(),

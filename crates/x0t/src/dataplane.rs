@@ -180,6 +180,8 @@ pub struct DataPlane {
     ipv4: Option<(Ipv4Overlay, Ipv4Addr)>,
     mtu: usize,
     redundant_dscp: [bool; 64],
+    redundant_ports: Vec<u16>,
+    redundant_prefixes: Vec<(IpAddr, u8)>,
     balanced: bool,
     /// Key of the flow hash (balanced mode), fixed per node.
     flow_key: u64,
@@ -214,6 +216,10 @@ pub struct DataPlaneConfig {
     pub bind: SocketAddr,
     /// DSCP values whose packets are sent redundantly over two disjoint paths.
     pub redundant_dscp: Vec<u8>,
+    /// Ports (source or destination, UDP or TCP) whose packets are sent redundantly.
+    pub redundant_ports: Vec<u16>,
+    /// Destination prefixes whose packets are sent redundantly.
+    pub redundant_prefixes: Vec<(IpAddr, u8)>,
     /// TUN offload and UDP GSO/GRO.
     pub offload: bool,
     /// Balanced mode: flows spread over the k disjoint paths.
@@ -305,6 +311,8 @@ impl DataPlane {
                 }
                 set
             },
+            redundant_ports: cfg.redundant_ports.clone(),
+            redundant_prefixes: cfg.redundant_prefixes.clone(),
             balanced: cfg.balanced,
             flow_key: {
                 let mut k = [0u8; 8];
@@ -587,7 +595,7 @@ impl DataPlane {
             self.flush_session(st, table, node, now, out);
             return;
         }
-        let redundant = self.is_redundant(header.dscp);
+        let redundant = self.is_redundant(&header);
         let path = if self.balanced && !redundant {
             self.balanced_path(st, table, node, header.flow_hash(self.flow_key))
         } else {
@@ -723,12 +731,20 @@ impl DataPlane {
         }
     }
 
-    /// Whether packets with this DSCP are sent redundantly.
-    fn is_redundant(&self, dscp: u8) -> bool {
+    /// Whether the packet belongs to a flow sent redundantly: its DSCP, one of its ports, or
+    /// its destination is listed.
+    fn is_redundant(&self, header: &IpHeader) -> bool {
         self.redundant_dscp
-            .get(usize::from(dscp))
+            .get(usize::from(header.dscp))
             .copied()
             .unwrap_or(false)
+            || header
+                .ports
+                .is_some_and(|(s, d)| self.redundant_ports.iter().any(|p| *p == s || *p == d))
+            || self
+                .redundant_prefixes
+                .iter()
+                .any(|(net, len)| in_prefix(header.dst, *net, *len))
     }
 
     fn overlay_header(&self, table: &RouteTable, kind: OverlayKind, dst: NodeId) -> OverlayHeader {
@@ -1134,7 +1150,7 @@ impl DataPlane {
             let mut buf = vec![0u8; HEADROOM + MAX_PACKET + TAILROOM];
             for p in queued {
                 buf[HEADROOM..HEADROOM + p.len()].copy_from_slice(&p);
-                let redundant = packet::parse(&p).is_ok_and(|h| self.is_redundant(h.dscp));
+                let redundant = packet::parse(&p).is_ok_and(|h| self.is_redundant(&h));
                 self.send_data(
                     st,
                     table,
@@ -1233,6 +1249,26 @@ impl State {
             }
         })
     }
+}
+
+/// Whether `addr` lies in `net/len` (families must match).
+fn in_prefix(addr: IpAddr, net: IpAddr, len: u8) -> bool {
+    let bits = |a: IpAddr| -> (u128, u32) {
+        match a {
+            IpAddr::V4(v) => (u128::from(u32::from(v)), 32),
+            IpAddr::V6(v) => (u128::from(v), 128),
+        }
+    };
+    let ((a, w), (n, wn)) = (bits(addr), bits(net));
+    if w != wn {
+        return false;
+    }
+    let len = u32::from(len).min(w);
+    if len == 0 {
+        return true;
+    }
+    let shift = w - len;
+    (a >> shift) == (n >> shift)
 }
 
 /// Weighted rendezvous hashing: the score of the path whose first hop is `first` for the
@@ -1348,6 +1384,19 @@ mod tests {
             n[pick(f, paths)] += 1;
         }
         n.iter().map(|&c| f64::from(c) / 20_000.0).collect()
+    }
+
+    #[test]
+    fn prefixes_match_by_family_and_length() {
+        let a: IpAddr = "fd00:1:2:3::9".parse().unwrap();
+        assert!(in_prefix(a, "fd00:1:2::".parse().unwrap(), 48));
+        assert!(!in_prefix(a, "fd00:1:3::".parse().unwrap(), 48));
+        assert!(in_prefix(a, "::".parse().unwrap(), 0));
+        assert!(in_prefix(a, a, 128));
+        let v4: IpAddr = "10.77.3.4".parse().unwrap();
+        assert!(in_prefix(v4, "10.77.0.0".parse().unwrap(), 16));
+        assert!(!in_prefix(v4, "10.78.0.0".parse().unwrap(), 16));
+        assert!(!in_prefix(v4, "::".parse().unwrap(), 0), "families differ");
     }
 
     #[test]

@@ -226,6 +226,25 @@ fn redundant_mode_sends_ef_packets_over_both_disjoint_paths() {
 }
 
 #[test]
+fn redundant_mode_by_port_sends_a_flows_packets_over_both_paths() {
+    let extra = "\n[dataplane]\nredundant_ports = [5060]\n";
+    let Some(m) = mesh("redp", Shape::Ring, 4, extra) else {
+        return;
+    };
+    m.daemons[0].wait_for(&["route", &format!("dst={}", m.ids[2])], T);
+    m.daemons[2].wait_for(&["route", &format!("dst={}", m.ids[0])], T);
+    // UDP to port 5060 (unmarked: DSCP 0), from bash's /dev/udp; nothing listens there, the
+    // copies are counted by the receiving daemon before the kernel sees the packet.
+    let script = format!(
+        "for i in $(seq 30); do echo sip > /dev/udp/{}/5060; sleep 0.1; done",
+        m.overlay[2]
+    );
+    let o = m.lab.exec(0, &["bash", "-c", &script]).unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    m.daemons[2].wait_for(&["redundant delivery", &format!("peer={}", m.ids[0])], T);
+}
+
+#[test]
 fn balanced_mode_spreads_flows_over_both_disjoint_paths() {
     let extra = "\n[dataplane]\nmultipath = \"balanced\"\n";
     let Some(mut m) = mesh("bal", Shape::Ring, 4, extra) else {
