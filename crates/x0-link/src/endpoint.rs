@@ -500,10 +500,14 @@ impl LinkEndpoint {
             .endpoint
             .connect_with(config, addr, SERVER_NAME)?;
         match tokio::time::timeout(self.inner.config.handshake_timeout, connecting).await {
-            Err(_) => Err(LinkError::failed(
-                FailureReason::Timeout,
-                "handshake timed out",
-            )),
+            Err(_) => {
+                // Nothing answered: no verifier saw a certificate, so count it here.
+                self.inner.metrics.failure(FailureReason::Timeout);
+                Err(LinkError::failed(
+                    FailureReason::Timeout,
+                    "handshake timed out",
+                ))
+            }
             Ok(Err(e)) => Err(handshake_failed(&self.inner.metrics, verifier, &e)),
             Ok(Ok(conn)) => Ok(conn),
         }

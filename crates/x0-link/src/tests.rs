@@ -911,6 +911,22 @@ async fn dialling_the_wrong_node_fails_with_unexpected_peer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialling_a_silent_address_times_out_and_is_counted() {
+    let mesh = Mesh::new();
+    let a = mesh.node(LinkConfig {
+        handshake_timeout: Duration::from_millis(300),
+        ..LinkConfig::default()
+    });
+    // A bound UDP socket that never answers.
+    let silent = UdpSocket::bind(loopback()).unwrap();
+    let err = bounded("dial", a.ep.dial(silent.local_addr().unwrap(), None))
+        .await
+        .expect_err("linked to nobody");
+    assert_eq!(err.reason(), FailureReason::Timeout, "{err}");
+    assert_eq!(a.failures(FailureReason::Timeout), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_without_client_certificate_is_unauthenticated() {
     let mesh = Mesh::new();
     let dialer = mesh.node(LinkConfig::default());

@@ -741,6 +741,7 @@ impl Router {
 
     fn topology_changed(&mut self, now: Instant) {
         if self.spf_due.is_none() {
+            self.stats.topology_changes += 1;
             self.spf_due = Some(now + self.cfg.spf_delay);
         }
     }

@@ -45,6 +45,9 @@ pub struct RouterStats {
     pub neighbors_down_local: u64,
     /// SPF runs.
     pub spf_runs: u64,
+    /// Topology changes that scheduled a route recomputation (a link up or down, a new,
+    /// changed or expired advert); a burst within `spf_delay` counts once.
+    pub topology_changes: u64,
     /// Local link failures that put forwarding on fast-reroute backups.
     pub fast_reroutes: u64,
 }

@@ -328,6 +328,26 @@ fn a_local_link_failure_reroutes_at_once_onto_the_disjoint_backup() {
 }
 
 #[test]
+fn a_burst_of_topology_changes_counts_once_per_route_recomputation() {
+    let mut net = Net::new(3, &[(0, 1), (1, 2)], RouterConfig::default());
+    net.run_for(Duration::from_secs(2));
+    let now = net.now;
+    // Routes are computed lazily: a query settles the pending recomputation.
+    net.router(0).next_hop(now, &id(2)).unwrap();
+    let before = net.router(0).stats().topology_changes;
+    let spf_before = net.router(0).stats().spf_runs;
+    assert!(before > 0, "forming the mesh changed the topology");
+    // Two changes within `spf_delay`: one recomputation is scheduled, and counted once.
+    net.router(0).link_down(now, link(0, 1));
+    net.router(0).link_up(now, link(0, 1), id(1));
+    assert_eq!(net.router(0).stats().topology_changes, before + 1);
+    net.run_for(Duration::from_secs(2));
+    let now = net.now;
+    net.router(0).next_hop(now, &id(2)).unwrap();
+    assert!(net.router(0).stats().spf_runs > spf_before);
+}
+
+#[test]
 fn flooding_survives_loss_by_retransmission() {
     let mut net = Net::new(6, &ring(6), RouterConfig::default());
     net.drop_every = 4;

@@ -22,18 +22,19 @@ const TARGET_MEDIAN_US: f64 = 1000.0;
 /// What the original design asked for.
 const SEED_TARGET_US: f64 = 2000.0;
 
+/// Summary of a sample of durations, microseconds.
 #[derive(Serialize)]
-struct Distribution {
+pub(crate) struct Distribution {
     count: usize,
-    median_us: f64,
+    pub(crate) median_us: f64,
     p90_us: f64,
-    p99_us: f64,
+    pub(crate) p99_us: f64,
     min_us: f64,
     max_us: f64,
     mean_us: f64,
 }
 
-fn distribution(mut samples: Vec<f64>) -> Distribution {
+pub(crate) fn distribution(mut samples: Vec<f64>) -> Distribution {
     samples.sort_by(f64::total_cmp);
     let n = samples.len().max(1);
     let pct = |p: f64| {

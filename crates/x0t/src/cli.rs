@@ -34,6 +34,16 @@ pub enum Command {
     Join(JoinArgs),
     /// Run the daemon.
     Up(UpArgs),
+    /// Show the running daemon's node and health (through its HTTP API).
+    Status(crate::ctl::ApiArgs),
+    /// List the running daemon's configured and linked neighbours.
+    Peers(crate::ctl::ApiArgs),
+    /// List the running daemon's links with RTT, loss and quality.
+    Links(crate::ctl::ApiArgs),
+    /// Show the running daemon's forwarding table.
+    Routes(crate::ctl::ApiArgs),
+    /// Show the mesh topology as the running daemon knows it.
+    Topology(crate::ctl::ApiArgs),
     /// Measure figures (results as JSON under bench-results/).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -225,6 +235,9 @@ pub enum BenchCommand {
     /// Outage and loss of a 1000 packet/s UDP stream through the overlay when its relay
     /// fails (veth down, daemon killed), in a 4-node ring of namespaces (needs root).
     Failover(crate::bench_failover::FailoverArgs),
+    /// Cost of `/metrics` scraped every 100 ms on a running 3-node mesh on loopback: per-scrape
+    /// latency and the daemon's CPU with and without scraping.
+    MetricsScrape(crate::bench_scrape::ScrapeArgs),
     /// Sends a paced stream of sequenced UDP packets (used by `bench failover`).
     #[command(hide = true)]
     UdpSource(crate::bench_failover::UdpSourceArgs),

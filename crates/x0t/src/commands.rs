@@ -62,6 +62,12 @@ pub fn run(cmd: Command) -> CmdResult {
         }
         Command::Bench(BenchCommand::Throughput(args)) => crate::bench_throughput::run(args),
         Command::Bench(BenchCommand::Failover(args)) => crate::bench_failover::run(args),
+        Command::Bench(BenchCommand::MetricsScrape(args)) => crate::bench_scrape::run(args),
+        Command::Status(args) => crate::ctl::run(crate::ctl::View::Status, &args),
+        Command::Peers(args) => crate::ctl::run(crate::ctl::View::Peers, &args),
+        Command::Links(args) => crate::ctl::run(crate::ctl::View::Links, &args),
+        Command::Routes(args) => crate::ctl::run(crate::ctl::View::Routes, &args),
+        Command::Topology(args) => crate::ctl::run(crate::ctl::View::Topology, &args),
         Command::Bench(BenchCommand::UdpSource(args)) => crate::bench_failover::udp_source(args),
         Command::Bench(BenchCommand::UdpSink(args)) => crate::bench_failover::udp_sink(args),
         Command::Sim(args) => crate::sim::run(args),

@@ -54,6 +54,45 @@ pub struct Config {
     /// Data plane settings.
     #[serde(default)]
     pub dataplane: DataplaneSection,
+    /// HTTP API and metrics settings.
+    #[serde(default)]
+    pub api: ApiSection,
+}
+
+/// Default address of the HTTP API.
+pub const DEFAULT_API_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 5471);
+
+/// `[api]`: the HTTP API (`/health`, `/metrics`, `/v1/…`; docs/api.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSection {
+    /// Serve the API at all.
+    pub enabled: bool,
+    /// TCP address to listen on (default `127.0.0.1:5471`). A non-loopback address needs
+    /// `token_file`.
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer token every request but `/health` must carry (relative paths
+    /// are relative to `state_dir`). Created with a random token, mode 0600, if missing.
+    /// Unset: no authentication, allowed only on a loopback address.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            token_file: None,
+        }
+    }
+}
+
+impl ApiSection {
+    /// The address to listen on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.unwrap_or(DEFAULT_API_LISTEN)
+    }
 }
 
 /// `[dataplane]`.
@@ -291,6 +330,11 @@ impl Config {
             let base = path.parent().unwrap_or(Path::new("."));
             config.state_dir = base.join(&config.state_dir);
         }
+        if let Some(t) = &config.api.token_file
+            && t.is_relative()
+        {
+            config.api.token_file = Some(config.state_dir.join(t));
+        }
         Ok(config)
     }
 
@@ -426,6 +470,22 @@ impl Config {
                 ));
             }
         }
+        let api = &self.api;
+        if api.enabled && !api.listen_addr().ip().is_loopback() {
+            match &api.token_file {
+                None => {
+                    return Err(format!(
+                        "key `api.token_file`: required when `api.listen` ({}) is not a loopback \
+                         address; without it the API would be open to the network",
+                        api.listen_addr()
+                    ));
+                }
+                Some(p) if p.as_os_str().is_empty() => {
+                    return Err("key `api.token_file`: must not be empty".into());
+                }
+                Some(_) => {}
+            }
+        }
         if let Some(a) = &self.advertise
             && a.rsplit_once(':')
                 .and_then(|(_, port)| port.parse::<u16>().ok())
@@ -541,5 +601,49 @@ mod tests {
         assert!(e.contains("multipath") && e.contains("balanced"), "{e}");
         let e = Config::parse("listen = \"0.0.0.0:1\"\n").unwrap_err();
         assert!(e.contains("state_dir"), "{e}");
+    }
+
+    #[test]
+    fn the_api_is_on_loopback_by_default_and_needs_a_token_elsewhere() {
+        let c = Config::parse("state_dir = \"/x\"\n").unwrap();
+        assert!(c.api.enabled);
+        assert_eq!(c.api.listen_addr(), DEFAULT_API_LISTEN);
+        assert!(c.api.token_file.is_none());
+        for addr in ["0.0.0.0:5471", "[::]:5471", "192.0.2.1:80"] {
+            let e = Config::parse(&format!("state_dir = \"/x\"\n[api]\nlisten = \"{addr}\"\n"))
+                .unwrap_err();
+            assert!(
+                e.contains("api.token_file") && e.contains("loopback"),
+                "{e}"
+            );
+        }
+        let c = Config::parse(
+            "state_dir = \"/x\"\n[api]\nlisten = \"0.0.0.0:5471\"\ntoken_file = \"api-token\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.api.token_file.as_deref(), Some(Path::new("api-token")));
+        // Disabled, it needs nothing.
+        Config::parse("state_dir = \"/x\"\n[api]\nenabled = false\nlisten = \"0.0.0.0:1\"\n")
+            .unwrap();
+        let e = Config::parse("state_dir = \"/x\"\n[api]\nport = 1\n").unwrap_err();
+        assert!(e.contains("port"), "{e}");
+        let e = Config::parse("state_dir = \"/x\"\n[api]\nlisten = \"nope\"\n").unwrap_err();
+        assert!(e.contains("api.listen"), "{e}");
+    }
+
+    #[test]
+    fn a_relative_token_file_is_under_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.toml");
+        std::fs::write(
+            &path,
+            "state_dir = \"state\"\n[api]\ntoken_file = \"api-token\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(
+            c.api.token_file.unwrap(),
+            dir.path().join("state").join("api-token")
+        );
     }
 }

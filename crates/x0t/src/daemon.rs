@@ -16,24 +16,31 @@
 //!   went away, the moment rtnetlink says so.
 //! * The **data plane** ([`crate::dataplane`]) owns the TUN device and the data socket.
 //! * The **renewal** task renews the node's SVID at the configured fraction of its lifetime.
+//! * The **HTTP API** ([`crate::api`], listener bound in [`start`]) serves `/health`,
+//!   `/metrics` and `/v1/…` from this state through [`view`]; the daemon's tasks feed its event
+//!   stream (`events`): links up and down here, routing changes through a forwarding task, and
+//!   health changes from the **health watcher**, which re-evaluates health every second.
 //! * On the CA node the **revocation watcher** polls the database's `data_version` every 250 ms,
 //!   so `x0t ca revoke` (another process) takes effect within that time: the revoked node's
 //!   links are closed, its handshakes refused, and the signed list is flooded to every link.
 
+mod view;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, error, info, warn};
 use x0_identity::authority::{accept_issued, handle_join, handle_renew, self_issue};
 use x0_identity::ca::CLOCK_SKEW_ALLOWANCE;
 use x0_identity::proof::ProofRole;
 use x0_identity::svid::Role;
-use x0_identity::{MeshCa, MeshPrefix, NodeId, StateStore, TrustBundle};
+use x0_identity::{MeshCa, MeshPrefix, NodeId, StateStore, TrustBundle, TrustDomain};
 use x0_link::ca_client;
 use x0_link::control::{ControlError, ControlStream};
 use x0_link::endpoint::close_code;
@@ -41,19 +48,23 @@ use x0_link::{Accepted, CaRequest, Link, LinkEndpoint, LocalIdentity, TrustState
 use x0_wire::control::{RefusalCode, Refused};
 use x0_wire::{ControlMessage, RevocationList, SignedRevocationList};
 
+use crate::api::{self, ApiState, Event, EventKind};
 use crate::cli::UpArgs;
 use crate::commands::{META_ADVERTISE, refresh_ca_node_svid};
 use crate::config::{Config, PeerConfig};
 use crate::dataplane::{DataPlane, DataPlaneConfig};
 use crate::exit::{CmdResult, Exit};
 use crate::logging;
+use crate::metrics::{DaemonMetrics, MetricsRegistry};
 use crate::netwatch;
-use crate::routing::Routing;
+use crate::routing::{Routing, RoutingChange};
 use crate::time::{now, now_secs, rfc3339};
 
 /// Close code for the losing half of two simultaneous links between the same pair.
 const CLOSE_DUPLICATE: u32 = 6;
 const REVOCATION_POLL: Duration = Duration::from_millis(250);
+/// How often the health watcher re-evaluates health.
+const HEALTH_POLL: Duration = Duration::from_secs(1);
 
 pub fn run(args: UpArgs) -> CmdResult {
     let config = Config::load(&args.config).map_err(|e| Exit::usage(e.to_string()))?;
@@ -72,6 +83,17 @@ pub fn run(args: UpArgs) -> CmdResult {
 struct LinkEntry {
     connection: quinn::Connection,
     tx: mpsc::UnboundedSender<ControlMessage>,
+    remote: SocketAddr,
+    role: &'static str,
+    kx_group: String,
+    since: std::time::Instant,
+    setup: Duration,
+}
+
+/// The API's listener and token, from [`start`] until [`serve`] takes them.
+struct ApiListener {
+    listener: std::net::TcpListener,
+    token: Option<String>,
 }
 
 struct Shared {
@@ -84,6 +106,17 @@ struct Shared {
     dataplane: Arc<DataPlane>,
     ca_addr: Option<String>,
     links: Mutex<HashMap<NodeId, LinkEntry>>,
+    trust_domain: TrustDomain,
+    local_addr: SocketAddr,
+    started: std::time::Instant,
+    /// Expiry of the current SVID (Unix seconds).
+    svid_not_after: AtomicU64,
+    metrics: DaemonMetrics,
+    /// Events for the API's `/v1/events`.
+    events: broadcast::Sender<Event>,
+    /// Configured neighbours by address, as their diallers see them.
+    peer_states: Mutex<HashMap<String, view::PeerState>>,
+    api: Mutex<Option<ApiListener>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,6 +149,7 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
             rfc3339(membership.not_after_unix)
         )));
     }
+    let api = start_api(&config)?;
     let bundle = TrustBundle::from_pem(membership.trust_domain.clone(), &membership.bundle_pem)
         .map_err(|e| Exit::new(crate::exit::DATA, format!("stored trust bundle: {e}")))?;
     let metrics = Arc::new(x0_link::LinkMetrics::default());
@@ -156,17 +190,26 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
         }
     }
     let td = membership.trust_domain.clone();
+    let api_addr = api
+        .as_ref()
+        .and_then(|a| a.listener.local_addr().ok())
+        .map_or("off".to_owned(), |a| a.to_string());
     info!(
         node = %keys.node_id(),
         spiffe_id = %td.node_id(keys.node_id()),
         overlay = %MeshPrefix::of(&td).address_of(keys.node_id()),
         listen = %local,
+        api = %api_addr,
         ca_node = ca.is_some(),
         svid_expires = %rfc3339(membership.not_after_unix),
         "x0t up"
     );
     let store = Arc::new(Mutex::new(store));
     let routing = Routing::start(config.router_config(), keys.clone(), store.clone());
+    let daemon_metrics = DaemonMetrics::default();
+    daemon_metrics
+        .svid_expiry
+        .set(membership.not_after_unix as i64);
     let mut e2e = x0_dataplane::E2eConfig::new(
         endpoint.identity().clone(),
         endpoint.trust().clone(),
@@ -202,8 +245,50 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
         ca,
         ca_addr: membership.ca_addr.clone(),
         links: Mutex::new(HashMap::new()),
+        trust_domain: td,
+        local_addr: local,
+        started: std::time::Instant::now(),
+        svid_not_after: AtomicU64::new(membership.not_after_unix),
+        metrics: daemon_metrics,
+        events: broadcast::channel(1024).0,
+        peer_states: Mutex::new(HashMap::new()),
+        api: Mutex::new(api),
         config,
     }))
+}
+
+/// Loads or creates the API token and binds the API's listener. The default address failing
+/// (taken by another daemon on this machine, or no loopback in a fresh network namespace) only
+/// costs the API, with a warning; a configured one that cannot be bound stops the start.
+fn start_api(config: &Config) -> Result<Option<ApiListener>, Exit> {
+    let api = &config.api;
+    if !api.enabled {
+        return Ok(None);
+    }
+    let token = api
+        .token_file
+        .as_deref()
+        .map(api::load_or_create_token)
+        .transpose()?;
+    let addr = api.listen_addr();
+    match api::bind(addr) {
+        Ok(listener) => Ok(Some(ApiListener { listener, token })),
+        Err(e) if api.listen.is_none() => {
+            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+                "is in use (another x0t daemon on this machine?)".to_owned()
+            } else {
+                format!("cannot be used ({e})")
+            };
+            warn!(
+                "the HTTP API is off: its default address {addr} {why}; set `[api] listen` to \
+                 give this daemon its own"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(Exit::failure(format!(
+            "cannot listen on {addr} (api.listen) for the HTTP API: {e}"
+        ))),
+    }
 }
 
 async fn serve(shared: Arc<Shared>) -> CmdResult {
@@ -220,6 +305,19 @@ async fn serve(shared: Arc<Shared>) -> CmdResult {
     }
     if shared.ca.is_some() {
         tokio::spawn(revocation_watcher(shared.clone()));
+    }
+    tokio::spawn(forward_routing_changes(shared.clone()));
+    tokio::spawn(health_watcher(shared.clone()));
+    let listener = lock(&shared.api).take();
+    if let Some(ApiListener { listener, token }) = listener {
+        let mut registry = MetricsRegistry::new();
+        shared.metrics.register(registry.registry_mut());
+        shared.routing.metrics().register(registry.registry_mut());
+        registry
+            .registry_mut()
+            .register_collector(Box::new(view::NodeCollector(shared.clone())));
+        let state = ApiState::new(shared.clone(), Arc::new(registry), token);
+        tokio::spawn(api::serve(listener, api::router(state)));
     }
     shutdown_signal().await;
     info!("shutting down");
@@ -343,10 +441,29 @@ fn register(shared: &Arc<Shared>, link: Link) {
             LinkEntry {
                 connection: link.connection.clone(),
                 tx: tx.clone(),
+                remote: link.remote_addr(),
+                role: if link.role == ProofRole::Dialer {
+                    "dialer"
+                } else {
+                    "listener"
+                },
+                kx_group: link.kx_group_name(),
+                since: std::time::Instant::now(),
+                setup: link.setup_time,
             },
         );
         set_links_open(shared, links.len());
     }
+    shared
+        .metrics
+        .link_setup
+        .observe(link.setup_time.as_secs_f64());
+    shared.metrics.handshake(&link.kx_group_name());
+    let _ = shared.events.send(Event::new(
+        EventKind::LinkUp,
+        Some(peer.to_string()),
+        Some(format!("{} {}", link.remote_addr(), link.kx_group_name())),
+    ));
     shared.routing.attach(peer, &link.connection);
     let data = shared
         .dataplane
@@ -431,6 +548,13 @@ async fn link_task(
         }
         set_links_open(&shared, links.len());
     }
+    let cause = crate::metrics::close_cause(&reason);
+    shared.metrics.link_closed(cause);
+    let _ = shared.events.send(Event::new(
+        EventKind::LinkDown,
+        Some(peer.to_string()),
+        Some(cause.to_owned()),
+    ));
     info!(peer = %peer, reason = %reason, "link down");
 }
 
@@ -471,6 +595,10 @@ async fn dialler(shared: Arc<Shared>, peer: PeerConfig) {
     let mut backoff = min;
     let mut known: Option<NodeId> = peer.node_id;
     let mut failures = 0u32;
+    let note = |update: &dyn Fn(&mut view::PeerState)| {
+        let mut states = lock(&shared.peer_states);
+        update(states.entry(peer.addr.clone()).or_default());
+    };
     loop {
         if let Some(id) = known {
             // Someone (maybe the peer itself) already holds a live link: wait for it to end.
@@ -479,13 +607,20 @@ async fn dialler(shared: Arc<Shared>, peer: PeerConfig) {
                 .map(|e| e.connection.clone())
                 .filter(|c| c.close_reason().is_none());
             if let Some(conn) = live {
+                note(&|s| s.linked = true);
                 conn.closed().await;
+                note(&|s| s.linked = false);
                 continue;
             }
         }
         let addr = match resolve(&peer.addr).await {
             Some(a) => a,
             None => {
+                failures += 1;
+                note(&|s| {
+                    s.failures = failures;
+                    s.last_error = Some("cannot resolve the address".into());
+                });
                 warn!(peer = %peer.addr, "cannot resolve peer address");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(max);
@@ -497,13 +632,28 @@ async fn dialler(shared: Arc<Shared>, peer: PeerConfig) {
                 known = Some(link.peer_id());
                 backoff = min;
                 failures = 0;
+                let id = link.peer_id();
+                note(&|s| {
+                    *s = view::PeerState {
+                        node_id: Some(id),
+                        linked: true,
+                        last_error: None,
+                        failures: 0,
+                    };
+                });
                 let conn = link.connection.clone();
                 register(&shared, link);
                 conn.closed().await;
+                note(&|s| s.linked = false);
                 tokio::time::sleep(min).await;
             }
             Err(e) => {
                 failures += 1;
+                let message = e.to_string();
+                note(&|s| {
+                    s.failures = failures;
+                    s.last_error = Some(message.clone());
+                });
                 if failures == 1 || failures.is_power_of_two() {
                     warn!(peer = %addr, attempts = failures, "cannot link: {e}; retrying in {backoff:?}");
                 } else {
@@ -611,9 +761,13 @@ async fn renewal(shared: Arc<Shared>) {
         match renew_once(&shared).await {
             Ok(not_after) => {
                 retry = Duration::from_secs(1);
+                shared.svid_not_after.store(not_after, Ordering::Relaxed);
+                shared.metrics.svid_expiry.set(not_after as i64);
+                shared.metrics.svid_renewal(true);
                 info!(valid_until = %rfc3339(not_after), "SVID renewed");
             }
             Err(e) => {
+                shared.metrics.svid_renewal(false);
                 let left = expires.saturating_sub(now_secs());
                 warn!(
                     expires_in_s = left,
@@ -653,4 +807,69 @@ async fn renew_once(shared: &Shared) -> Result<u64, String> {
         shared.ca.as_ref().map(|c| c.cert_der().to_vec()),
     );
     Ok(membership.not_after_unix)
+}
+
+/// Passes the routing task's changes on to the API's event stream.
+async fn forward_routing_changes(shared: Arc<Shared>) {
+    let mut rx = shared.routing.subscribe();
+    loop {
+        let change = match rx.recv().await {
+            Ok(c) => c,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let detail = format!("{n} routing changes missed");
+                let _ = shared
+                    .events
+                    .send(Event::new(EventKind::Lagged, None, Some(detail)));
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let event = match change {
+            RoutingChange::NeighborUp { peer } => {
+                Event::new(EventKind::NeighborUp, Some(peer.to_string()), None)
+            }
+            RoutingChange::NeighborDown { peer, cause } => Event::new(
+                EventKind::NeighborDown,
+                Some(peer.to_string()),
+                Some(cause.to_owned()),
+            ),
+            RoutingChange::QualityChanged { peer, class } => Event::new(
+                EventKind::QualityChanged,
+                Some(peer.to_string()),
+                Some(view::class_name(class).to_owned()),
+            ),
+            RoutingChange::NodeAppeared { node } => {
+                Event::new(EventKind::NodeAppeared, Some(node.to_string()), None)
+            }
+            RoutingChange::NodeLeft { node } => {
+                Event::new(EventKind::NodeLeft, Some(node.to_string()), None)
+            }
+            RoutingChange::RoutesChanged { reachable, changed } => Event::new(
+                EventKind::RoutesChanged,
+                None,
+                Some(format!("{changed} changed, {reachable} reachable")),
+            ),
+        };
+        let _ = shared.events.send(event);
+    }
+}
+
+/// Re-evaluates health every [`HEALTH_POLL`] and reports changes (logged, and on the API's
+/// event stream).
+async fn health_watcher(shared: Arc<Shared>) {
+    let mut last: Option<api::Health> = None;
+    let mut tick = tokio::time::interval(HEALTH_POLL);
+    loop {
+        tick.tick().await;
+        let health = api::Health::from_reasons(shared.health_reasons());
+        if last.as_ref() == Some(&health) {
+            continue;
+        }
+        let codes: Vec<&str> = health.reasons.iter().map(|r| r.code.as_str()).collect();
+        if last.is_some() || !health.reasons.is_empty() {
+            info!(status = ?health.status, reasons = ?codes, "health");
+        }
+        let _ = shared.events.send(Event::health(health.clone()));
+        last = Some(health);
+    }
 }

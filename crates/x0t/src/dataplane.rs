@@ -94,6 +94,22 @@ pub struct Counters {
     pub redundant_duplicates: u64,
     /// Packets sent on a path other than the primary (balanced mode).
     pub balanced_alternate: u64,
+    /// Bytes (inner packets) read from TUN and sent into the mesh.
+    pub tun_bytes_sent: u64,
+    /// Bytes (inner packets) handed to the TUN device or application socket.
+    pub delivered_bytes: u64,
+    /// Bytes (link frames) relayed for others.
+    pub relayed_bytes: u64,
+    /// Link send keys replaced by the next exported generation.
+    pub link_rekeys: u64,
+    /// End-to-end sessions with keys in place (a gauge, at the time of the snapshot).
+    pub e2e_sessions_active: u64,
+    /// End-to-end handshakes completed (the first of a session and every rekey).
+    pub e2e_handshakes_completed: u64,
+    /// End-to-end handshakes failed.
+    pub e2e_handshakes_failed: u64,
+    /// End-to-end rekeys: handshakes completed beyond each session's first.
+    pub e2e_rekeys: u64,
     /// Drops by reason.
     pub drops: HashMap<&'static str, u64>,
 }
@@ -384,7 +400,16 @@ impl DataPlane {
 
     /// Counters so far.
     pub fn counters(&self) -> Counters {
-        lock(&self.state).counters.clone()
+        let st = lock(&self.state);
+        let mut c = st.counters.clone();
+        for s in st.sessions.values() {
+            let stats = s.e2e.stats();
+            c.e2e_sessions_active += u64::from(s.e2e.is_established());
+            c.e2e_handshakes_completed += stats.completed;
+            c.e2e_handshakes_failed += stats.failed;
+            c.e2e_rekeys += stats.completed.saturating_sub(1);
+        }
+        c
     }
 
     fn now(&self) -> Duration {
@@ -725,6 +750,7 @@ impl DataPlane {
         }
         if first || second {
             st.counters.tun_packets_sent += 1;
+            st.counters.tun_bytes_sent += n as u64;
         }
         if first && second {
             st.counters.redundant_sent += 1;
@@ -808,7 +834,10 @@ impl DataPlane {
                 now,
                 Install::Send,
             ) {
-                Ok(()) => link.tx_generation = generation,
+                Ok(()) => {
+                    link.tx_generation = generation;
+                    st.counters.link_rekeys += 1;
+                }
                 Err(e) => debug!(peer = %next, "link rekey failed: {e}"),
             }
         }
@@ -992,6 +1021,7 @@ impl DataPlane {
         };
         if self.seal_and_send(st, next, &mut pb, now, &mut out.udp) {
             st.counters.relayed += 1;
+            st.counters.relayed_bytes += pb.len() as u64;
         }
     }
 
@@ -1052,6 +1082,7 @@ impl DataPlane {
                 if !self.inner_addresses_ok(&inner, source) {
                     return st.counters.drop("inner_spoofed");
                 }
+                st.counters.delivered_bytes += pb.len() as u64;
                 match (&self.tun, &self.app) {
                     (Some(tun), _) => out.tun.push(tun, pb.data()),
                     (None, Some(app)) => {

@@ -148,6 +148,8 @@ struct Node {
     overlay: Ipv6Addr,
     listen: String,
     app: SocketAddr,
+    /// The daemon's HTTP API (`None` if it could not start one).
+    api: Option<String>,
 }
 
 impl Drop for Node {
@@ -202,7 +204,7 @@ impl Demo {
         let dir = self.dir.path().join(format!("n{i}"));
         let state = self.state(i);
         let mut text = format!(
-            "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\n\n[dataplane]\ntun = false\napp_socket = \"127.0.0.1:0\"\n",
+            "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\n\n[dataplane]\ntun = false\napp_socket = \"127.0.0.1:0\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n",
             state.display().to_string()
         );
         for p in peers {
@@ -234,10 +236,12 @@ impl Demo {
             overlay: Ipv6Addr::UNSPECIFIED,
             listen: String::new(),
             app: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api: None,
         };
         let up = wait_line(&mut node, &["x0t up", "listen="], FORM_TIMEOUT)?;
         node.id = field(&up, "node=").unwrap_or_default();
         node.listen = field(&up, "listen=").unwrap_or_default();
+        node.api = field(&up, "api=").filter(|a| a != "off");
         node.overlay = field(&up, "overlay=")
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| Exit::failure("a daemon logged no overlay address"))?;
@@ -293,19 +297,31 @@ impl Demo {
             say(
                 t0,
                 format!(
-                    "{} up: node {} overlay {} (joined with an ML-DSA-signed SVID)",
+                    "{} up: node {} overlay {} (joined with an ML-DSA-signed SVID){}",
                     node.name,
                     short(&node.id),
-                    node.overlay
+                    node.overlay,
+                    node.api
+                        .as_ref()
+                        .map(|a| format!(", API http://{a}"))
+                        .unwrap_or_default()
                 ),
             );
             nodes.push(node);
         }
         let dst = n / 2;
-        let via = wait_route(&mut nodes, dst, None, FORM_TIMEOUT)?;
+        let via = wait_route(&mut nodes, dst, FORM_TIMEOUT)?;
         let form_ms = form_start.elapsed().as_secs_f64() * 1e3;
         let relay = index_of(&nodes, &via)
             .ok_or_else(|| Exit::failure("n0 routes through a node it does not know"))?;
+        if let Some(api) = &nodes[0].api {
+            say(
+                t0,
+                format!(
+                    "while the demo runs: curl http://{api}/v1/routes (or /v1/topology, /metrics; every node has its API, see above)"
+                ),
+            );
+        }
         say(
             t0,
             format!(
@@ -315,7 +331,7 @@ impl Demo {
         );
 
         // The stream.
-        let stream = Stream::start(&nodes[0], &nodes[dst])?;
+        let mut stream = Stream::start(&nodes[0], &nodes[dst])?;
         let wait_first = Instant::now();
         while stream.delivered() == 0 {
             if wait_first.elapsed() > FORM_TIMEOUT {
@@ -325,6 +341,7 @@ impl Demo {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        stream.start_counting();
         say(
             t0,
             format!(
@@ -335,12 +352,24 @@ impl Demo {
         let kill_after = total.mul_f64(0.4);
         let started = Instant::now();
         let mut last_status = Instant::now();
+        let mut relay = relay;
         while started.elapsed() < kill_after {
             std::thread::sleep(Duration::from_millis(50));
+            // The two ways round a ring of even size cost the same: the route may move.
+            if let Ok(v) = wait_route(&mut nodes, dst, Duration::ZERO)
+                && let Some(r) = index_of(&nodes, &v)
+            {
+                relay = r;
+            }
             if last_status.elapsed() >= Duration::from_secs(1) {
                 last_status = Instant::now();
                 say(t0, stream.status(&nodes[relay].name));
             }
+        }
+        if relay == dst {
+            return Err(Exit::failure(
+                "n0 routes to its destination directly; no relay to kill",
+            ));
         }
 
         // The fault.
@@ -498,14 +527,8 @@ fn wait_line(node: &mut Node, needles: &[&str], within: Duration) -> Result<Stri
     }
 }
 
-/// Waits for n0's route to node `dst` (through another node than `not_via`); returns its next
-/// hop's node ID.
-fn wait_route(
-    nodes: &mut [Node],
-    dst: usize,
-    not_via: Option<&str>,
-    within: Duration,
-) -> Result<String, Exit> {
+/// Waits for n0's route to node `dst`; returns its next hop's node ID (the latest route line's).
+fn wait_route(nodes: &mut [Node], dst: usize, within: Duration) -> Result<String, Exit> {
     let deadline = Instant::now() + within;
     let dst_field = format!("dst={}", nodes[dst].id);
     loop {
@@ -515,9 +538,7 @@ fn wait_route(
             .filter(|l| l.contains(" route ") && l.split_whitespace().any(|w| w == dst_field))
             .filter_map(|l| field(l, "via="))
             .next_back();
-        if let Some(v) = via
-            && Some(v.as_str()) != not_via
-        {
+        if let Some(v) = via {
             return Ok(v);
         }
         for node in nodes.iter_mut() {
@@ -572,8 +593,14 @@ fn events_since(log: &Path, offset: u64, since: SystemTime) -> Vec<Event> {
 
 /// The generator and the sink, on the application sockets of two nodes.
 struct Stream {
+    /// Stops the generator.
     stop: Arc<AtomicBool>,
+    /// Stops the sink.
+    stop_rx: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    /// Packets before this sequence number were sent while the end-to-end session was being
+    /// set up (most wait for it, the rest are dropped): not counted.
+    base: u64,
     arrivals: Arc<Mutex<Arrivals>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -595,6 +622,7 @@ impl Stream {
         // Register as the destination's application.
         rx.send_to(&[], to.app).map_err(io)?;
         let stop = Arc::new(AtomicBool::new(false));
+        let stop_rx = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let arrivals = Arc::new(Mutex::new(Arrivals::default()));
         let (src, dst, app) = (from.overlay, to.overlay, from.app);
@@ -616,7 +644,7 @@ impl Stream {
             }));
         }
         {
-            let (stop, arrivals) = (stop.clone(), arrivals.clone());
+            let (stop, arrivals) = (stop_rx.clone(), arrivals.clone());
             let to_app = to.app;
             threads.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 2048];
@@ -639,22 +667,30 @@ impl Stream {
         }
         Ok(Self {
             stop,
+            stop_rx,
             sent,
+            base: 0,
             arrivals,
             threads,
         })
     }
 
     fn delivered(&self) -> u64 {
-        self.arrivals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .seen
-            .len() as u64
+        let a = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+        a.seen.iter().filter(|s| **s >= self.base).count() as u64
+    }
+
+    /// Counts from the next packet on (the session is up).
+    fn start_counting(&mut self) {
+        self.base = self.sent.load(Ordering::Relaxed);
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed).saturating_sub(self.base)
     }
 
     fn status(&self, via: &str) -> String {
-        let sent = self.sent.load(Ordering::Relaxed);
+        let sent = self.sent();
         let delivered = self.delivered();
         format!(
             "sent {sent:>6}  delivered {delivered:>6}  not (yet) delivered {:>5}  path via {via}",
@@ -684,13 +720,14 @@ impl Stream {
     }
 
     fn stop(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
         // Let packets in flight arrive.
         std::thread::sleep(Duration::from_millis(300));
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop_rx.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        (self.sent.load(Ordering::Relaxed), self.delivered())
+        (self.sent(), self.delivered())
     }
 }
 

@@ -8,6 +8,8 @@ pub const USAGE: u8 = 64;
 pub const DATA: u8 = 65;
 /// A required state directory or file is missing (EX_NOINPUT).
 pub const NO_INPUT: u8 = 66;
+/// A service this command needs is not there, e.g. no daemon answers (EX_UNAVAILABLE).
+pub const UNAVAILABLE: u8 = 69;
 /// Permissions too open (EX_NOPERM).
 pub const NO_PERM: u8 = 77;
 /// Anything else.

@@ -8,12 +8,15 @@
 // A binary: `pub` items are crate-visible by nature.
 #![allow(unreachable_pub)]
 
+mod api;
 mod bench;
 mod bench_failover;
+mod bench_scrape;
 mod bench_throughput;
 mod cli;
 mod commands;
 mod config;
+mod ctl;
 mod daemon;
 mod dataio;
 mod dataplane;
@@ -21,6 +24,7 @@ mod demo;
 mod exit;
 mod lab;
 mod logging;
+mod metrics;
 mod netwatch;
 mod routing;
 mod routing_auth;

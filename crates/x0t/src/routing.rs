@@ -15,6 +15,11 @@
 //! * A link whose QUIC connection closes is reported to the router as down **at once**
 //!   (`Router::link_down`): a locally visible failure costs no probe intervals.
 //!
+//! For observers (the HTTP API and `/metrics`) the task also publishes a [`RoutingStatus`] after
+//! every round (counters, live sessions with their measurements, the link-state database as a
+//! topology, rebuilt only when the database changed), broadcasts [`RoutingChange`]s, and times
+//! route computations into [`RoutingMetrics`].
+//!
 //! Adverts are signed with the node's ML-DSA-65 key ([`crate::routing_auth`]). The router's
 //! advert sequence number is stored in the state database after each change, so a restarted
 //! node continues above its last advert (and the router also recovers it from its neighbours).
@@ -26,10 +31,16 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 use x0_identity::{NodeId, NodeKeys, StateStore};
-use x0_routing::{DownCause, Instant, LinkId, Router, RouterConfig, RouterEvent};
+use x0_routing::{
+    DownCause, Instant, LinkId, QualityClass, Router, RouterConfig, RouterEvent, RouterStats,
+};
+use x0_wire::routing::AdvertisedLink;
 
 use crate::routing_auth::MlDsaAdvertAuth;
 
@@ -71,6 +82,135 @@ pub struct RouteTable {
     pub paths: HashMap<NodeId, Vec<(Vec<NodeId>, u64)>>,
 }
 
+/// One live routing session (a link whose neighbour answers probes), as last measured.
+#[derive(Debug, Clone)]
+pub struct SessionStatus {
+    /// The neighbour.
+    pub peer: NodeId,
+    /// Smoothed round-trip time; `None` until the first probe came back.
+    pub rtt: Option<Duration>,
+    /// RTT jitter.
+    pub jitter: Duration,
+    /// Loss on the neighbour's probes to us (0–1).
+    pub rx_loss: f64,
+    /// Loss the neighbour reports on our probes (0–1).
+    pub tx_loss: f64,
+    /// Quality class (with hysteresis).
+    pub class: QualityClass,
+    /// Cost used for routing.
+    pub cost: u32,
+    /// Current probe interval.
+    pub probe_interval: Duration,
+}
+
+/// One origin's entry in the link-state database.
+#[derive(Debug, Clone)]
+pub struct TopologyNode {
+    /// The node.
+    pub id: NodeId,
+    /// Its advert's sequence number.
+    pub seq: u64,
+    /// The links it advertises.
+    pub links: Vec<AdvertisedLink>,
+}
+
+/// What the routing task publishes for observers after every round.
+#[derive(Debug, Clone, Default)]
+pub struct RoutingStatus {
+    /// The router's counters.
+    pub stats: RouterStats,
+    /// Live sessions.
+    pub sessions: Vec<SessionStatus>,
+    /// The link-state database (shared between rounds until it changes).
+    pub topology: Arc<Vec<TopologyNode>>,
+}
+
+/// A change observers may want to be told about (the API's event stream).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoutingChange {
+    /// A neighbour's routing session started.
+    NeighborUp {
+        /// The neighbour.
+        peer: NodeId,
+    },
+    /// A neighbour was declared down.
+    NeighborDown {
+        /// The neighbour.
+        peer: NodeId,
+        /// `silent` (missed probes) or `local` (the link closed).
+        cause: &'static str,
+    },
+    /// A link's quality class changed.
+    QualityChanged {
+        /// The neighbour.
+        peer: NodeId,
+        /// The new class.
+        class: QualityClass,
+    },
+    /// A node's advert entered the link-state database.
+    NodeAppeared {
+        /// The node.
+        node: NodeId,
+    },
+    /// A node's advert left the link-state database (expired or flushed).
+    NodeLeft {
+        /// The node.
+        node: NodeId,
+    },
+    /// The routing table changed.
+    RoutesChanged {
+        /// Destinations with a route.
+        reachable: usize,
+        /// Destinations whose route changed, appeared or was lost.
+        changed: usize,
+    },
+}
+
+/// Metrics the routing task updates itself (the router's counters are read from
+/// [`RoutingStatus`] at scrape time).
+#[derive(Debug, Clone)]
+pub struct RoutingMetrics {
+    /// Time to recompute the shortest-path tree and the forwarding table.
+    pub spf_duration: Histogram,
+    /// Forwarding-table entries that changed, appeared or were lost.
+    pub route_changes: Counter,
+    /// Forwarding tables published with at least one change (convergence events).
+    pub table_updates: Counter,
+}
+
+impl Default for RoutingMetrics {
+    fn default() -> Self {
+        Self {
+            // 10 µs … ~1.3 s.
+            spf_duration: Histogram::new(exponential_buckets(1e-5, 4.0, 10)),
+            route_changes: Counter::default(),
+            table_updates: Counter::default(),
+        }
+    }
+}
+
+impl RoutingMetrics {
+    /// Registers these metrics (names documented in `docs/metrics.md`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register_with_unit(
+            "routing_spf_duration",
+            "Time to recompute the shortest-path tree and the forwarding table after a topology change",
+            Unit::Seconds,
+            self.spf_duration.clone(),
+        );
+        registry.register(
+            "routing_route_changes",
+            "Forwarding-table entries that changed next hop, appeared or were lost",
+            self.route_changes.clone(),
+        );
+        registry.register(
+            "routing_table_updates",
+            "Forwarding tables published with at least one changed entry (convergence events)",
+            self.table_updates.clone(),
+        );
+    }
+}
+
 enum Input {
     Up {
         link: LinkId,
@@ -93,6 +233,9 @@ pub struct Routing {
     tx: mpsc::UnboundedSender<Input>,
     next_link: Arc<AtomicU64>,
     table: Arc<ArcSwap<RouteTable>>,
+    status: Arc<ArcSwap<RoutingStatus>>,
+    changes: broadcast::Sender<RoutingChange>,
+    metrics: RoutingMetrics,
 }
 
 impl std::fmt::Debug for Routing {
@@ -112,6 +255,9 @@ impl Routing {
             .unwrap_or(0);
         let (tx, rx) = mpsc::unbounded_channel();
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
+        let status = Arc::new(ArcSwap::from_pointee(RoutingStatus::default()));
+        let (changes, _) = broadcast::channel(256);
+        let metrics = RoutingMetrics::default();
         let clock = Clock::new();
         let me = keys.node_id();
         let router = Router::new(
@@ -131,6 +277,11 @@ impl Routing {
                 table: table.clone(),
                 store,
                 saved_seq: last_seq,
+                status: status.clone(),
+                topology: Arc::default(),
+                topology_digest: None,
+                changes: changes.clone(),
+                metrics: metrics.clone(),
             }
             .run(),
         );
@@ -138,7 +289,25 @@ impl Routing {
             tx,
             next_link: Arc::new(AtomicU64::new(1)),
             table,
+            status,
+            changes,
+            metrics,
         }
+    }
+
+    /// What the routing task published last (counters, sessions, topology).
+    pub fn status(&self) -> Arc<RoutingStatus> {
+        self.status.load_full()
+    }
+
+    /// A receiver of routing changes from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<RoutingChange> {
+        self.changes.subscribe()
+    }
+
+    /// The metrics the routing task updates.
+    pub fn metrics(&self) -> &RoutingMetrics {
+        &self.metrics
     }
 
     /// The current routing table.
@@ -223,6 +392,12 @@ struct Task {
     table: Arc<ArcSwap<RouteTable>>,
     store: Arc<Mutex<StateStore>>,
     saved_seq: u64,
+    status: Arc<ArcSwap<RoutingStatus>>,
+    topology: Arc<Vec<TopologyNode>>,
+    /// The LSDB digest `topology` was built from.
+    topology_digest: Option<u64>,
+    changes: broadcast::Sender<RoutingChange>,
+    metrics: RoutingMetrics,
 }
 
 impl Task {
@@ -317,6 +492,9 @@ impl Task {
             match event {
                 RouterEvent::NeighborUp { link, neighbor } => {
                     info!(peer = %neighbor, link, "routing neighbour up");
+                    let _ = self
+                        .changes
+                        .send(RoutingChange::NeighborUp { peer: neighbor });
                 }
                 RouterEvent::NeighborDown {
                     link,
@@ -328,6 +506,10 @@ impl Task {
                         DownCause::Local => "local",
                     };
                     info!(peer = %neighbor, link, cause, "routing neighbour down");
+                    let _ = self.changes.send(RoutingChange::NeighborDown {
+                        peer: neighbor,
+                        cause,
+                    });
                     if let Some(out) = self.links.remove(&link) {
                         // The neighbour stopped answering probes: close its connection now
                         // rather than at the QUIC idle timeout; the dialler links again when it
@@ -340,6 +522,12 @@ impl Task {
                 }
                 RouterEvent::QualityChanged { link, class } => {
                     debug!(link, class = ?class, "link quality class changed");
+                    if let Some(out) = self.links.get(&link) {
+                        let _ = self.changes.send(RoutingChange::QualityChanged {
+                            peer: out.peer,
+                            class,
+                        });
+                    }
                 }
                 RouterEvent::RoutesRecomputed => recomputed = true,
                 _ => {}
@@ -355,10 +543,56 @@ impl Task {
                 Err(e) => warn!("cannot store the advert sequence number: {e}"),
             }
         }
+        self.publish_status();
+    }
+
+    /// Publishes counters, sessions and (when the database changed) the topology.
+    fn publish_status(&mut self) {
+        let digest = self.router.lsdb().digest();
+        if self.topology_digest != Some(digest) {
+            self.topology_digest = Some(digest);
+            self.topology = Arc::new(
+                self.router
+                    .lsdb()
+                    .iter()
+                    .map(|(id, e)| TopologyNode {
+                        id: *id,
+                        seq: e.body().seq,
+                        links: e.body().links.clone(),
+                    })
+                    .collect(),
+            );
+        }
+        let sessions = self
+            .router
+            .sessions()
+            .map(|(_, s)| {
+                let q = s.quality();
+                SessionStatus {
+                    peer: s.neighbor(),
+                    rtt: q
+                        .has_rtt()
+                        .then(|| Duration::from_secs_f64(q.rtt_ms().max(0.0) / 1e3)),
+                    jitter: Duration::from_secs_f64(q.jitter_ms().max(0.0) / 1e3),
+                    rx_loss: s.rx_loss(),
+                    tx_loss: s.tx_loss(),
+                    class: q.class(),
+                    cost: q.cost(),
+                    probe_interval: s.tx_interval(),
+                }
+            })
+            .collect();
+        self.status.store(Arc::new(RoutingStatus {
+            stats: self.router.stats().clone(),
+            sessions,
+            topology: self.topology.clone(),
+        }));
     }
 
     /// Recomputes every destination's route and publishes the table, logging what changed.
     fn publish(&mut self, now: Instant) {
+        let started = std::time::Instant::now();
+        let spf_before = self.router.stats().spf_runs;
         let me = self.router.id();
         let dsts: Vec<NodeId> = self
             .router
@@ -388,6 +622,11 @@ impl Task {
         }
         let wanted: Vec<NodeId> = self.wanted.iter().copied().collect();
         self.router.prepare_backups(now, &wanted);
+        if self.router.stats().spf_runs != spf_before {
+            self.metrics
+                .spf_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
         let mut alternates = HashMap::new();
         let mut multipaths = HashMap::new();
         let k = self.router.config().k_paths.max(2);
@@ -426,6 +665,24 @@ impl Task {
                 changed,
                 "routing table"
             );
+            self.metrics.route_changes.inc_by(changed as u64);
+            self.metrics.table_updates.inc();
+            let _ = self.changes.send(RoutingChange::RoutesChanged {
+                reachable: routes.len(),
+                changed,
+            });
+        }
+        if old.nodes != dsts {
+            let before: std::collections::HashSet<&NodeId> = old.nodes.iter().collect();
+            let after: std::collections::HashSet<&NodeId> = dsts.iter().collect();
+            for node in after.difference(&before) {
+                let _ = self
+                    .changes
+                    .send(RoutingChange::NodeAppeared { node: **node });
+            }
+            for node in before.difference(&after) {
+                let _ = self.changes.send(RoutingChange::NodeLeft { node: **node });
+            }
         }
         self.table.store(Arc::new(RouteTable {
             routes,

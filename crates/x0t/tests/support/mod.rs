@@ -149,6 +149,20 @@ impl Daemon {
             .to_owned()
     }
 
+    /// Waits for the startup line and returns the HTTP API's bound address.
+    pub fn api_addr(&self) -> String {
+        let line = self.wait_for(&["x0t up", "api="], Duration::from_secs(20));
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("api="))
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The daemon's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -192,6 +206,10 @@ pub fn config(dir: &Path, name: &str, state: &Path, peers: &[&str], extra: &str)
     // each daemon in a namespace of its own).
     if !extra.contains("[dataplane]") {
         text.push_str("\n[dataplane]\ntun = false\n");
+    }
+    // Nor the API's fixed default port: each test daemon gets a free one (`Daemon::api_addr`).
+    if !extra.contains("[api]") {
+        text.push_str("\n[api]\nlisten = \"127.0.0.1:0\"\n");
     }
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();

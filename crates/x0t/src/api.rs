@@ -1,0 +1,1203 @@
+//! The daemon's HTTP API (axum 0.8, OpenAPI 3.1 from utoipa), default `127.0.0.1:5471`.
+//!
+//! | Path | What |
+//! |---|---|
+//! | `GET /health` | liveness and readiness with reasons (200 ready, 503 not) |
+//! | `GET /metrics` | Prometheus metrics ([`crate::metrics`]) |
+//! | `GET /v1/node` | this node: identity, addresses, SVID, counts |
+//! | `GET /v1/peers` | configured and linked neighbours |
+//! | `GET /v1/links` | live links with their measurements |
+//! | `GET /v1/routes` | the forwarding table |
+//! | `GET /v1/topology` | nodes and links of the link-state database, for drawing |
+//! | `GET /v1/events` | server-sent events: topology and health changes |
+//! | `GET /openapi.json` | this API's OpenAPI document |
+//!
+//! Who owns what: the daemon implements [`NodeApi`] over its own state (every call is a short
+//! synchronous read); this module owns the listener, one task per connection, and the
+//! protections: a bearer token when configured (every path but `/health` and `/openapi.json`),
+//! a loopback `Host` check when not (a web page cannot read the API through DNS rebinding),
+//! header and body size limits, a header read timeout, a per-request timeout, a cap on
+//! connections and on event streams. Bad requests get a JSON `{"error": …}` with a 4xx code.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::Stream;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, broadcast};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tracing::{debug, info, warn};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+use crate::exit::{self, Exit};
+use crate::metrics::{Exposition, MetricsRegistry};
+
+/// Largest request body accepted (no endpoint reads one yet).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest request head (request line and headers); hyper answers 431 above it.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Time a client has to send a request's headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a request may take (event streams excepted).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent connections; more are closed at once.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Concurrent event streams; more get 503.
+pub const MAX_EVENT_STREAMS: usize = 32;
+/// Shortest token accepted from a token file.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// What the API reads from the daemon.
+pub trait NodeApi: Send + Sync + 'static {
+    /// This node.
+    fn node(&self) -> NodeInfo;
+    /// Liveness and readiness.
+    fn health(&self) -> Health;
+    /// Configured and linked neighbours.
+    fn peers(&self) -> Vec<PeerInfo>;
+    /// Live links.
+    fn links(&self) -> Vec<LinkInfo>;
+    /// The forwarding table.
+    fn routes(&self) -> Vec<RouteInfo>;
+    /// The link-state database as a graph.
+    fn topology(&self) -> Topology;
+    /// A receiver of events from now on.
+    fn events(&self) -> broadcast::Receiver<Event>;
+}
+
+/// A JSON error body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiError {
+    /// What was wrong.
+    pub error: String,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(ApiError {
+            error: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// This node.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeInfo {
+    /// Node ID (32 hex digits).
+    pub node_id: String,
+    /// SPIFFE ID.
+    pub spiffe_id: String,
+    /// Trust domain of the mesh.
+    pub trust_domain: String,
+    /// Overlay IPv6 address.
+    pub overlay_addr: String,
+    /// Link (QUIC) listen address.
+    pub listen_addr: String,
+    /// UDP port of the data socket.
+    pub data_port: u16,
+    /// x0t version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// Whether this node holds the mesh CA.
+    pub is_ca: bool,
+    /// When the node's SVID expires (RFC 3339).
+    pub svid_expires_at: String,
+    /// Seconds until then (negative once expired).
+    pub svid_expires_in_s: i64,
+    /// Nodes in the link-state database, this one included.
+    pub known_nodes: usize,
+    /// Destinations with a route.
+    pub reachable_nodes: usize,
+    /// Live links.
+    pub links: usize,
+    /// eBPF telemetry is attached.
+    pub ebpf_enabled: bool,
+}
+
+/// Overall health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Ready, nothing to report.
+    Ok,
+    /// Ready, with reasons to look at.
+    Degraded,
+    /// Not ready: the node cannot carry traffic.
+    Unready,
+}
+
+/// Why the node is not fully healthy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HealthReason {
+    /// Stable code: `svid_expired`, `svid_expires_soon`, `revoked`, `no_links`, `peers_down`.
+    pub code: String,
+    /// For people.
+    pub message: String,
+    /// Whether this reason makes the node unready.
+    pub blocks_ready: bool,
+}
+
+/// Liveness and readiness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Summary.
+    pub status: HealthStatus,
+    /// The daemon answers (always true in an answer).
+    pub live: bool,
+    /// The node can carry traffic.
+    pub ready: bool,
+    /// Reasons, if any.
+    pub reasons: Vec<HealthReason>,
+}
+
+impl Health {
+    /// Health from its reasons.
+    pub fn from_reasons(reasons: Vec<HealthReason>) -> Self {
+        let ready = !reasons.iter().any(|r| r.blocks_ready);
+        let status = if !ready {
+            HealthStatus::Unready
+        } else if reasons.is_empty() {
+            HealthStatus::Ok
+        } else {
+            HealthStatus::Degraded
+        };
+        Self {
+            status,
+            live: true,
+            ready,
+            reasons,
+        }
+    }
+}
+
+/// A neighbour: configured (by address), linked (by node ID), or both.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PeerInfo {
+    /// Node ID, once known.
+    pub node_id: Option<String>,
+    /// Configured address, or the address the link comes from.
+    pub addr: Option<String>,
+    /// Listed in the configuration's `[[peers]]`.
+    pub configured: bool,
+    /// A link is up.
+    pub linked: bool,
+    /// Overlay address, once the node ID is known.
+    pub overlay_addr: Option<String>,
+    /// Last dial error, while not linked.
+    pub last_error: Option<String>,
+    /// Failed dials since the last success.
+    pub dial_failures: u32,
+}
+
+/// Routing measurements of a link.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LinkQualityInfo {
+    /// Smoothed RTT, milliseconds (none before the first probe answer).
+    pub rtt_ms: Option<f64>,
+    /// RTT jitter, milliseconds.
+    pub jitter_ms: f64,
+    /// Loss on the neighbour's probes (0–1).
+    pub rx_loss: f64,
+    /// Loss the neighbour reports on ours (0–1).
+    pub tx_loss: f64,
+    /// Quality class: EXCELLENT, GOOD, FAIR, POOR, BAD.
+    pub quality: String,
+    /// Routing cost.
+    pub cost: u32,
+    /// Probe interval, milliseconds.
+    pub probe_interval_ms: u64,
+}
+
+/// A live link.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LinkInfo {
+    /// The neighbour's node ID.
+    pub peer: String,
+    /// Its UDP address.
+    pub remote_addr: String,
+    /// `dialer` or `listener`.
+    pub role: String,
+    /// Negotiated key-exchange group.
+    pub kx_group: String,
+    /// Seconds since the link came up.
+    pub up_s: u64,
+    /// Link setup time, milliseconds.
+    pub setup_ms: f64,
+    /// Routing measurements, once the routing session is up.
+    pub routing: Option<LinkQualityInfo>,
+}
+
+/// A forwarding-table entry.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RouteInfo {
+    /// Destination node ID.
+    pub dst: String,
+    /// Its overlay address.
+    pub overlay_addr: String,
+    /// Next hop node ID.
+    pub next_hop: String,
+    /// On the fast-reroute backup (the primary's link just failed).
+    pub via_backup: bool,
+    /// On the backup: the explicit path (node IDs, from this node).
+    pub path: Option<Vec<String>>,
+    /// A node-disjoint alternate path, where redundant mode asked for one.
+    pub alternate: Option<Vec<String>>,
+}
+
+/// A node of the topology.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TopologyNode {
+    /// Node ID.
+    pub id: String,
+    /// Overlay address.
+    pub overlay_addr: String,
+    /// This node.
+    pub is_self: bool,
+    /// A route to it exists (always true for this node).
+    pub reachable: bool,
+    /// Sequence number of its advert.
+    pub seq: u64,
+}
+
+/// A directed link of the topology, as its origin advertises it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TopologyLink {
+    /// Origin node ID.
+    pub from: String,
+    /// Neighbour node ID.
+    pub to: String,
+    /// Cost from `from` to `to`.
+    pub cost: u32,
+    /// Quality class: EXCELLENT, GOOD, FAIR, POOR, BAD.
+    pub quality: String,
+    /// The neighbour advertises the reverse link too (only such links carry routes).
+    pub two_way: bool,
+}
+
+/// The link-state database as a graph.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Topology {
+    /// This node's ID.
+    pub self_id: String,
+    /// Nodes.
+    pub nodes: Vec<TopologyNode>,
+    /// Links.
+    pub links: Vec<TopologyLink>,
+}
+
+/// Event stream topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Topic {
+    /// Links, neighbours, nodes, routes.
+    Topology,
+    /// Health changes.
+    Health,
+}
+
+impl Topic {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Topology => "topology",
+            Self::Health => "health",
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A link came up (`peer`).
+    LinkUp,
+    /// A link closed (`peer`, `detail`: cause).
+    LinkDown,
+    /// A routing session started (`peer`).
+    NeighborUp,
+    /// A neighbour was declared down (`peer`, `detail`: silent or local).
+    NeighborDown,
+    /// A link's quality class changed (`peer`, `detail`: the class).
+    QualityChanged,
+    /// A node entered the link-state database (`peer`).
+    NodeAppeared,
+    /// A node left it (`peer`).
+    NodeLeft,
+    /// The forwarding table changed (`detail`).
+    RoutesChanged,
+    /// Health changed (`health`).
+    Health,
+    /// This stream fell behind and missed events (`detail`: how many).
+    Lagged,
+}
+
+/// One event.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Topic (also the SSE event name).
+    pub topic: Topic,
+    /// What happened.
+    pub kind: EventKind,
+    /// When (Unix time, milliseconds).
+    pub at_unix_ms: u64,
+    /// The node concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// Details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The new health, for `health` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+impl Event {
+    /// An event stamped now.
+    pub fn new(kind: EventKind, peer: Option<String>, detail: Option<String>) -> Self {
+        let topic = match kind {
+            EventKind::Health => Topic::Health,
+            _ => Topic::Topology,
+        };
+        let at_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Self {
+            topic,
+            kind,
+            at_unix_ms,
+            peer,
+            detail,
+            health: None,
+        }
+    }
+
+    /// A health event.
+    pub fn health(health: Health) -> Self {
+        Self {
+            health: Some(health),
+            ..Self::new(EventKind::Health, None, None)
+        }
+    }
+}
+
+/// Shared by every request.
+pub struct ApiState {
+    node: Arc<dyn NodeApi>,
+    metrics: Arc<MetricsRegistry>,
+    token: Option<String>,
+    event_streams: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiState {
+    /// State over a node, its metrics, and the token requests must carry (if any).
+    pub fn new(
+        node: Arc<dyn NodeApi>,
+        metrics: Arc<MetricsRegistry>,
+        token: Option<String>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            metrics,
+            token,
+            event_streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
+        })
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "x0t",
+        description = "The x0tta6bl4 daemon's HTTP API. When the daemon has a token file \
+                       configured, every path but /health and /openapi.json needs \
+                       `Authorization: Bearer <token>`."
+    ),
+    paths(health, metrics, node, peers, links, routes, topology, events),
+    components(schemas(ApiError)),
+    modifiers(&BearerAuth),
+    tags((name = "x0t", description = "Node state, metrics and events"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The token in the daemon's `api.token_file` (needed when one is set)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The API's routes and protections.
+pub fn router(state: Arc<ApiState>) -> axum::Router {
+    let timed = axum::Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/node", get(node))
+        .route("/v1/peers", get(peers))
+        .route("/v1/links", get(links))
+        .route("/v1/routes", get(routes))
+        .route("/v1/topology", get(topology))
+        .route("/openapi.json", get(openapi_json))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ));
+    axum::Router::new()
+        .route("/v1/events", get(events))
+        .merge(timed)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Paths anyone may read, token or not.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/health" | "/openapi.json")
+}
+
+/// Whether a `Host` header names this machine's loopback (or nothing at all).
+fn host_is_loopback(host: Option<&HeaderValue>) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| token.trim_ascii())
+}
+
+/// Authentication and the loopback `Host` check, before any handler runs.
+async fn guard(State(state): State<Arc<ApiState>>, request: Request, next: Next) -> Response {
+    match &state.token {
+        Some(token) => {
+            if !is_public(request.uri().path()) {
+                let ok = bearer(request.headers()).is_some_and(|given| {
+                    aws_lc_rs::constant_time::verify_slices_are_equal(given, token.as_bytes())
+                        .is_ok()
+                });
+                if !ok {
+                    let mut r = error(
+                        StatusCode::UNAUTHORIZED,
+                        "this API needs `Authorization: Bearer <token>` (the daemon's api.token_file)",
+                    );
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"x0t\""),
+                    );
+                    return r;
+                }
+            }
+        }
+        None => {
+            if !host_is_loopback(request.headers().get(header::HOST)) {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "without a token the API answers only requests for a loopback host",
+                );
+            }
+        }
+    }
+    next.run(request).await
+}
+
+async fn not_found(request: Request) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no such path: {}", request.uri().path()),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {}; this API is read-only (GET)",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Liveness and readiness.
+#[utoipa::path(get, path = "/health", tag = "x0t",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Alive but not ready; the reasons say why", body = Health),
+    ))]
+async fn health(State(state): State<Arc<ApiState>>) -> Response {
+    let h = state.node.health();
+    let status = if h.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(h)).into_response()
+}
+
+/// Prometheus metrics (OpenMetrics when asked for in `Accept`, else text format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "x0t",
+    responses(
+        (status = 200, description = "Every metric, documented in docs/metrics.md",
+         content_type = "text/plain", body = String),
+        (status = 401, description = "Token missing or wrong", body = ApiError),
+    ),
+    security((), ("bearer" = [])))]
+async fn metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    let format = Exposition::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+    match state.metrics.encode(format) {
+        Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding the metrics failed",
+        ),
+    }
+}
+
+/// This node.
+#[utoipa::path(get, path = "/v1/node", tag = "x0t",
+    responses(
+        (status = 200, description = "This node", body = NodeInfo),
+        (status = 401, description = "Token missing or wrong", body = ApiError),
+    ),
+    security((), ("bearer" = [])))]
+async fn node(State(state): State<Arc<ApiState>>) -> Json<NodeInfo> {
+    Json(state.node.node())
+}
+
+/// Configured and linked neighbours.
+#[utoipa::path(get, path = "/v1/peers", tag = "x0t",
+    responses(
+        (status = 200, description = "Neighbours", body = Vec<PeerInfo>),
+        (status = 401, description = "Token missing or wrong", body = ApiError),
+    ),
+    security((), ("bearer" = [])))]
+async fn peers(State(state): State<Arc<ApiState>>) -> Json<Vec<PeerInfo>> {
+    Json(state.node.peers())
+}
+
+/// Live links and their measurements.
+#[utoipa::path(get, path = "/v1/links", tag = "x0t",
+    responses(
+        (status = 200, description = "Links", body = Vec<LinkInfo>),
+        (status = 401, description = "Token missing or wrong", body = ApiError),
+    ),
+    security((), ("bearer" = [])))]
+async fn links(State(state): State<Arc<ApiState>>) -> Json<Vec<LinkInfo>> {
+    Json(state.node.links())
+}
+
+/// Filter of `/v1/routes`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct RoutesQuery {
+    /// Only the route to this node ID (32 hex digits).
+    dst: Option<String>,
+}
+
+/// The forwarding table.
+#[utoipa::path(get, path = "/v1/routes", tag = "x0t", params(RoutesQuery),
+    responses(
+        (status = 200, description = "Routes", body = Vec<RouteInfo>),
+        (status = 400, description = "Bad query", body = ApiError),
+        (status = 401, description = "Token missing or wrong", body = ApiError),
+    ),
+    security((), ("bearer" = [])))]
+async fn routes(
+    State(state): State<Arc<ApiState>>,
+    query: Result<Query<RoutesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let mut routes = state.node.routes();
+    if let Some(dst) = q.dst {
+        let dst = match dst.parse::<x0_wire::NodeId>() {
+            Ok(d) => d.to_string(),
+            Err(e) => {
+                return error(StatusCode::BAD_REQUEST, format!("dst: not a node ID ({e})"));
+            }
+        };
+        routes.retain(|r| r.dst == dst);
+    }
+    Json(routes).into_response()
+}
+
+/// Nodes and links of the link-state database, with quality, for drawing.
+#[utoipa::path(get, path = "/v1/topology", tag = "x0t",
+    responses(
+        (status = 200, description = "Topology", body = Topology),
+        (status = 401, description = "Token missing or wrong", body = ApiError),
+    ),
+    security((), ("bearer" = [])))]
+async fn topology(State(state): State<Arc<ApiState>>) -> Json<Topology> {
+    Json(state.node.topology())
+}
+
+/// Filter of `/v1/events`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// Comma-separated topics: `topology`, `health` (default: both).
+    topics: Option<String>,
+}
+
+fn parse_topics(s: Option<&str>) -> Result<Vec<Topic>, String> {
+    let Some(s) = s else {
+        return Ok(vec![Topic::Topology, Topic::Health]);
+    };
+    s.split(',')
+        .map(|t| match t.trim() {
+            "topology" => Ok(Topic::Topology),
+            "health" => Ok(Topic::Health),
+            other => Err(format!(
+                "topics: unknown topic {other:?} (topology, health)"
+            )),
+        })
+        .collect()
+}
+
+/// Server-sent events. The stream opens with the current health (`health` event), then
+/// carries changes; each SSE event is named after its topic and its data is one JSON
+/// [`Event`].
+#[utoipa::path(get, path = "/v1/events", tag = "x0t", params(EventsQuery),
+    responses(
+        (status = 200, description = "An endless text/event-stream; each event's data is an Event",
+         content_type = "text/event-stream", body = Event),
+        (status = 400, description = "Bad query", body = ApiError),
+        (status = 401, description = "Token missing or wrong", body = ApiError),
+        (status = 503, description = "Too many event streams open", body = ApiError),
+    ),
+    security((), ("bearer" = [])))]
+async fn events(
+    State(state): State<Arc<ApiState>>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let topics = match parse_topics(q.topics.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let Ok(permit) = state.event_streams.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("at most {MAX_EVENT_STREAMS} event streams at once"),
+        );
+    };
+    let rx = state.node.events();
+    let first = Event::health(state.node.health());
+    Sse::new(event_stream(rx, first, topics, permit))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+fn sse_event(e: &Event) -> SseEvent {
+    SseEvent::default()
+        .event(e.topic.as_str())
+        .json_data(e)
+        .unwrap_or_else(|_| SseEvent::default().comment("unencodable event"))
+}
+
+fn event_stream(
+    rx: broadcast::Receiver<Event>,
+    first: Event,
+    topics: Vec<Topic>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let first = topics.contains(&Topic::Health).then_some(first);
+    futures_util::stream::unfold(
+        (rx, first, topics, permit),
+        |(mut rx, first, topics, permit)| async move {
+            if let Some(e) = first {
+                return Some((Ok(sse_event(&e)), (rx, None, topics, permit)));
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(e) if topics.contains(&e.topic) => {
+                        return Some((Ok(sse_event(&e)), (rx, None, topics, permit)));
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let e =
+                            Event::new(EventKind::Lagged, None, Some(format!("{n} events missed")));
+                        return Some((Ok(sse_event(&e)), (rx, None, topics, permit)));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    )
+}
+
+async fn openapi_json() -> Response {
+    match openapi().to_json() {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding the document failed",
+        ),
+    }
+}
+
+/// Binds the API's listener (before anything else starts, so that a busy port is reported
+/// at once).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves `app` on `listener` until the process ends: one task per connection, HTTP/1.1 with
+/// a header read timeout and a head size limit, at most [`MAX_CONNECTIONS`] at once.
+pub async fn serve(listener: std::net::TcpListener, app: axum::Router) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("the API listener cannot be used: {e}");
+            return;
+        }
+    };
+    if let Ok(addr) = listener.local_addr() {
+        info!(addr = %addr, "API listening");
+    }
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                debug!("API accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            debug!(%remote, "API connection refused: too many open");
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let result = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = result {
+                debug!(%remote, "API connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Reads the API token from `path`, or creates the file with a fresh random token (mode 0600)
+/// if it does not exist. A file that others may read is refused (exit 77).
+pub fn load_or_create_token(path: &Path) -> Result<String, Exit> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(Exit::new(
+                    exit::NO_PERM,
+                    format!(
+                        "{shown}: the API token file is readable by others (mode {mode:o}); \
+                         `chmod 600 {shown}`"
+                    ),
+                ));
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Exit::failure(format!("{shown}: {e}")))?;
+            let token = text.trim();
+            if token.len() < MIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(Exit::new(
+                    exit::DATA,
+                    format!(
+                        "{shown}: the API token must be at least {MIN_TOKEN_LEN} printable \
+                         characters without spaces"
+                    ),
+                ));
+            }
+            Ok(token.to_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            aws_lc_rs::rand::fill(&mut bytes)
+                .map_err(|_| Exit::failure("no randomness for the API token"))?;
+            let token = hex::encode(bytes);
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| Exit::failure(format!("{shown}: cannot create: {e}")))?;
+            file.write_all(format!("{token}\n").as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| Exit::failure(format!("{shown}: {e}")))?;
+            info!(file = %shown, "created a new API token");
+            Ok(token)
+        }
+        Err(e) => Err(Exit::failure(format!("{shown}: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    struct FakeNode {
+        events: broadcast::Sender<Event>,
+    }
+
+    impl NodeApi for FakeNode {
+        fn node(&self) -> NodeInfo {
+            NodeInfo {
+                node_id: "00".repeat(16),
+                spiffe_id: "spiffe://mesh.test/node/x".into(),
+                trust_domain: "mesh.test".into(),
+                overlay_addr: "fd00::1".into(),
+                listen_addr: "127.0.0.1:1".into(),
+                data_port: 2,
+                version: "0".into(),
+                uptime_s: 1,
+                is_ca: true,
+                svid_expires_at: "2030-01-01T00:00:00Z".into(),
+                svid_expires_in_s: 100,
+                known_nodes: 1,
+                reachable_nodes: 0,
+                links: 0,
+                ebpf_enabled: false,
+            }
+        }
+        fn health(&self) -> Health {
+            Health::from_reasons(vec![])
+        }
+        fn peers(&self) -> Vec<PeerInfo> {
+            vec![]
+        }
+        fn links(&self) -> Vec<LinkInfo> {
+            vec![]
+        }
+        fn routes(&self) -> Vec<RouteInfo> {
+            vec![RouteInfo {
+                dst: "11".repeat(16),
+                overlay_addr: "fd00::2".into(),
+                next_hop: "11".repeat(16),
+                via_backup: false,
+                path: None,
+                alternate: None,
+            }]
+        }
+        fn topology(&self) -> Topology {
+            Topology {
+                self_id: "00".repeat(16),
+                nodes: vec![],
+                links: vec![],
+            }
+        }
+        fn events(&self) -> broadcast::Receiver<Event> {
+            self.events.subscribe()
+        }
+    }
+
+    fn app(token: Option<&str>) -> axum::Router {
+        let (events, _) = broadcast::channel(8);
+        router(ApiState::new(
+            Arc::new(FakeNode { events }),
+            Arc::new(MetricsRegistry::new()),
+            token.map(str::to_owned),
+        ))
+    }
+
+    async fn call(app: &axum::Router, req: axum::http::Request<axum::body::Body>) -> (u16, String) {
+        let r = app.clone().oneshot(req).await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn get(path: &str) -> axum::http::request::Builder {
+        axum::http::Request::get(path).header(header::HOST, "127.0.0.1:5471")
+    }
+
+    fn empty(b: axum::http::request::Builder) -> axum::http::Request<axum::body::Body> {
+        b.body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn bad_requests_get_json_4xx_answers() {
+        let app = app(None);
+        let (s, body) = call(&app, empty(get("/v1/nope"))).await;
+        assert_eq!(s, 404);
+        assert!(body.contains("\"error\""), "{body}");
+        let (s, body) = call(
+            &app,
+            axum::http::Request::post("/v1/node")
+                .header(header::HOST, "localhost")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(axum::body::Body::from("{not json"))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, 405, "{body}");
+        assert!(body.contains("read-only"), "{body}");
+        let (s, _) = call(
+            &app,
+            axum::http::Request::post("/v1/node")
+                .header(header::HOST, "localhost")
+                .header(header::CONTENT_LENGTH, (MAX_BODY_BYTES + 1).to_string())
+                .body(axum::body::Body::from(vec![b'x'; MAX_BODY_BYTES + 1]))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, 413);
+        let (s, body) = call(&app, empty(get("/v1/routes?dst=zz"))).await;
+        assert_eq!(s, 400);
+        assert!(body.contains("dst"), "{body}");
+        let (s, body) = call(&app, empty(get("/v1/routes?bogus=1"))).await;
+        assert_eq!(s, 400, "{body}");
+        let (s, body) = call(&app, empty(get("/v1/events?topics=weather"))).await;
+        assert_eq!(s, 400);
+        assert!(body.contains("weather"), "{body}");
+        let (s, body) = call(
+            &app,
+            empty(get(&format!("/v1/routes?dst={}", "11".repeat(16)))),
+        )
+        .await;
+        assert_eq!(s, 200);
+        assert!(body.contains("fd00::2"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_token_is_required_when_configured() {
+        let token = "0123456789abcdef0123";
+        let app = app(Some(token));
+        let (s, _) = call(&app, empty(get("/v1/node"))).await;
+        assert_eq!(s, 401);
+        let (s, _) = call(
+            &app,
+            empty(get("/v1/node").header(header::AUTHORIZATION, "Bearer wrong")),
+        )
+        .await;
+        assert_eq!(s, 401);
+        let (s, _) = call(
+            &app,
+            empty(get("/metrics").header(header::AUTHORIZATION, token)),
+        )
+        .await;
+        assert_eq!(s, 401, "the scheme is required");
+        let (s, _) = call(&app, empty(get("/v1/nope"))).await;
+        assert_eq!(s, 401, "unknown paths are not revealed either");
+        let (s, body) = call(
+            &app,
+            empty(get("/v1/node").header(header::AUTHORIZATION, format!("Bearer {token}"))),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+        let (s, _) = call(
+            &app,
+            empty(get("/metrics").header(header::AUTHORIZATION, format!("bearer  {token} "))),
+        )
+        .await;
+        assert_eq!(s, 200);
+        // Public paths, and any Host once a token protects the API.
+        let (s, _) = call(
+            &app,
+            empty(axum::http::Request::get("/health").header(header::HOST, "node.example:5471")),
+        )
+        .await;
+        assert_eq!(s, 200);
+        let (s, _) = call(&app, empty(get("/openapi.json"))).await;
+        assert_eq!(s, 200);
+    }
+
+    #[tokio::test]
+    async fn without_a_token_only_loopback_hosts_are_answered() {
+        let app = app(None);
+        for host in [
+            "127.0.0.1:5471",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:5471",
+            "127.8.9.10",
+        ] {
+            let (s, _) = call(
+                &app,
+                empty(axum::http::Request::get("/v1/node").header(header::HOST, host)),
+            )
+            .await;
+            assert_eq!(s, 200, "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:5471",
+            "10.0.0.1:5471",
+            "[fe80::1]:1",
+            "localhost.evil.example",
+        ] {
+            let (s, _) = call(
+                &app,
+                empty(axum::http::Request::get("/v1/node").header(header::HOST, host)),
+            )
+            .await;
+            assert_eq!(s, 403, "{host}");
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_are_negotiated() {
+        let app = app(None);
+        let r = app
+            .clone()
+            .oneshot(empty(get("/metrics").header(
+                header::ACCEPT,
+                "application/openmetrics-text; version=1.0.0",
+            )))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            crate::metrics::OPENMETRICS_CONTENT_TYPE
+        );
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.ends_with(b"# EOF\n"));
+        let (s, body) = call(&app, empty(get("/metrics"))).await;
+        assert_eq!(s, 200);
+        assert!(
+            body.contains("x0t_build_info{") && !body.contains("# EOF"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn the_openapi_document_is_openapi_3_1_and_lists_every_path() {
+        let text = openapi().to_json().unwrap();
+        let spec = oas3::from_json(&text).unwrap();
+        spec.validate_version().unwrap();
+        let paths: Vec<String> = spec.paths.as_ref().unwrap().keys().cloned().collect();
+        for p in [
+            "/health",
+            "/metrics",
+            "/v1/node",
+            "/v1/peers",
+            "/v1/links",
+            "/v1/routes",
+            "/v1/topology",
+            "/v1/events",
+        ] {
+            assert!(paths.iter().any(|x| x == p), "{p} missing from {paths:?}");
+        }
+    }
+
+    #[test]
+    fn topics_parse() {
+        assert_eq!(parse_topics(None).unwrap().len(), 2);
+        assert_eq!(parse_topics(Some("health")).unwrap(), vec![Topic::Health]);
+        assert!(parse_topics(Some("health,x")).is_err());
+    }
+
+    #[test]
+    fn health_follows_its_reasons() {
+        let h = Health::from_reasons(vec![]);
+        assert_eq!((h.status, h.ready), (HealthStatus::Ok, true));
+        let soft = HealthReason {
+            code: "peers_down".into(),
+            message: String::new(),
+            blocks_ready: false,
+        };
+        let h = Health::from_reasons(vec![soft.clone()]);
+        assert_eq!((h.status, h.ready), (HealthStatus::Degraded, true));
+        let hard = HealthReason {
+            blocks_ready: true,
+            ..soft
+        };
+        let h = Health::from_reasons(vec![hard]);
+        assert_eq!((h.status, h.ready), (HealthStatus::Unready, false));
+    }
+
+    #[test]
+    fn a_token_file_is_created_private_and_read_back() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api-token");
+        let token = load_or_create_token(&path).unwrap();
+        assert_eq!(token.len(), 64);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(load_or_create_token(&path).unwrap(), token);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(load_or_create_token(&path).unwrap_err().code, exit::NO_PERM);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, "short\n").unwrap();
+        assert_eq!(load_or_create_token(&path).unwrap_err().code, exit::DATA);
+    }
+}
