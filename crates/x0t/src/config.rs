@@ -57,6 +57,50 @@ pub struct Config {
     /// HTTP API and metrics settings.
     #[serde(default)]
     pub api: ApiSection,
+    /// eBPF telemetry settings.
+    #[serde(default)]
+    pub ebpf: EbpfSection,
+}
+
+/// `[ebpf]`: the kernel-side counters (docs/ebpf.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfSection {
+    /// Attach the programs (without the privileges the daemon says so once and runs on).
+    pub enabled: bool,
+    /// Underlay interfaces to count on. Empty: those holding the `listen` address, or, when
+    /// listening on all addresses, every interface that is up with an address (not loopback,
+    /// not the TUN device).
+    pub interfaces: Vec<String>,
+    /// Where the underlay counter hooks in: `tc` (TCX ingress and egress, the default),
+    /// `xdp-generic` or `xdp-native` (receive side only).
+    pub hook: EbpfHook,
+    /// Attach the machine-wide tracepoints (kernel drops by reason, TCP retransmits, TCP state
+    /// changes).
+    pub tracepoints: bool,
+}
+
+impl Default for EbpfSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interfaces: Vec::new(),
+            hook: EbpfHook::Tc,
+            tracepoints: true,
+        }
+    }
+}
+
+/// `ebpf.hook`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EbpfHook {
+    /// TCX ingress and egress.
+    Tc,
+    /// XDP in generic (skb) mode.
+    XdpGeneric,
+    /// XDP in native (driver) mode.
+    XdpNative,
 }
 
 /// Default address of the HTTP API.

@@ -98,6 +98,8 @@ struct ApiListener {
 
 struct Shared {
     config: Config,
+    /// eBPF telemetry, when attached.
+    ebpf: Option<Arc<crate::ebpf::Ebpf>>,
     node_id: NodeId,
     endpoint: LinkEndpoint,
     store: Arc<Mutex<StateStore>>,
@@ -236,7 +238,11 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
         e2e,
     )
     .map_err(Exit::failure)?;
+    let ebpf =
+        crate::ebpf::Ebpf::start(&config.ebpf, config.listen.ip(), &config.dataplane.tun_name);
+    daemon_metrics.ebpf_enabled.set(i64::from(ebpf.is_some()));
     Ok(Arc::new(Shared {
+        ebpf,
         node_id: keys.node_id(),
         endpoint,
         store,
@@ -316,11 +322,19 @@ async fn serve(shared: Arc<Shared>) -> CmdResult {
         registry
             .registry_mut()
             .register_collector(Box::new(view::NodeCollector(shared.clone())));
+        if let Some(ebpf) = &shared.ebpf {
+            registry
+                .registry_mut()
+                .register_collector(Box::new(crate::ebpf::EbpfCollector(ebpf.clone())));
+        }
         let state = ApiState::new(shared.clone(), Arc::new(registry), token);
         tokio::spawn(api::serve(listener, api::router(state)));
     }
     shutdown_signal().await;
     info!("shutting down");
+    if let Some(ebpf) = &shared.ebpf {
+        ebpf.log_totals();
+    }
     shared.endpoint.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), shared.endpoint.wait_idle()).await;
     let table = shared.routing.table();

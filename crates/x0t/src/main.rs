@@ -21,6 +21,7 @@ mod daemon;
 mod dataio;
 mod dataplane;
 mod demo;
+mod ebpf;
 mod exit;
 mod lab;
 mod logging;

@@ -789,3 +789,61 @@ fn a_real_prometheus_server_scrapes_a_daemon() {
     let v = get(&web, "/api/v1/query?query=x0t_process_cpu_seconds_total").json();
     assert_eq!(v["data"]["result"].as_array().unwrap().len(), 1, "{v:#}");
 }
+
+#[test]
+fn ebpf_telemetry_is_exported_when_permitted_and_reported_off_when_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    ca_node(&a, &[]);
+    let d = Daemon::start(
+        "a",
+        &config(dir.path(), "a", &a, &[], "\n[ebpf]\nenabled = true\n"),
+    );
+    let api = d.api_addr();
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let m = get(&api, "/metrics");
+    assert_eq!(m.status, 200);
+    if !root {
+        // Never a refusal to start: one line in the log and the gauge at 0.
+        assert!(m.body.contains("\nx0t_ebpf_enabled 0\n"), "{}", m.body);
+        d.wait_for(&["eBPF telemetry is off"], T);
+        eprintln!("SKIPPED the eBPF counters: not root");
+        return;
+    }
+    d.wait_for(&["eBPF telemetry attached"], T);
+    assert!(m.body.contains("\nx0t_ebpf_enabled 1\n"), "{}", m.body);
+    assert!(
+        m.body.contains("x0t_ebpf_tcp_retransmits_total"),
+        "{}",
+        m.body
+    );
+    // A drop the kernel counts: UDP to a closed loopback port (reason NO_SOCKET).
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..20 {
+        let _ = s.send_to(b"x", ("127.0.0.1", free_port()));
+    }
+    let deadline = Instant::now() + T;
+    loop {
+        let m = get(&api, "/metrics");
+        if m.body
+            .contains("x0t_ebpf_kernel_drops_total{reason=\"NO_SOCKET\"}")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no NO_SOCKET drop: {}", m.body);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every eBPF series is documented.
+    let doc = metrics_doc();
+    for line in m.body.lines().filter(|l| l.starts_with("x0t_ebpf")) {
+        let name = line
+            .split(['{', ' '])
+            .next()
+            .unwrap()
+            .trim_end_matches("_total");
+        assert!(doc.contains(name), "{name} is not in docs/metrics.md");
+    }
+}

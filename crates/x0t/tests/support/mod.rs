@@ -211,6 +211,11 @@ pub fn config(dir: &Path, name: &str, state: &Path, peers: &[&str], extra: &str)
     if !extra.contains("[api]") {
         text.push_str("\n[api]\nlisten = \"127.0.0.1:0\"\n");
     }
+    // Nor machine-wide eBPF tracepoints in every loopback daemon (tests that check the eBPF
+    // telemetry turn it on).
+    if !extra.contains("[ebpf]") {
+        text.push_str("\n[ebpf]\nenabled = false\n");
+    }
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
     path
