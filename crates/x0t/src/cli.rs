@@ -232,6 +232,9 @@ pub enum BenchCommand {
     /// Overlay TCP throughput (iperf3) and ping RTT over 1 and 3 hops in network namespaces:
     /// raw veth, wireguard-go, Nebula, Yggdrasil and x0t side by side (needs root).
     Throughput(crate::bench_throughput::ThroughputArgs),
+    /// Throughput cost of the x0-telemetry eBPF programs: iperf3 over one veth between two
+    /// namespaces, alternating runs without and with the programs attached (needs root).
+    EbpfOverhead(crate::bench_ebpf::EbpfOverheadArgs),
     /// Outage and loss of a 1000 packet/s UDP stream through the overlay when its relay
     /// fails (veth down, daemon killed), in a 4-node ring of namespaces (needs root).
     Failover(crate::bench_failover::FailoverArgs),

@@ -10,6 +10,7 @@
 
 mod api;
 mod bench;
+mod bench_ebpf;
 mod bench_failover;
 mod bench_scrape;
 mod bench_throughput;

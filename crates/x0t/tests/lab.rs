@@ -280,3 +280,33 @@ fn demo_in_the_lab_kills_a_relay_and_the_stream_comes_back() {
         "{s}"
     );
 }
+
+#[test]
+fn ebpf_overhead_bench_measures_both_sides_and_checks_the_programs_counted() {
+    if lab_or_skip("ebpf").is_none() {
+        return;
+    }
+    if x0_lab::tools::which("iperf3").is_none() {
+        eprintln!("SKIPPED ebpf-overhead bench: iperf3 missing");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "bench",
+        "ebpf-overhead",
+        "--runs",
+        "1",
+        "--seconds",
+        "1",
+        "--json",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in ["with_mbps", "without_mbps", "overhead_percent"] {
+        assert!(v[key].is_number(), "{key}: {v}");
+    }
+    assert!(v["with_mbps"].as_f64().unwrap() > 0.0);
+    assert!(dir.path().join("ebpf-overhead.json").exists());
+}
