@@ -9,6 +9,9 @@
 //! log: the neighbour declared down after missed probes), when it reroutes, and when packets
 //! flow again, then prints a summary (`--json`: as JSON).
 //!
+//! The daemons run without eBPF telemetry (its tracepoints see the whole machine: one set per
+//! daemon on one host would count everything five times).
+//!
 //! `--lab` (root) runs the same story in network namespaces with real TUN devices, through the
 //! failover benchmark's relay-kill scenario.
 
@@ -204,7 +207,7 @@ impl Demo {
         let dir = self.dir.path().join(format!("n{i}"));
         let state = self.state(i);
         let mut text = format!(
-            "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\n\n[dataplane]\ntun = false\napp_socket = \"127.0.0.1:0\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n",
+            "state_dir = {:?}\nlisten = \"127.0.0.1:0\"\n\n[dataplane]\ntun = false\napp_socket = \"127.0.0.1:0\"\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n[ebpf]\nenabled = false\n",
             state.display().to_string()
         );
         for p in peers {
