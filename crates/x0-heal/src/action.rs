@@ -180,6 +180,40 @@ impl ActionKind {
         }
     }
 
+    /// Its snake_case name, as its serde tag (`raise_link_cost`, `restore_link_cost`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::RaiseLinkCost { .. } => "raise_link_cost",
+            Self::RestoreLinkCost { .. } => "restore_link_cost",
+            Self::ExcludeLink { .. } => "exclude_link",
+            Self::IncludeLink { .. } => "include_link",
+            Self::QuarantineNode { .. } => "quarantine_node",
+            Self::ReleaseNode { .. } => "release_node",
+            Self::RekeyLink { .. } => "rekey_link",
+            Self::RestartLink { .. } => "restart_link",
+            Self::ShedLoad { .. } => "shed_load",
+            Self::RestoreLoad { .. } => "restore_load",
+            Self::Alert { .. } => "alert",
+        }
+    }
+
+    /// The node it is about (for a link: the neighbour at its far end); none for an alert.
+    pub fn target(&self) -> Option<NodeId> {
+        match self {
+            Self::RaiseLinkCost { link, .. }
+            | Self::RestoreLinkCost { link }
+            | Self::ExcludeLink { link, .. }
+            | Self::IncludeLink { link }
+            | Self::RekeyLink { link }
+            | Self::RestartLink { link } => Some(link.neighbor),
+            Self::QuarantineNode { node, .. }
+            | Self::ReleaseNode { node }
+            | Self::ShedLoad { node, .. }
+            | Self::RestoreLoad { node } => Some(*node),
+            Self::Alert { .. } => None,
+        }
+    }
+
     /// Whether executing it changes which paths routing may use.
     pub fn changes_routes(&self) -> bool {
         matches!(
@@ -348,6 +382,31 @@ mod tests {
             neighbor: NodeId::from_bytes([1; 16]),
         };
         assert_eq!(ActionKind::IncludeLink { link }.class(), ActionClass::Undo);
+        let n = NodeId::from_bytes([2; 16]);
+        for k in [
+            ActionKind::RaiseLinkCost { link, factor: 2 },
+            ActionKind::RestoreLinkCost { link },
+            ActionKind::ExcludeLink { link, hold_ms: 1 },
+            ActionKind::IncludeLink { link },
+            ActionKind::QuarantineNode {
+                node: n,
+                hold_ms: 1,
+            },
+            ActionKind::ReleaseNode { node: n },
+            ActionKind::RekeyLink { link },
+            ActionKind::RestartLink { link },
+            ActionKind::ShedLoad {
+                node: n,
+                share: 0.5,
+            },
+            ActionKind::RestoreLoad { node: n },
+            ActionKind::Alert {
+                summary: "x".into(),
+            },
+        ] {
+            assert_eq!(serde_json::to_value(&k).unwrap()["type"], k.name());
+            assert!(k.target().is_some() == !matches!(k, ActionKind::Alert { .. }));
+        }
         assert!(ActionKind::ExcludeLink { link, hold_ms: 0 }.changes_routes());
         assert!(!ActionKind::RestartLink { link }.changes_routes());
     }

@@ -296,6 +296,23 @@ impl<'a> AuditLog<'a> {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
+    /// `(seq, hash)` of the last entry as stored, if any, without verifying anything (for
+    /// publishing the head after each write; [`AuditLog::verify`] checks the chain up to it).
+    pub fn head(&self) -> Result<Option<(u64, [u8; 32])>, AuditError> {
+        let last: Option<Row> = self
+            .conn
+            .query_row(&format!("{SELECT} ORDER BY seq DESC LIMIT 1"), [], read_row)
+            .optional()?;
+        match last {
+            None => Ok(None),
+            Some(row) => {
+                let seq = u64::try_from(row.0).unwrap_or(0);
+                let e = entry(row).map_err(|flaw| AuditError::Broken { seq, flaw })?;
+                Ok(Some((e.seq, e.hash())))
+            }
+        }
+    }
+
     /// Whether there is no entry.
     pub fn is_empty(&self) -> Result<bool, AuditError> {
         Ok(self.len()? == 0)

@@ -450,6 +450,17 @@ impl Healer {
         self.step(now);
     }
 
+    /// Forgets one of our links that is gone for good (its neighbour left and the daemon
+    /// stopped sampling it): it no longer counts among our links for the health state and the
+    /// share of degraded links. Its open incident resolves as its symptoms stop; restrictions
+    /// on it are undone as usual.
+    pub fn forget_link(&mut self, now: Instant, link: LinkId) {
+        let now = self.advance(now);
+        self.links.remove(&link);
+        self.correlator.forget_link(link);
+        self.step(now);
+    }
+
     /// Handles the deadline from [`Healer::poll_timeout`] (calling it early is harmless).
     pub fn handle_timeout(&mut self, now: Instant) {
         let now = self.advance(now);
@@ -1434,6 +1445,30 @@ mod tests {
                 }),
             );
         }
+    }
+
+    #[test]
+    fn a_forgotten_link_no_longer_counts_among_ours() {
+        let mut h = healer(HealConfig::default());
+        h.set_topology(t(0), ring_topology(2));
+        h.handle_sample(t(0), Sample::Link(LinkSample::up(link(1))));
+        down(&mut h, 0, 2);
+        assert_eq!(h.health().state, HealthState::Critical, "1 of 2 links down");
+        // The neighbour is gone for good: the daemon stops reporting it and forgets it.
+        h.forget_link(t(100), 2);
+        let mut at = 100;
+        while at < 20_000 {
+            h.handle_sample(t(at), Sample::Link(LinkSample::up(link(1))));
+            h.handle_timeout(t(at));
+            at += 500;
+        }
+        assert_ne!(h.health().state, HealthState::Critical);
+        assert!(h.incidents().next().is_none(), "its incident resolved");
+        assert!(
+            !h.health().reasons.iter().any(|r| r.contains("links down")),
+            "{:?}",
+            h.health().reasons
+        );
     }
 
     #[test]

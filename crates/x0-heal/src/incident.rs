@@ -296,6 +296,12 @@ impl Correlator {
         self.links.insert(link.id, (link, up));
     }
 
+    /// Forgets a link (one that is gone for good), so that it no longer counts among our
+    /// links.
+    pub fn forget_link(&mut self, link: LinkId) {
+        self.links.remove(&link);
+    }
+
     /// Links known, and how many are down.
     pub fn link_counts(&self) -> (usize, usize) {
         let down = self.links.values().filter(|(_, up)| !up).count();

@@ -36,7 +36,7 @@ use thiserror::Error;
 use x0_identity::NodeKeys;
 use x0_wire::NodeId;
 
-use crate::action::{ActionClass, ActionKind};
+use crate::action::ActionClass;
 use crate::audit::{self, AuditError, AuditLog};
 use crate::detect::Baseline;
 use crate::healer::{KnowledgeSnapshot, Offence};
@@ -105,6 +105,10 @@ pub struct IncidentRow {
     pub confidence: f64,
     /// Resolution, as JSON, once closed.
     pub resolution: Option<String>,
+    /// The first symptom, in words.
+    pub first_symptom: String,
+    /// Symptoms absorbed (known once closed; 0 while open).
+    pub symptoms: u64,
 }
 
 /// An action as stored.
@@ -124,6 +128,12 @@ pub struct ActionRow {
     pub undo_of: Option<u64>,
     /// Result, as JSON, once known.
     pub result: Option<String>,
+    /// When it was planned (Unix ms).
+    pub planned_unix_ms: u64,
+    /// When its result came (Unix ms).
+    pub finished_unix_ms: Option<u64>,
+    /// Why, in one line.
+    pub reason: String,
 }
 
 /// The knowledge base (see the module doc).
@@ -225,22 +235,6 @@ const SCHEMA: &str = "
         state TEXT NOT NULL,
         reasons TEXT NOT NULL);
 ";
-
-fn target_of(kind: &ActionKind) -> Option<NodeId> {
-    match kind {
-        ActionKind::RaiseLinkCost { link, .. }
-        | ActionKind::RestoreLinkCost { link }
-        | ActionKind::ExcludeLink { link, .. }
-        | ActionKind::IncludeLink { link }
-        | ActionKind::RekeyLink { link }
-        | ActionKind::RestartLink { link } => Some(link.neighbor),
-        ActionKind::QuarantineNode { node, .. }
-        | ActionKind::ReleaseNode { node }
-        | ActionKind::ShedLoad { node, .. }
-        | ActionKind::RestoreLoad { node } => Some(*node),
-        ActionKind::Alert { .. } => None,
-    }
-}
 
 impl KnowledgeBase {
     /// Opens the knowledge base at `path`, creating the file (mode 0600) and the tables if
@@ -516,7 +510,7 @@ impl KnowledgeBase {
                             i(action.incident.0),
                             now,
                             action.kind.class().as_str(),
-                            target_of(&action.kind).map(|n| n.to_string()),
+                            action.kind.target().map(|n| n.to_string()),
                             serde_json::to_string(&action.kind)?,
                             mode.as_str(),
                             action.undo_of.map(|a| i(a.0)),
@@ -698,7 +692,8 @@ impl KnowledgeBase {
     /// The latest incidents, newest first.
     pub fn incidents(&self, limit: usize) -> Result<Vec<IncidentRow>, KnowledgeError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, opened_unix_ms, closed_unix_ms, cause, problem, confidence, resolution
+            "SELECT id, opened_unix_ms, closed_unix_ms, cause, problem, confidence, resolution,
+                    first_symptom, symptoms
              FROM heal_incidents ORDER BY id DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
@@ -710,6 +705,8 @@ impl KnowledgeBase {
                 problem: r.get(4)?,
                 confidence: r.get(5)?,
                 resolution: r.get(6)?,
+                first_symptom: r.get(7)?,
+                symptoms: u(r.get(8)?),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -718,7 +715,8 @@ impl KnowledgeBase {
     /// The latest actions, newest first.
     pub fn actions(&self, limit: usize) -> Result<Vec<ActionRow>, KnowledgeError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, incident_id, class, kind, mode, undo_of, result
+            "SELECT id, incident_id, class, kind, mode, undo_of, result, planned_unix_ms,
+                    finished_unix_ms, reason
              FROM heal_actions ORDER BY id DESC LIMIT ?1",
         )?;
         let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
@@ -730,6 +728,9 @@ impl KnowledgeBase {
                 mode: r.get(4)?,
                 undo_of: r.get::<_, Option<i64>>(5)?.map(u),
                 result: r.get(6)?,
+                planned_unix_ms: u(r.get(7)?),
+                finished_unix_ms: r.get::<_, Option<i64>>(8)?.map(u),
+                reason: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -754,7 +755,7 @@ impl KnowledgeBase {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::action::{Action, ActionId, ActionResult};
+    use crate::action::{Action, ActionId, ActionKind, ActionResult};
     use crate::config::Mode;
     use crate::detect::BaselineKey;
     use crate::health::HealthState;

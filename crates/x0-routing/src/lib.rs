@@ -40,7 +40,7 @@ pub use auth::{AdvertAuth, InsecureDigestAuth, Verdict};
 pub use config::RouterConfig;
 pub use graph::{Graph, NodeIx};
 pub use quality::QualityClass;
-pub use router::{DownCause, LinkId, NextHop, Router, RouterEvent};
+pub use router::{DownCause, LinkId, NextHop, Restrictions, Router, RouterEvent};
 pub use stats::RouterStats;
 pub use time::Instant;
 pub use x0_wire::NodeId;

@@ -107,6 +107,16 @@ impl Session {
         self.last_heard + self.peer_interval * u32::from(self.peer_multiplier)
     }
 
+    /// Probe intervals of the neighbour's that passed without a word from it, counted from
+    /// half an interval after the one when its probe was due (so that a probe a little late
+    /// is not a miss); the neighbour is declared down at its detect multiplier.
+    pub fn missed_intervals(&self, now: Instant) -> u32 {
+        let since = now.saturating_since(self.last_heard);
+        let interval = self.peer_interval.max(Duration::from_micros(1));
+        let late = since.saturating_sub(interval / 2);
+        u32::try_from(late.as_micros() / interval.as_micros()).unwrap_or(u32::MAX)
+    }
+
     /// The current probe interval.
     pub fn tx_interval(&self) -> Duration {
         self.tx_interval

@@ -23,6 +23,14 @@
 //! advertise. When a local link dies, destinations whose primary next hop used it switch at
 //! once to the first hop of their precomputed node-disjoint backup path, before the SPF and
 //! before any advert is flooded.
+//!
+//! **Restrictions** (set by the self-healing loop, see [`Restrictions`]): a cost factor on one
+//! of our links, a link excluded from routing (still probed), a node quarantined from transit.
+//! Cost factors and exclusions are *advertised* (our advert carries the raised cost, or leaves
+//! the excluded link out), so that every node's SPF agrees and hop-by-hop forwarding cannot
+//! loop over them; a quarantine is local: our SPF never relays through the node, which stays
+//! reachable as a destination. Restrictions are kept per neighbour, not per link handle, so
+//! they survive the link being restarted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -138,6 +146,35 @@ struct RouteCache {
     backups: HashMap<NodeIx, Option<Vec<NodeIx>>>,
 }
 
+/// Restrictions on routing placed by the self-healing loop.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restrictions {
+    /// Factor applied to the cost of our link to each of these neighbours (absent: 1).
+    pub cost_factors: BTreeMap<NodeId, u32>,
+    /// Neighbours whose link carries no routes (it stays up and probed, and is left out of our
+    /// advert).
+    pub excluded: BTreeSet<NodeId>,
+    /// Nodes our routes never relay through (they stay reachable as destinations).
+    pub quarantined: BTreeSet<NodeId>,
+}
+
+impl Restrictions {
+    /// The cost factor of our link to `neighbor`.
+    pub fn cost_factor(&self, neighbor: &NodeId) -> u32 {
+        self.cost_factors.get(neighbor).copied().unwrap_or(1)
+    }
+
+    /// Whether nothing is restricted.
+    pub fn is_empty(&self) -> bool {
+        self.cost_factors.is_empty() && self.excluded.is_empty() && self.quarantined.is_empty()
+    }
+}
+
+/// A measured cost scaled by a restriction's factor.
+fn scaled(cost: u32, factor: u32) -> u32 {
+    cost.saturating_mul(factor.max(1))
+}
+
 #[derive(Debug)]
 struct Frr {
     until: Instant,
@@ -172,6 +209,8 @@ pub struct Router {
     /// False only when no link has adverts queued or acknowledgements to send, so that
     /// [`Router::run`] can skip its scans over the links (true is always safe).
     work_pending: bool,
+    /// Restrictions from the self-healing loop.
+    restrictions: Restrictions,
 }
 
 impl std::fmt::Debug for Router {
@@ -218,6 +257,7 @@ impl Router {
             epoch: now,
             next_timeout: refresh_at,
             work_pending: false,
+            restrictions: Restrictions::default(),
         }
     }
 
@@ -443,7 +483,8 @@ impl Router {
                         self.events
                             .push_back(RouterEvent::QualityChanged { link, class });
                     }
-                    if wants_advert(&self.cfg, n, now) {
+                    let factor = self.restrictions.cost_factor(&n.session.neighbor());
+                    if wants_advert(&self.cfg, n, now, factor) {
                         self.originate_wanted = true;
                     }
                     // The common case: nothing to send, so `run` would do nothing, and the
@@ -530,6 +571,79 @@ impl Router {
         if now >= self.refresh_at {
             self.originate_wanted = true;
         }
+        self.run(now);
+        self.next_timeout = self.compute_timeout();
+    }
+
+    // ---- restrictions (self-healing) --------------------------------------------------------
+
+    /// The restrictions in force.
+    pub fn restrictions(&self) -> &Restrictions {
+        &self.restrictions
+    }
+
+    /// Multiplies the cost of our link to `neighbor` by `factor` (1 restores it), in our SPF
+    /// and in our advert. Returns whether anything changed.
+    pub fn set_cost_factor(&mut self, now: Instant, neighbor: NodeId, factor: u32) -> bool {
+        let factor = factor.max(1);
+        if self.restrictions.cost_factor(&neighbor) == factor {
+            return false;
+        }
+        if factor == 1 {
+            self.restrictions.cost_factors.remove(&neighbor);
+        } else {
+            self.restrictions.cost_factors.insert(neighbor, factor);
+        }
+        let linked = self.by_neighbor.contains_key(&neighbor);
+        self.restrictions_changed(now, linked);
+        true
+    }
+
+    /// Stops routing over our link to `neighbor` (it stays up and probed, and leaves our
+    /// advert). Returns whether anything changed.
+    pub fn exclude_link(&mut self, now: Instant, neighbor: NodeId) -> bool {
+        if !self.restrictions.excluded.insert(neighbor) {
+            return false;
+        }
+        let linked = self.by_neighbor.contains_key(&neighbor);
+        self.restrictions_changed(now, linked);
+        true
+    }
+
+    /// Undoes [`Router::exclude_link`]. Returns whether anything changed.
+    pub fn include_link(&mut self, now: Instant, neighbor: NodeId) -> bool {
+        if !self.restrictions.excluded.remove(&neighbor) {
+            return false;
+        }
+        let linked = self.by_neighbor.contains_key(&neighbor);
+        self.restrictions_changed(now, linked);
+        true
+    }
+
+    /// Never relays through `node` (it stays reachable as a destination). Refused for
+    /// ourselves. Returns whether anything changed.
+    pub fn quarantine(&mut self, now: Instant, node: NodeId) -> bool {
+        if node == self.me || !self.restrictions.quarantined.insert(node) {
+            return false;
+        }
+        self.restrictions_changed(now, false);
+        true
+    }
+
+    /// Undoes [`Router::quarantine`]. Returns whether anything changed.
+    pub fn release(&mut self, now: Instant, node: NodeId) -> bool {
+        if !self.restrictions.quarantined.remove(&node) {
+            return false;
+        }
+        self.restrictions_changed(now, false);
+        true
+    }
+
+    fn restrictions_changed(&mut self, now: Instant, readvertise: bool) {
+        if readvertise {
+            self.originate_wanted = true;
+        }
+        self.topology_changed(now);
         self.run(now);
         self.next_timeout = self.compute_timeout();
     }
@@ -757,7 +871,12 @@ impl Router {
     ///   nodes a single one-step class change would cost more than a minute of a 1 % budget.
     fn check_significant(&mut self, now: Instant, link: LinkId) {
         if let Some(n) = self.links.get_mut(&link)
-            && wants_advert(&self.cfg, n, now)
+            && wants_advert(
+                &self.cfg,
+                n,
+                now,
+                self.restrictions.cost_factor(&n.session.neighbor()),
+            )
         {
             self.originate_wanted = true;
         }
@@ -824,16 +943,23 @@ impl Router {
         self.seq += 1;
         let mut links: Vec<AdvertisedLink> = Vec::with_capacity(self.links.len());
         for n in self.links.values_mut() {
+            let neighbor = n.session.neighbor();
             let q = n.session.quality();
             let (cost, class) = if q.has_rtt() {
-                (q.cost(), q.class())
+                (
+                    scaled(q.cost(), self.restrictions.cost_factor(&neighbor)),
+                    q.class(),
+                )
             } else {
                 (UNMEASURED_COST, QualityClass::Bad)
             };
             n.advertised_cost = cost;
             n.advertised_class = class;
+            if self.restrictions.excluded.contains(&neighbor) {
+                continue;
+            }
             links.push(AdvertisedLink {
-                neighbor: n.session.neighbor(),
+                neighbor,
                 cost,
                 class: class as u8,
             });
@@ -1011,6 +1137,9 @@ impl Router {
         // Our own edges: live sessions to neighbours whose advert lists us (two-way check).
         for n in self.links.values() {
             let nb = n.session.neighbor();
+            if self.restrictions.excluded.contains(&nb) {
+                continue;
+            }
             let two_way = self.lsdb.get(&nb).is_some_and(|e| {
                 e.body()
                     .links
@@ -1020,7 +1149,7 @@ impl Router {
             if two_way {
                 let q = n.session.quality();
                 let cost = if q.has_rtt() {
-                    q.cost()
+                    scaled(q.cost(), self.restrictions.cost_factor(&nb))
                 } else {
                     n.advertised_cost.max(1)
                 };
@@ -1033,6 +1162,11 @@ impl Router {
                 continue;
             }
             let from = graph.add_node(*origin);
+            if self.restrictions.quarantined.contains(origin) {
+                // A sink: reachable over the links others advertise to it, never relayed
+                // through.
+                continue;
+            }
             for l in &entry.body().links {
                 let back = if l.neighbor == self.me {
                     self.by_neighbor.contains_key(origin)
@@ -1063,12 +1197,12 @@ impl Router {
 }
 
 /// [`Router::check_significant`] for one link: whether its new measurements warrant an advert.
-fn wants_advert(cfg: &RouterConfig, n: &mut Neighbor, now: Instant) -> bool {
+fn wants_advert(cfg: &RouterConfig, n: &mut Neighbor, now: Instant, factor: u32) -> bool {
     let q = n.session.quality();
     if !q.has_rtt() {
         return false;
     }
-    let (cost, class) = (q.cost(), q.class());
+    let (cost, class) = (scaled(q.cost(), factor), q.class());
     if n.advertised_cost >= UNMEASURED_COST {
         // First measurement of a new link: advertise its real cost.
         return true;

@@ -288,9 +288,9 @@ fn a_silent_neighbour_is_declared_down_after_three_intervals() {
     assert!(net.forward(0, 2).is_none(), "0 is cut off");
 }
 
-#[test]
-fn a_local_link_failure_reroutes_at_once_onto_the_disjoint_backup() {
-    // 0-1-2 and 0-3-4-2: primary 0→2 via 1, backup via 3.
+/// 0-1-2 and 0-3-4-2 after convergence: 0 reaches 2 through 1 (the disjoint alternative is
+/// through 3 and 4).
+fn two_ways() -> Net {
     let mut net = Net::new(
         5,
         &[(0, 1), (1, 2), (0, 3), (3, 4), (4, 2)],
@@ -298,6 +298,13 @@ fn a_local_link_failure_reroutes_at_once_onto_the_disjoint_backup() {
     );
     net.run_for(Duration::from_secs(2));
     assert_eq!(net.forward(0, 2).unwrap(), vec![0, 1, 2]);
+    net
+}
+
+#[test]
+fn a_local_link_failure_reroutes_at_once_onto_the_disjoint_backup() {
+    // Primary 0→2 via 1, backup via 3.
+    let mut net = two_ways();
     let now = net.now;
     net.router(0).prepare_backups(now, &[id(2)]);
     let spf_before = net.router(0).stats().spf_runs;
@@ -539,4 +546,135 @@ fn routes_never_loop_after_random_failures() {
         .map(|(i, r)| (i, r.stats().spf_runs))
         .collect();
     assert!(m.values().all(|&s| s > 0));
+}
+
+/// A ring 0-1-2-3-0 after convergence.
+fn square() -> Net {
+    let mut net = Net::new(4, &ring(4), RouterConfig::default());
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.forward(0, 1).unwrap(), vec![0, 1]);
+    net
+}
+
+#[test]
+fn a_raised_link_cost_moves_traffic_away_and_is_advertised() {
+    let mut net = square();
+    let now = net.now;
+    assert!(net.router(0).set_cost_factor(now, id(1), 8));
+    assert!(
+        !net.router(0).set_cost_factor(now, id(1), 8),
+        "already in force"
+    );
+    assert_eq!(net.router(0).restrictions().cost_factor(&id(1)), 8);
+    net.run_for(Duration::from_millis(500));
+    // Ours: around the ring (3 hops at cost ~1 each beat one at ~8).
+    assert_eq!(net.forward(0, 1).unwrap(), vec![0, 3, 2, 1]);
+    // The others see the raised cost in our advert: 3 no longer goes through 0 to reach 1.
+    assert_eq!(net.forward(3, 1).unwrap(), vec![3, 2, 1]);
+    let advert = net
+        .router(3)
+        .lsdb()
+        .get(&id(0))
+        .unwrap()
+        .body()
+        .links
+        .clone();
+    let to1 = advert.iter().find(|l| l.neighbor == id(1)).unwrap();
+    let to3 = advert.iter().find(|l| l.neighbor == id(3)).unwrap();
+    assert!(to1.cost >= 7 * to3.cost, "{advert:?}");
+    // The link itself still carries routes the other way and stays up.
+    assert_eq!(net.forward(1, 0).unwrap(), vec![1, 0]);
+    assert!(net.all_pairs_route());
+    assert!(net.router(0).sessions().any(|(_, s)| s.neighbor() == id(1)));
+    let now = net.now;
+    assert!(net.router(0).set_cost_factor(now, id(1), 1));
+    assert!(net.router(0).restrictions().is_empty());
+    net.run_for(Duration::from_millis(500));
+    assert_eq!(net.forward(0, 1).unwrap(), vec![0, 1]);
+    assert_eq!(net.forward(3, 1).unwrap().len(), 3);
+}
+
+#[test]
+fn an_excluded_link_carries_no_routes_either_way_but_stays_probed() {
+    let mut net = square();
+    let events_before = net.events.len();
+    let now = net.now;
+    assert!(net.router(0).exclude_link(now, id(1)));
+    assert!(!net.router(0).exclude_link(now, id(1)));
+    net.run_for(Duration::from_millis(500));
+    assert_eq!(net.forward(0, 1).unwrap(), vec![0, 3, 2, 1]);
+    // Left out of our advert: the neighbour stops using it too, so nothing loops.
+    assert_eq!(net.forward(1, 0).unwrap(), vec![1, 2, 3, 0]);
+    assert!(
+        !net.router(2)
+            .lsdb()
+            .get(&id(0))
+            .unwrap()
+            .body()
+            .links
+            .iter()
+            .any(|l| l.neighbor == id(1))
+    );
+    assert!(net.all_pairs_route());
+    // Still probed: no neighbour went down.
+    assert!(
+        !net.events[events_before..]
+            .iter()
+            .any(|(_, _, e)| matches!(e, RouterEvent::NeighborDown { .. })),
+        "{:?}",
+        &net.events[events_before..]
+    );
+    assert!(net.router(0).sessions().any(|(_, s)| s.neighbor() == id(1)));
+    // The exclusion is kept per neighbour: it survives the link being restarted.
+    let now = net.now;
+    net.router(0).link_down(now, link(0, 1));
+    net.router(0).link_up(now, link(0, 1), id(1));
+    // (Past the fast-reroute hold the link failure started.)
+    net.run_for(Duration::from_secs(3));
+    assert!(net.router(0).restrictions().excluded.contains(&id(1)));
+    let now = net.now;
+    assert_eq!(net.router(0).next_hop(now, &id(1)).unwrap().neighbor, id(3));
+    assert!(net.router(0).include_link(now, id(1)));
+    assert!(!net.router(0).include_link(now, id(1)));
+    net.run_for(Duration::from_millis(500));
+    assert_eq!(net.forward(0, 1).unwrap(), vec![0, 1]);
+    assert_eq!(net.forward(1, 0).unwrap(), vec![1, 0]);
+}
+
+#[test]
+fn a_quarantined_node_is_never_transit_but_stays_a_destination() {
+    // 0 reaches 2 through 1 until it quarantines 1.
+    let mut net = two_ways();
+    let now = net.now;
+    assert!(!net.router(0).quarantine(now, id(0)), "never ourselves");
+    assert!(net.router(0).quarantine(now, id(1)));
+    assert!(!net.router(0).quarantine(now, id(1)));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.forward(0, 2).unwrap(), vec![0, 3, 4, 2]);
+    assert_eq!(
+        net.forward(0, 1).unwrap(),
+        vec![0, 1],
+        "still a destination"
+    );
+    let now = net.now;
+    for dst in [2, 4] {
+        for p in net.router(0).disjoint_paths(now, &id(dst), 3) {
+            assert!(!p[1..p.len() - 1].contains(&id(1)), "{p:?}");
+        }
+    }
+    // Local to the node that decided it: the others still relay through 1.
+    assert_eq!(net.forward(2, 0).unwrap(), vec![2, 1, 0]);
+    // With no other way, the node is unreachable only as transit: 2 -> 1 -> 0 is fine, but
+    // 0 has no route to 2 without 1 once 3-4 fails.
+    net.edges.remove(&(3, 4));
+    let now = net.now;
+    net.router(3).link_down(now, link(3, 4));
+    net.router(4).link_down(now, link(4, 3));
+    net.run_for(Duration::from_secs(3));
+    let now = net.now;
+    assert!(net.router(0).next_hop(now, &id(2)).is_none());
+    assert!(net.router(0).release(now, id(1)));
+    assert!(!net.router(0).release(now, id(1)));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.forward(0, 2).unwrap(), vec![0, 1, 2]);
 }

@@ -10,6 +10,9 @@
 //! | `GET /v1/routes` | the forwarding table |
 //! | `GET /v1/topology` | nodes and links of the link-state database, for drawing |
 //! | `GET /v1/events` | server-sent events: topology and health changes |
+//! | `GET /v1/incidents` | the self-healing loop's incidents, newest first |
+//! | `GET /v1/actions` | the self-healing loop's actions (taken, or only planned in observe mode) |
+//! | `GET /v1/health` | the self-healing loop's health state with its reasons, restrictions in force, audit head |
 //! | `GET /openapi.json` | this API's OpenAPI document |
 //!
 //! Who owns what: the daemon implements [`NodeApi`] over its own state (every call is a short
@@ -77,6 +80,12 @@ pub trait NodeApi: Send + Sync + 'static {
     fn topology(&self) -> Topology;
     /// A receiver of events from now on.
     fn events(&self) -> broadcast::Receiver<Event>;
+    /// The self-healing loop's incidents, newest first.
+    fn incidents(&self) -> Vec<IncidentInfo>;
+    /// The self-healing loop's actions, newest first.
+    fn actions(&self) -> Vec<ActionInfo>;
+    /// The self-healing loop's health state.
+    fn heal_health(&self) -> HealHealth;
 }
 
 /// A JSON error body.
@@ -302,6 +311,114 @@ pub struct Topology {
     pub links: Vec<TopologyLink>,
 }
 
+/// An incident of the self-healing loop (docs/heal.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct IncidentInfo {
+    /// Its number (`i<id>` in logs).
+    pub id: u64,
+    /// When it was opened (Unix time, milliseconds).
+    pub opened_at_unix_ms: u64,
+    /// When it was closed, once it is.
+    pub closed_at_unix_ms: Option<u64>,
+    /// Still open.
+    pub open: bool,
+    /// What the suspected cause is: `link`, `node` or `local` (this node).
+    pub cause_kind: String,
+    /// The node concerned: the neighbour at the link's far end, or the node; none for `local`.
+    pub cause_node: Option<String>,
+    /// The cause, in words.
+    pub cause: String,
+    /// `link_down`, `flapping`, `link_degraded`, `crypto_failure`, `node_down`,
+    /// `black_hole`, `noisy_neighbour` or `local_pressure`.
+    pub problem: String,
+    /// Confidence in the cause (0–1).
+    pub confidence: f64,
+    /// How it ended: `cleared`, or `merged into i<id>`.
+    pub resolution: Option<String>,
+    /// The first symptom, in words.
+    pub first_symptom: String,
+}
+
+/// An action of the self-healing loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ActionInfo {
+    /// Its number (`a<id>` in logs).
+    pub id: u64,
+    /// The incident it answers.
+    pub incident: u64,
+    /// `raise_link_cost`, `restore_link_cost`, `exclude_link`, `include_link`,
+    /// `quarantine_node`, `release_node`, `rekey_link`, `restart_link`, `shed_load`,
+    /// `restore_load` or `alert`.
+    pub kind: String,
+    /// The node it is about (for a link: the neighbour), if any.
+    pub target: Option<String>,
+    /// What exactly, in words.
+    pub detail: String,
+    /// `act` (handed to the executor) or `observe` (only recorded).
+    pub mode: String,
+    /// The action this one undoes.
+    pub undo_of: Option<u64>,
+    /// Why, in one line.
+    pub reason: String,
+    /// When it was planned (Unix time, milliseconds).
+    pub planned_at_unix_ms: u64,
+    /// When the executor reported on it.
+    pub finished_at_unix_ms: Option<u64>,
+    /// `done`, or `failed: <why>`; none while in flight and in observe mode.
+    pub result: Option<String>,
+}
+
+/// A restriction the self-healing loop placed on routing, as the routing core has it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RestrictionInfo {
+    /// `cost_raised` (our link to `node` costs `factor` times its measured cost),
+    /// `link_excluded` (our link to `node` carries no routes) or `node_quarantined` (never
+    /// relayed through).
+    pub kind: String,
+    /// The neighbour or node.
+    pub node: String,
+    /// For `cost_raised`: the factor.
+    pub factor: Option<u32>,
+}
+
+/// The audit log's head, as last written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditHeadInfo {
+    /// Entries in the log.
+    pub entries: u64,
+    /// Hex SHA-256 of the last entry (what `x0t audit verify` reports as the head).
+    pub head_hash: Option<String>,
+    /// The check of the whole chain when the daemon started: `ok`, `running`, or what is
+    /// wrong (the first bad entry).
+    pub check_at_start: String,
+}
+
+/// The self-healing loop's health state (docs/heal.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HealHealth {
+    /// The loop runs (`heal.enabled`, and its knowledge base opened).
+    pub enabled: bool,
+    /// Why it does not run, when it does not.
+    pub error: Option<String>,
+    /// `act` or `observe`.
+    pub mode: Option<String>,
+    /// `OPTIMAL`, `DEGRADED`, `CRITICAL` or `RECOVERING`.
+    pub state: Option<String>,
+    /// The state as the `x0t_heal_health_state` gauge has it: 0 optimal, 1 recovering,
+    /// 2 degraded, 3 critical.
+    pub state_value: Option<u8>,
+    /// Why, one line each (empty when OPTIMAL).
+    pub reasons: Vec<String>,
+    /// The monitor's current sampling interval, milliseconds.
+    pub sampling_interval_ms: Option<u64>,
+    /// Incidents open.
+    pub open_incidents: usize,
+    /// Restrictions in force in routing.
+    pub restrictions: Vec<RestrictionInfo>,
+    /// The audit log.
+    pub audit: Option<AuditHeadInfo>,
+}
+
 /// Event stream topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -437,7 +554,7 @@ impl ApiState {
                        configured, every path but /health and /openapi.json needs \
                        `Authorization: Bearer <token>`."
     ),
-    paths(health, metrics, node, peers, links, routes, topology, events),
+    paths(health, metrics, node, peers, links, routes, topology, events, incidents, actions, heal_health),
     components(schemas(ApiError)),
     modifiers(&BearerAuth),
     tags((name = "x0t", description = "Node state, metrics and events"))
@@ -478,6 +595,9 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .route("/v1/links", get(links))
         .route("/v1/routes", get(routes))
         .route("/v1/topology", get(topology))
+        .route("/v1/incidents", get(incidents))
+        .route("/v1/actions", get(actions))
+        .route("/v1/health", get(heal_health))
         .route("/openapi.json", get(openapi_json))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -692,6 +812,42 @@ async fn routes(
     security((), ("bearer" = [])))]
 async fn topology(State(state): State<Arc<ApiState>>) -> Json<Topology> {
     Json(state.node.topology())
+}
+
+/// The self-healing loop's incidents (the latest 200, newest first; open ones with their
+/// current cause and confidence).
+#[utoipa::path(get, path = "/v1/incidents", tag = "x0t",
+    responses(
+        (status = 200, description = "Incidents", body = Vec<IncidentInfo>),
+        (status = 401, description = "Token missing or wrong", body = ApiError),
+    ),
+    security((), ("bearer" = [])))]
+async fn incidents(State(state): State<Arc<ApiState>>) -> Json<Vec<IncidentInfo>> {
+    Json(state.node.incidents())
+}
+
+/// The self-healing loop's actions (the latest 200, newest first): taken in act mode, only
+/// recorded in observe mode.
+#[utoipa::path(get, path = "/v1/actions", tag = "x0t",
+    responses(
+        (status = 200, description = "Actions", body = Vec<ActionInfo>),
+        (status = 401, description = "Token missing or wrong", body = ApiError),
+    ),
+    security((), ("bearer" = [])))]
+async fn actions(State(state): State<Arc<ApiState>>) -> Json<Vec<ActionInfo>> {
+    Json(state.node.actions())
+}
+
+/// The self-healing loop's health state with its reasons, the restrictions in force and the
+/// audit log's head.
+#[utoipa::path(get, path = "/v1/health", tag = "x0t",
+    responses(
+        (status = 200, description = "Self-healing health", body = HealHealth),
+        (status = 401, description = "Token missing or wrong", body = ApiError),
+    ),
+    security((), ("bearer" = [])))]
+async fn heal_health(State(state): State<Arc<ApiState>>) -> Json<HealHealth> {
+    Json(state.node.heal_health())
 }
 
 /// Filter of `/v1/events`.
@@ -967,6 +1123,26 @@ mod tests {
         fn events(&self) -> broadcast::Receiver<Event> {
             self.events.subscribe()
         }
+        fn incidents(&self) -> Vec<IncidentInfo> {
+            vec![]
+        }
+        fn actions(&self) -> Vec<ActionInfo> {
+            vec![]
+        }
+        fn heal_health(&self) -> HealHealth {
+            HealHealth {
+                enabled: false,
+                error: None,
+                mode: None,
+                state: None,
+                state_value: None,
+                reasons: vec![],
+                sampling_interval_ms: None,
+                open_incidents: 0,
+                restrictions: vec![],
+                audit: None,
+            }
+        }
     }
 
     fn app(token: Option<&str>) -> axum::Router {
@@ -1153,6 +1329,9 @@ mod tests {
             "/v1/routes",
             "/v1/topology",
             "/v1/events",
+            "/v1/incidents",
+            "/v1/actions",
+            "/v1/health",
         ] {
             assert!(paths.iter().any(|x| x == p), "{p} missing from {paths:?}");
         }

@@ -44,6 +44,11 @@ pub enum Command {
     Routes(crate::ctl::ApiArgs),
     /// Show the mesh topology as the running daemon knows it.
     Topology(crate::ctl::ApiArgs),
+    /// List the running daemon's self-healing incidents, newest first.
+    Incidents(crate::ctl::ApiArgs),
+    /// Check or export the self-healing audit log (read-only; the daemon may be running).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Measure figures (results as JSON under bench-results/).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -94,6 +99,36 @@ pub struct StateDirArg {
     /// State directory (created 0700 if missing).
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
+}
+
+/// Where the knowledge base is: a state directory, or the daemon's configuration file.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct KnowledgeArgs {
+    /// State directory holding `state.db`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The daemon's configuration file (its `state_dir`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain and every ML-DSA-65 signature (with this node's key); names the
+    /// first bad entry and exits 1 if there is one.
+    Verify {
+        #[command(flatten)]
+        at: KnowledgeArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every entry as one JSON object per line on stdout (enough to verify without x0t).
+    Export {
+        #[command(flatten)]
+        at: KnowledgeArgs,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -15,7 +15,10 @@ use x0_link::{FailureReason, LinkConfig, LinkError};
 use x0_wire::control::RefusalCode;
 use x0_wire::{InvitationToken, NodeId};
 
-use crate::cli::{BenchCommand, CaCommand, Command, IdentityCommand, InitArgs, JoinArgs};
+use crate::cli::{
+    AuditCommand, BenchCommand, CaCommand, Command, IdentityCommand, InitArgs, JoinArgs,
+    KnowledgeArgs,
+};
 use crate::exit::{self, CmdResult, Exit};
 use crate::time::{now, now_secs, rfc3339};
 
@@ -69,6 +72,9 @@ pub fn run(cmd: Command) -> CmdResult {
         Command::Links(args) => crate::ctl::run(crate::ctl::View::Links, &args),
         Command::Routes(args) => crate::ctl::run(crate::ctl::View::Routes, &args),
         Command::Topology(args) => crate::ctl::run(crate::ctl::View::Topology, &args),
+        Command::Incidents(args) => crate::ctl::run(crate::ctl::View::Incidents, &args),
+        Command::Audit(AuditCommand::Verify { at, json }) => audit_verify(&at, json),
+        Command::Audit(AuditCommand::Export { at }) => audit_export(&at),
         Command::Bench(BenchCommand::UdpSource(args)) => crate::bench_failover::udp_source(args),
         Command::Bench(BenchCommand::UdpSink(args)) => crate::bench_failover::udp_sink(args),
         Command::Sim(args) => crate::sim::run(args),
@@ -639,5 +645,108 @@ fn join(args: JoinArgs) -> CmdResult {
             v.trust_domain, v.spiffe_id, v.overlay_addr, v.svid_not_after, v.kx_group
         )
     });
+    Ok(())
+}
+
+/// The state directory named by `--state-dir`, or by `--config`'s `state_dir`.
+fn knowledge_dir(at: &KnowledgeArgs) -> Result<std::path::PathBuf, Exit> {
+    match (&at.state_dir, &at.config) {
+        (Some(dir), _) => Ok(dir.clone()),
+        (None, Some(cfg)) => crate::config::Config::load(cfg)
+            .map(|c| c.state_dir)
+            .map_err(|e| Exit::usage(e.to_string())),
+        (None, None) => Err(Exit::usage("give --state-dir DIR or --config FILE")),
+    }
+}
+
+fn knowledge_error(e: x0_heal::KnowledgeError) -> Exit {
+    use x0_heal::KnowledgeError as K;
+    let code = match &e {
+        K::Missing(_) => exit::NO_INPUT,
+        K::Corrupt { .. } | K::NewerSchema { .. } => exit::DATA,
+        _ => exit::FAILURE,
+    };
+    Exit::new(code, e.to_string())
+}
+
+/// The node's keys and its knowledge base, opened read-only.
+fn open_knowledge(at: &KnowledgeArgs) -> Result<(NodeKeys, x0_heal::KnowledgeBase), Exit> {
+    let dir = knowledge_dir(at)?;
+    let store = StateStore::open_existing(&dir)?;
+    let keys = require_keys(&store)?;
+    drop(store);
+    let kb = x0_heal::KnowledgeBase::open_read_only(&dir.join(x0_identity::store::DB_FILE))
+        .map_err(knowledge_error)?;
+    Ok((keys, kb))
+}
+
+#[derive(Serialize)]
+struct AuditVerdict {
+    ok: bool,
+    entries: u64,
+    head_seq: Option<u64>,
+    head_hash: Option<String>,
+    signer: NodeId,
+    first_bad_entry: Option<u64>,
+    flaw: Option<String>,
+}
+
+fn audit_verify(at: &KnowledgeArgs, json: bool) -> CmdResult {
+    let (keys, kb) = open_knowledge(at)?;
+    let audit = kb.audit();
+    let verdict = match audit.verify(keys.mldsa_public_key()) {
+        Ok(v) => AuditVerdict {
+            ok: true,
+            entries: v.entries,
+            head_seq: v.head.map(|(s, _)| s),
+            head_hash: v.head.map(|(_, h)| hex::encode(h)),
+            signer: keys.node_id(),
+            first_bad_entry: None,
+            flaw: None,
+        },
+        Err(x0_heal::AuditError::Broken { seq, flaw }) => AuditVerdict {
+            ok: false,
+            entries: audit.len().unwrap_or(0),
+            head_seq: None,
+            head_hash: None,
+            signer: keys.node_id(),
+            first_bad_entry: Some(seq),
+            flaw: Some(flaw.to_string()),
+        },
+        Err(e) => return Err(Exit::failure(e.to_string())),
+    };
+    print(json, &verdict, |v| match (v.first_bad_entry, &v.flaw) {
+        (Some(seq), Some(flaw)) => format!(
+            "audit log BROKEN at entry {seq}: {flaw} ({} entries stored; signer {})",
+            v.entries, v.signer
+        ),
+        _ => format!(
+            "audit log OK: {} entries, chain and ML-DSA-65 signatures verified (signer {})\nhead: \
+             entry {} sha256 {}",
+            v.entries,
+            v.signer,
+            v.head_seq.map_or("-".into(), |s| s.to_string()),
+            v.head_hash.as_deref().unwrap_or("-")
+        ),
+    });
+    match verdict.first_bad_entry {
+        Some(seq) => Err(Exit::failure(format!(
+            "the audit log does not verify: entry {seq}: {}",
+            verdict.flaw.unwrap_or_default()
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn audit_export(at: &KnowledgeArgs) -> CmdResult {
+    let (_, kb) = open_knowledge(at)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let n = kb
+        .audit()
+        .export_jsonl(&mut out)
+        .map_err(|e| Exit::failure(e.to_string()))?;
+    std::io::Write::flush(&mut out).map_err(|e| Exit::failure(e.to_string()))?;
+    tracing::info!(entries = n, "audit log exported");
     Ok(())
 }

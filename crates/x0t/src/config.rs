@@ -60,6 +60,55 @@ pub struct Config {
     /// eBPF telemetry settings.
     #[serde(default)]
     pub ebpf: EbpfSection,
+    /// Self-healing loop settings.
+    #[serde(default)]
+    pub heal: HealSection,
+}
+
+/// `[heal]`: the self-healing loop (docs/heal.md). Everything but `enabled` is
+/// [`x0_heal::HealConfig`], passed through and checked by [`x0_heal::HealConfig::validate`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealSection {
+    /// Run the loop at all.
+    pub enabled: bool,
+    /// `act` (the default) or `observe` (record and publish what it would do; do nothing).
+    pub mode: x0_heal::Mode,
+    /// `[heal.sampling]`: monitor pacing.
+    pub sampling: x0_heal::config::SamplingConfig,
+    /// `[heal.detect]`: detector parameters.
+    pub detect: x0_heal::config::DetectConfig,
+    /// `[heal.incidents]`: incident correlation and health.
+    pub incidents: x0_heal::config::IncidentConfig,
+    /// `[heal.plan]`: planner safety and pacing.
+    pub plan: x0_heal::config::PlanConfig,
+}
+
+impl Default for HealSection {
+    fn default() -> Self {
+        let d = x0_heal::HealConfig::default();
+        Self {
+            enabled: true,
+            mode: d.mode,
+            sampling: d.sampling,
+            detect: d.detect,
+            incidents: d.incidents,
+            plan: d.plan,
+        }
+    }
+}
+
+impl HealSection {
+    /// The loop's settings.
+    pub fn heal_config(&self) -> x0_heal::HealConfig {
+        x0_heal::HealConfig {
+            mode: self.mode,
+            sampling: self.sampling.clone(),
+            detect: self.detect.clone(),
+            incidents: self.incidents.clone(),
+            plan: self.plan.clone(),
+        }
+    }
 }
 
 /// `[ebpf]`: the kernel-side counters (docs/ebpf.md).
@@ -530,6 +579,10 @@ impl Config {
                 Some(_) => {}
             }
         }
+        self.heal
+            .heal_config()
+            .validate()
+            .map_err(|e| format!("key `heal.{}`: must be {}", e.key, e.allowed))?;
         if let Some(a) = &self.advertise
             && a.rsplit_once(':')
                 .and_then(|(_, port)| port.parse::<u16>().ok())
@@ -673,6 +726,35 @@ mod tests {
         assert!(e.contains("port"), "{e}");
         let e = Config::parse("state_dir = \"/x\"\n[api]\nlisten = \"nope\"\n").unwrap_err();
         assert!(e.contains("api.listen"), "{e}");
+    }
+
+    #[test]
+    fn the_heal_section_has_defaults_and_names_bad_keys() {
+        let c = Config::parse("state_dir = \"/x\"\n").unwrap();
+        assert!(c.heal.enabled);
+        assert_eq!(c.heal.mode, x0_heal::Mode::Act);
+        assert_eq!(c.heal.heal_config(), x0_heal::HealConfig::default());
+        let c = Config::parse(
+            "state_dir = \"/x\"\n[heal]\nmode = \"observe\"\n[heal.plan]\naction_burst = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.heal.heal_config().mode, x0_heal::Mode::Observe);
+        assert_eq!(c.heal.heal_config().plan.action_burst, 2);
+        let c = Config::parse("state_dir = \"/x\"\n[heal]\nenabled = false\n").unwrap();
+        assert!(!c.heal.enabled);
+        let e = Config::parse("state_dir = \"/x\"\n[heal]\nmode = \"fix\"\n").unwrap_err();
+        assert!(e.contains("heal.mode") && e.contains("observe"), "{e}");
+        let e = Config::parse("state_dir = \"/x\"\n[heal.detect]\nbogus = 1\n").unwrap_err();
+        assert!(e.contains("heal.detect") && e.contains("bogus"), "{e}");
+        let e =
+            Config::parse("state_dir = \"/x\"\n[heal.detect]\nz_threshold = 0.5\n").unwrap_err();
+        assert!(
+            e.contains("heal.detect.z_threshold") && e.contains("at least 1"),
+            "{e}"
+        );
+        let e = Config::parse("state_dir = \"/x\"\n[heal.sampling]\ninterval_min_ms = 1\n")
+            .unwrap_err();
+        assert!(e.contains("heal.sampling.interval_min_ms"), "{e}");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `x0t status | peers | links | routes | topology`: read a running daemon through its HTTP
+//! `x0t status | peers | links | routes | topology | incidents`: read a running daemon through its HTTP
 //! API; a table for people, JSON with `--json`.
 //!
 //! The daemon is found at `--api HOST:PORT` (default `127.0.0.1:5471`), or through its
@@ -15,7 +15,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
-use crate::api::{Health, LinkInfo, NodeInfo, PeerInfo, RouteInfo, Topology};
+use crate::api::{Health, IncidentInfo, LinkInfo, NodeInfo, PeerInfo, RouteInfo, Topology};
 use crate::config::{Config, DEFAULT_API_LISTEN};
 use crate::exit::{self, CmdResult, Exit};
 
@@ -56,6 +56,8 @@ pub enum View {
     Routes,
     /// Topology.
     Topology,
+    /// Self-healing incidents.
+    Incidents,
 }
 
 /// Runs one of the commands.
@@ -91,6 +93,10 @@ pub fn run(view: View, args: &ApiArgs) -> CmdResult {
             View::Topology => {
                 let topology: Topology = client.get("/v1/topology").await?;
                 show(args.json, &topology, topology_text);
+            }
+            View::Incidents => {
+                let incidents: Vec<IncidentInfo> = client.get("/v1/incidents").await?;
+                show(args.json, incidents.as_slice(), incidents_table);
             }
         }
         Ok(())
@@ -475,6 +481,45 @@ fn topology_text(t: &Topology) -> String {
         t.links.len(),
         table(&["NODE", "OVERLAY", "STATE", "SEQ"], &nodes),
         table(&["FROM", "TO", "COST", "QUALITY", "TWO-WAY"], &links),
+    )
+}
+
+fn incidents_table(incidents: &[IncidentInfo]) -> String {
+    if incidents.is_empty() {
+        return "no incidents\n".into();
+    }
+    let rows: Vec<Vec<String>> = incidents
+        .iter()
+        .map(|i| {
+            vec![
+                format!("i{}", i.id),
+                crate::time::rfc3339(i.opened_at_unix_ms / 1000),
+                if i.open {
+                    "open".into()
+                } else {
+                    i.resolution.clone().unwrap_or_else(|| "closed".into())
+                },
+                i.problem.clone(),
+                match &i.cause_node {
+                    Some(n) => format!("{} {}", i.cause_kind, short(n)),
+                    None => i.cause_kind.clone(),
+                },
+                format!("{:.2}", i.confidence),
+                i.first_symptom.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "INCIDENT",
+            "OPENED",
+            "STATE",
+            "PROBLEM",
+            "CAUSE",
+            "CONFIDENCE",
+            "FIRST SYMPTOM",
+        ],
+        &rows,
     )
 }
 

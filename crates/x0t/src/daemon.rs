@@ -20,6 +20,11 @@
 //!   `/metrics` and `/v1/…` from this state through [`view`]; the daemon's tasks feed its event
 //!   stream (`events`): links up and down here, routing changes through a forwarding task, and
 //!   health changes from the **health watcher**, which re-evaluates health every second.
+//! * The **self-healing loop** ([`crate::heal`]) runs on a thread of its own with its own
+//!   connection to the state database (the knowledge base and the signed audit log); it reads
+//!   the routing status, the data plane's and eBPF's counters, and acts through the routing
+//!   task, the data plane and the diallers (a dialler wakes early when the loop restarts a link
+//!   that is already down).
 //! * On the CA node the **revocation watcher** polls the database's `data_version` every 250 ms,
 //!   so `x0t ca revoke` (another process) takes effect within that time: the revoked node's
 //!   links are closed, its handshakes refused, and the signed list is flooded to every link.
@@ -34,7 +39,7 @@ use std::time::Duration;
 
 use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tracing::{debug, error, info, warn};
 use x0_identity::authority::{accept_issued, handle_join, handle_renew, self_issue};
 use x0_identity::ca::CLOCK_SKEW_ALLOWANCE;
@@ -54,6 +59,7 @@ use crate::commands::{META_ADVERTISE, refresh_ca_node_svid};
 use crate::config::{Config, PeerConfig};
 use crate::dataplane::{DataPlane, DataPlaneConfig};
 use crate::exit::{CmdResult, Exit};
+use crate::heal::{self, HealDeps, HealHandle};
 use crate::logging;
 use crate::metrics::{DaemonMetrics, MetricsRegistry};
 use crate::netwatch;
@@ -119,6 +125,12 @@ struct Shared {
     /// Configured neighbours by address, as their diallers see them.
     peer_states: Mutex<HashMap<String, view::PeerState>>,
     api: Mutex<Option<ApiListener>>,
+    /// The self-healing loop as the API and metrics see it.
+    heal: Arc<HealHandle>,
+    /// The loop, opened at start, until [`serve`] starts it.
+    heal_prepared: Mutex<Option<heal::Prepared>>,
+    /// Per neighbour we dial: wakes its dialler from its back-off (a link restart).
+    redial: Mutex<HashMap<NodeId, Arc<Notify>>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -241,7 +253,16 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
     let ebpf =
         crate::ebpf::Ebpf::start(&config.ebpf, config.listen.ip(), &config.dataplane.tun_name);
     daemon_metrics.ebpf_enabled.set(i64::from(ebpf.is_some()));
+    let (heal, heal_prepared) = if config.heal.enabled {
+        heal::prepare(&config.heal.heal_config(), &config.state_dir, keys.clone())
+    } else {
+        info!("self-healing is off (heal.enabled = false)");
+        (HealHandle::disabled(), None)
+    };
     Ok(Arc::new(Shared {
+        heal,
+        heal_prepared: Mutex::new(heal_prepared),
+        redial: Mutex::new(HashMap::new()),
         ebpf,
         node_id: keys.node_id(),
         endpoint,
@@ -314,6 +335,14 @@ async fn serve(shared: Arc<Shared>) -> CmdResult {
     }
     tokio::spawn(forward_routing_changes(shared.clone()));
     tokio::spawn(health_watcher(shared.clone()));
+    let prepared = lock(&shared.heal_prepared).take();
+    let heal = prepared.and_then(|p| match p.start(heal_deps(&shared)) {
+        Ok(running) => Some(running),
+        Err(e) => {
+            error!("{e}");
+            None
+        }
+    });
     let listener = lock(&shared.api).take();
     if let Some(ApiListener { listener, token }) = listener {
         let mut registry = MetricsRegistry::new();
@@ -327,11 +356,20 @@ async fn serve(shared: Arc<Shared>) -> CmdResult {
                 .registry_mut()
                 .register_collector(Box::new(crate::ebpf::EbpfCollector(ebpf.clone())));
         }
+        registry
+            .registry_mut()
+            .register_collector(Box::new(heal::HealCollector {
+                handle: shared.heal.clone(),
+                routing: shared.routing.clone(),
+            }));
         let state = ApiState::new(shared.clone(), Arc::new(registry), token);
         tokio::spawn(api::serve(listener, api::router(state)));
     }
     shutdown_signal().await;
     info!("shutting down");
+    if let Some(heal) = heal {
+        heal.stop().await;
+    }
     if let Some(ebpf) = &shared.ebpf {
         ebpf.log_totals();
     }
@@ -346,6 +384,37 @@ async fn serve(shared: Arc<Shared>) -> CmdResult {
         "stopped"
     );
     Ok(())
+}
+
+/// What the self-healing loop reads and acts through.
+fn heal_deps(shared: &Arc<Shared>) -> HealDeps {
+    let for_rx = shared.clone();
+    let for_redial = shared.clone();
+    HealDeps {
+        routing: shared.routing.clone(),
+        dataplane: shared.dataplane.clone(),
+        ebpf: shared.ebpf.clone(),
+        rx_bytes: Box::new(move || {
+            lock(&for_rx.links)
+                .iter()
+                .map(|(peer, e)| (*peer, e.connection.stats().udp_rx.bytes))
+                .collect()
+        }),
+        redial: Box::new(move |peer| {
+            lock(&for_redial.redial)
+                .get(&peer)
+                .map(|n| n.notify_one())
+                .is_some()
+        }),
+    }
+}
+
+/// Sleeps for `d`, or less if the self-healing loop asks for a redial.
+async fn pause(d: Duration, nudge: &Notify) {
+    tokio::select! {
+        () = tokio::time::sleep(d) => {}
+        () = nudge.notified() => {}
+    }
 }
 
 async fn shutdown_signal() {
@@ -609,12 +678,14 @@ async fn dialler(shared: Arc<Shared>, peer: PeerConfig) {
     let mut backoff = min;
     let mut known: Option<NodeId> = peer.node_id;
     let mut failures = 0u32;
+    let nudge = Arc::new(Notify::new());
     let note = |update: &dyn Fn(&mut view::PeerState)| {
         let mut states = lock(&shared.peer_states);
         update(states.entry(peer.addr.clone()).or_default());
     };
     loop {
         if let Some(id) = known {
+            lock(&shared.redial).insert(id, nudge.clone());
             // Someone (maybe the peer itself) already holds a live link: wait for it to end.
             let live = lock(&shared.links)
                 .get(&id)
@@ -644,6 +715,7 @@ async fn dialler(shared: Arc<Shared>, peer: PeerConfig) {
         match shared.endpoint.dial(addr, peer.node_id).await {
             Ok(link) => {
                 known = Some(link.peer_id());
+                lock(&shared.redial).insert(link.peer_id(), nudge.clone());
                 backoff = min;
                 failures = 0;
                 let id = link.peer_id();
@@ -659,7 +731,7 @@ async fn dialler(shared: Arc<Shared>, peer: PeerConfig) {
                 register(&shared, link);
                 conn.closed().await;
                 note(&|s| s.linked = false);
-                tokio::time::sleep(min).await;
+                pause(min, &nudge).await;
             }
             Err(e) => {
                 failures += 1;
@@ -673,7 +745,7 @@ async fn dialler(shared: Arc<Shared>, peer: PeerConfig) {
                 } else {
                     debug!(peer = %addr, "cannot link: {e}");
                 }
-                tokio::time::sleep(backoff).await;
+                pause(backoff, &nudge).await;
                 backoff = (backoff * 2).min(max);
             }
         }

@@ -157,10 +157,32 @@ struct LinkChan {
     tx_generation: u64,
     /// Highest receive-key generation installed.
     rx_generation: u64,
+    /// Whether a frame went out under the current send generation (the neighbour derives a
+    /// generation only from the one before it, when a frame under it arrives, so a rekey must
+    /// not skip one that was never used).
+    tx_used: bool,
     /// Our receiver index.
     index: u32,
     /// Where the neighbour receives data frames, once announced.
     peer: Option<(SocketAddr, u32)>,
+}
+
+impl LinkChan {
+    /// Installs the next send-key generation exported from the link's session.
+    fn next_send_generation(&mut self, now: Duration) -> Result<u64, String> {
+        let generation = self.tx_generation + 1;
+        install_generation(
+            &mut self.channel,
+            &self.conn,
+            self.role,
+            generation,
+            now,
+            Install::Send,
+        )?;
+        self.tx_generation = generation;
+        self.tx_used = false;
+        Ok(generation)
+    }
 }
 
 struct Session {
@@ -443,6 +465,7 @@ impl DataPlane {
                 channel,
                 tx_generation: 0,
                 rx_generation: 0,
+                tx_used: false,
                 index,
                 peer: None,
             },
@@ -463,6 +486,30 @@ impl DataPlane {
             debug!(peer = %peer, %addr, index = d.receiver_index, "data channel");
             l.peer = Some((addr, d.receiver_index));
         }
+    }
+
+    /// Replaces the send key of the link to `peer` with the next generation exported from the
+    /// link's TLS session, now (the self-healing loop's rekey; the neighbour derives it from
+    /// the first frame under it). Refused while the generation of the previous rekey has not
+    /// carried a frame yet. Returns the new generation.
+    pub fn rekey_link(&self, peer: NodeId) -> Result<u64, String> {
+        let now = self.now();
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let link = st
+            .links
+            .get_mut(&peer)
+            .ok_or("no data channel to this neighbour")?;
+        if link.tx_generation > 0 && !link.tx_used {
+            return Err(format!(
+                "link key generation {} has carried no frame yet; the neighbour could not follow \
+                 a second rekey",
+                link.tx_generation
+            ));
+        }
+        let generation = link.next_send_generation(now)?;
+        st.counters.link_rekeys += 1;
+        Ok(generation)
     }
 
     /// A link went away.
@@ -825,19 +872,8 @@ impl DataPlane {
             return false;
         };
         if link.channel.needs_rekey(now) {
-            let generation = link.tx_generation + 1;
-            match install_generation(
-                &mut link.channel,
-                &link.conn,
-                link.role,
-                generation,
-                now,
-                Install::Send,
-            ) {
-                Ok(()) => {
-                    link.tx_generation = generation;
-                    st.counters.link_rekeys += 1;
-                }
+            match link.next_send_generation(now) {
+                Ok(_) => st.counters.link_rekeys += 1,
                 Err(e) => debug!(peer = %next, "link rekey failed: {e}"),
             }
         }
@@ -846,6 +882,7 @@ impl DataPlane {
             st.counters.drop("link_seal");
             return false;
         }
+        link.tx_used = true;
         tx.push(&self.udp, addr, pb.data());
         true
     }

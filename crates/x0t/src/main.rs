@@ -24,6 +24,7 @@ mod dataplane;
 mod demo;
 mod ebpf;
 mod exit;
+mod heal;
 mod lab;
 mod logging;
 mod metrics;

@@ -20,6 +20,11 @@
 //! topology, rebuilt only when the database changed), broadcasts [`RoutingChange`]s, and times
 //! route computations into [`RoutingMetrics`].
 //!
+//! The self-healing loop ([`crate::heal`]) changes routing through [`Routing::command`]: cost
+//! factors, link exclusions and transit quarantines are applied by the routing core
+//! ([`x0_routing::Restrictions`]); a link restart closes the link's QUIC connection here, and
+//! the dialler links again.
+//!
 //! Adverts are signed with the node's ML-DSA-65 key ([`crate::routing_auth`]). The router's
 //! advert sequence number is stored in the state database after each change, so a restarted
 //! node continues above its last advert (and the router also recovers it from its neighbours).
@@ -38,7 +43,8 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 use x0_identity::{NodeId, NodeKeys, StateStore};
 use x0_routing::{
-    DownCause, Instant, LinkId, QualityClass, Router, RouterConfig, RouterEvent, RouterStats,
+    DownCause, Instant, LinkId, QualityClass, Restrictions, Router, RouterConfig, RouterEvent,
+    RouterStats,
 };
 use x0_wire::routing::AdvertisedLink;
 
@@ -49,6 +55,10 @@ use crate::routing_auth::MlDsaAdvertAuth;
 const MAX_STREAM_MESSAGE: usize = 64 * 1024;
 /// Close code for a link whose neighbour stopped answering routing probes.
 pub const CLOSE_SILENT: u32 = 7;
+/// Close code for a link the self-healing loop restarts.
+pub const CLOSE_RESTART: u32 = 8;
+/// How long [`Routing::command`] waits for the routing task's answer.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// State-database key of the last advert sequence number.
 pub const META_ROUTING_SEQ: &str = "routing_seq";
 
@@ -95,6 +105,10 @@ pub struct SessionStatus {
     pub rx_loss: f64,
     /// Loss the neighbour reports on our probes (0–1).
     pub tx_loss: f64,
+    /// Windowed round-trip loss the quality class is computed from (0–1).
+    pub loss: f64,
+    /// Probe intervals missed in a row when this was published.
+    pub missed: u32,
     /// Quality class (with hysteresis).
     pub class: QualityClass,
     /// Cost used for routing.
@@ -123,6 +137,39 @@ pub struct RoutingStatus {
     pub sessions: Vec<SessionStatus>,
     /// The link-state database (shared between rounds until it changes).
     pub topology: Arc<Vec<TopologyNode>>,
+    /// Restrictions the self-healing loop placed on routing.
+    pub restrictions: Restrictions,
+}
+
+/// A change the self-healing loop asks of the routing task.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RoutingCommand {
+    /// Multiply the cost of our link to `neighbor` by `factor` (1 restores it).
+    CostFactor {
+        /// The neighbour.
+        neighbor: NodeId,
+        /// The factor.
+        factor: u32,
+    },
+    /// Stop (or resume) routing over our link to `neighbor`; it stays up and probed.
+    Exclude {
+        /// The neighbour.
+        neighbor: NodeId,
+        /// Exclude (true) or include again (false).
+        exclude: bool,
+    },
+    /// Never relay through `node` (or again allow it); it stays reachable as a destination.
+    Quarantine {
+        /// The node.
+        node: NodeId,
+        /// Quarantine (true) or release (false).
+        quarantine: bool,
+    },
+    /// Close the QUIC connection of our link to `neighbor`; the dialler links again.
+    RestartLink {
+        /// The neighbour.
+        neighbor: NodeId,
+    },
 }
 
 /// A change observers may want to be told about (the API's event stream).
@@ -225,6 +272,10 @@ enum Input {
         bytes: Bytes,
     },
     WantAlternate(NodeId),
+    Command(
+        RoutingCommand,
+        std::sync::mpsc::SyncSender<Result<&'static str, String>>,
+    ),
 }
 
 /// Handle to the routing task.
@@ -319,6 +370,18 @@ impl Routing {
     /// from now on (and its fast-reroute backup precomputed).
     pub fn want_alternate(&self, dst: NodeId) {
         let _ = self.tx.send(Input::WantAlternate(dst));
+    }
+
+    /// Carries out a self-healing command in the routing task and waits for its answer: what
+    /// was done, or why nothing was. Blocks the calling thread (at most [`COMMAND_TIMEOUT`]):
+    /// call it from the self-healing thread, never from an async task.
+    pub fn command(&self, cmd: RoutingCommand) -> Result<&'static str, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.tx
+            .send(Input::Command(cmd, tx))
+            .map_err(|_| "the routing task has stopped".to_owned())?;
+        rx.recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| "the routing task did not answer in time".to_owned())?
     }
 
     /// Hands a new link to the router; it is reported down when the connection closes.
@@ -462,6 +525,52 @@ impl Task {
                     self.publish(now);
                 }
             }
+            Input::Command(cmd, reply) => {
+                let answer = self.command(now, &cmd);
+                info!(command = ?cmd, answer = ?answer, "self-healing routing command");
+                let _ = reply.try_send(answer);
+            }
+        }
+    }
+
+    /// Applies a self-healing command (see [`RoutingCommand`]).
+    fn command(&mut self, now: Instant, cmd: &RoutingCommand) -> Result<&'static str, String> {
+        let changed = |c: bool| if c { "applied" } else { "already in force" };
+        match *cmd {
+            RoutingCommand::CostFactor { neighbor, factor } => {
+                Ok(changed(self.router.set_cost_factor(now, neighbor, factor)))
+            }
+            RoutingCommand::Exclude {
+                neighbor,
+                exclude: true,
+            } => Ok(changed(self.router.exclude_link(now, neighbor))),
+            RoutingCommand::Exclude {
+                neighbor,
+                exclude: false,
+            } => Ok(changed(self.router.include_link(now, neighbor))),
+            RoutingCommand::Quarantine {
+                node,
+                quarantine: true,
+            } => {
+                if node == self.router.id() {
+                    return Err("this node cannot quarantine itself".into());
+                }
+                Ok(changed(self.router.quarantine(now, node)))
+            }
+            RoutingCommand::Quarantine {
+                node,
+                quarantine: false,
+            } => Ok(changed(self.router.release(now, node))),
+            RoutingCommand::RestartLink { neighbor } => {
+                let Some(out) = self.links.values().find(|o| o.peer == neighbor) else {
+                    return Err("no live link to this neighbour".into());
+                };
+                out.conn.close(
+                    quinn::VarInt::from_u32(CLOSE_RESTART),
+                    b"restarted by self-healing",
+                );
+                Ok("closed; the dialler links again")
+            }
         }
     }
 
@@ -563,6 +672,7 @@ impl Task {
                     .collect(),
             );
         }
+        let now = self.clock.now();
         let sessions = self
             .router
             .sessions()
@@ -576,6 +686,8 @@ impl Task {
                     jitter: Duration::from_secs_f64(q.jitter_ms().max(0.0) / 1e3),
                     rx_loss: s.rx_loss(),
                     tx_loss: s.tx_loss(),
+                    loss: q.loss(),
+                    missed: s.missed_intervals(now),
                     class: q.class(),
                     cost: q.cost(),
                     probe_interval: s.tx_interval(),
@@ -586,6 +698,7 @@ impl Task {
             stats: self.router.stats().clone(),
             sessions,
             topology: self.topology.clone(),
+            restrictions: self.router.restrictions().clone(),
         }));
     }
 

@@ -25,6 +25,12 @@ fn bad_configuration_is_refused_with_the_key_name_and_exit_64() {
         ),
         ("listen = \"127.0.0.1:0\"\n", "state_dir"),
         ("state_dir = \"x\"\nlog_format = \"xml\"\n", "log_format"),
+        ("state_dir = \"x\"\n[heal]\nmode = \"fix\"\n", "heal.mode"),
+        (
+            "state_dir = \"x\"\n[heal.plan]\naction_burst = 0\n",
+            "heal.plan.action_burst",
+        ),
+        ("state_dir = \"x\"\n[heal]\ncolour = 1\n", "colour"),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.toml"));

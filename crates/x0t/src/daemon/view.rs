@@ -19,8 +19,8 @@ use x0_routing::QualityClass;
 
 use super::{Shared, lock};
 use crate::api::{
-    Event, Health, HealthReason, LinkInfo, LinkQualityInfo, NodeApi, NodeInfo, PeerInfo, RouteInfo,
-    Topology, TopologyLink, TopologyNode,
+    ActionInfo, Event, HealHealth, Health, HealthReason, IncidentInfo, LinkInfo, LinkQualityInfo,
+    NodeApi, NodeInfo, PeerInfo, RestrictionInfo, RouteInfo, Topology, TopologyLink, TopologyNode,
 };
 use crate::metrics::{Labels, encode_counter, encode_counters, encode_gauge, encode_gauges};
 use crate::time::{now_secs, rfc3339};
@@ -285,6 +285,54 @@ impl NodeApi for Shared {
 
     fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    fn incidents(&self) -> Vec<IncidentInfo> {
+        self.heal.view().incidents.as_ref().clone()
+    }
+
+    fn actions(&self) -> Vec<ActionInfo> {
+        self.heal.view().actions.as_ref().clone()
+    }
+
+    fn heal_health(&self) -> HealHealth {
+        let view = self.heal.view();
+        let r = self.routing.status().restrictions.clone();
+        let mut restrictions: Vec<RestrictionInfo> = r
+            .cost_factors
+            .iter()
+            .map(|(n, f)| RestrictionInfo {
+                kind: "cost_raised".into(),
+                node: n.to_string(),
+                factor: Some(*f),
+            })
+            .collect();
+        let plain = |kind: &str, n: &NodeId| RestrictionInfo {
+            kind: kind.into(),
+            node: n.to_string(),
+            factor: None,
+        };
+        restrictions.extend(r.excluded.iter().map(|n| plain("link_excluded", n)));
+        restrictions.extend(r.quarantined.iter().map(|n| plain("node_quarantined", n)));
+        let error = if self.heal.enabled() {
+            self.heal.error()
+        } else {
+            Some("off in the configuration (heal.enabled = false)".into())
+        };
+        HealHealth {
+            enabled: view.running,
+            error,
+            mode: view.mode.map(|m| m.as_str().to_owned()),
+            state: view.state.map(|s| s.as_str().to_owned()),
+            state_value: view.state.map(|s| s.gauge()),
+            reasons: view.reasons.clone(),
+            sampling_interval_ms: view
+                .running
+                .then(|| view.sampling_interval.as_millis() as u64),
+            open_incidents: view.open_incidents,
+            restrictions,
+            audit: self.heal.audit(),
+        }
     }
 }
 

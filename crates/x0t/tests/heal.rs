@@ -1,0 +1,387 @@
+//! The self-healing loop in real daemons on loopback: a relay killed in a line of three is an
+//! incident at its neighbours, visible in the API and the CLI, acted on (act mode) or only
+//! recorded (observe mode), and every record is in a signed audit log that `x0t audit verify`
+//! checks; an entry altered in the SQLite file is named.
+//!
+//! No timed assertions: times are printed, behaviour is asserted.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// `GET path` on a daemon's API: status and body.
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    let _ = s.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn get_json(addr: &str, path: &str) -> Value {
+    let (status, body) = get(addr, path);
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"))
+}
+
+/// Polls `path` until `ok` holds; returns the answer and how long it took.
+fn wait_json(addr: &str, path: &str, ok: impl Fn(&Value) -> bool) -> (Value, Duration) {
+    let started = Instant::now();
+    loop {
+        let v = get_json(addr, path);
+        if ok(&v) {
+            return (v, started.elapsed());
+        }
+        assert!(started.elapsed() < T, "{path} never got there: {v:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn node_id(state: &Path) -> String {
+    run_json(&["identity", "show", "--state-dir", s(state), "--json"])["node_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A line a – b – c of daemons (b dials a, c dials b), converged; `a_extra` goes into a's
+/// configuration. Returns the daemons and b's node ID.
+fn line(dir: &Path, a_extra: &str) -> (Daemon, Daemon, Daemon, String) {
+    let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
+    ca_node(&a, &[]);
+    let da = Daemon::start("a", &config(dir, "a", &a, &[], a_extra));
+    da.listen_addr();
+    join(&a, &b);
+    join(&a, &c);
+    let db = Daemon::start("b", &config(dir, "b", &b, &[&da.listen_addr()], ""));
+    let dc = Daemon::start("c", &config(dir, "c", &c, &[&db.listen_addr()], ""));
+    let c_id = node_id(&c);
+    let (_, took) = wait_json(&da.api_addr(), "/v1/routes", |v| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == c_id.as_str())
+    });
+    eprintln!("line a – b – c converged ({took:?} after the last daemon started)");
+    let b_id = node_id(&b);
+    (da, db, dc, b_id)
+}
+
+/// Kills b and waits for an incident about it at a. Returns the incident.
+fn kill_relay_and_wait(da: &Daemon, db: &mut Daemon, b_id: &str) -> Value {
+    let api = da.api_addr();
+    let before = get_json(&api, "/v1/incidents");
+    assert!(
+        !before
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["cause_node"] == b_id),
+        "no incident about b while it runs: {before:#}"
+    );
+    db.stop(); // SIGKILL: silent to its neighbours
+    let (incidents, took) = wait_json(&api, "/v1/incidents", |v| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["cause_node"] == b_id)
+    });
+    eprintln!("incident about the killed relay at a {took:?} after SIGKILL");
+    let incident = incidents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["cause_node"] == b_id)
+        .unwrap()
+        .clone();
+    eprintln!("incident: {incident:#}");
+    assert!(
+        ["link_down", "node_down"].contains(&incident["problem"].as_str().unwrap()),
+        "{incident:#}"
+    );
+    assert!(incident["confidence"].as_f64().unwrap() > 0.5);
+    assert!(incident["opened_at_unix_ms"].as_u64().unwrap() > 1_600_000_000_000);
+    incident
+}
+
+#[test]
+fn a_killed_relay_is_an_incident_acted_on_and_in_a_verified_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut da, mut db, _dc, b_id) = line(dir.path(), "");
+    let api = da.api_addr();
+    let health = get_json(&api, "/v1/health");
+    assert_eq!(health["enabled"], true, "{health:#}");
+    assert_eq!(health["mode"], "act");
+    let incident = kill_relay_and_wait(&da, &mut db, &b_id);
+
+    // The loop acts on it: the first candidate for a link down is restarting the link (b is
+    // gone, so it fails or redials; either way it is recorded with its result).
+    let (actions, took) = wait_json(&api, "/v1/actions", |v| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["incident"] == incident["id"] && a["result"].is_string())
+    });
+    eprintln!("first action with a result {took:?} after the incident was seen: {actions:#}");
+    let acted: Vec<&Value> = actions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["incident"] == incident["id"])
+        .collect();
+    assert!(acted.iter().all(|a| a["mode"] == "act"), "{actions:#}");
+    assert!(
+        acted
+            .iter()
+            .any(|a| a["kind"] == "restart_link" && a["target"] == b_id.as_str()),
+        "{actions:#}"
+    );
+    da.wait_for(&["self-healing action"], T);
+
+    // Health, metrics and the CLI say so.
+    let (health, _) = wait_json(&api, "/v1/health", |v| {
+        ["DEGRADED", "CRITICAL", "RECOVERING"].contains(&v["state"].as_str().unwrap_or(""))
+    });
+    eprintln!("health at a: {health:#}");
+    assert!(health["audit"]["entries"].as_u64().unwrap() >= 2);
+    let (status, metrics) = get(&api, "/metrics");
+    assert_eq!(status, 200);
+    for series in [
+        "x0t_heal_enabled 1",
+        "x0t_heal_health_state ",
+        "x0t_heal_incidents_total{problem=",
+        "x0t_heal_actions_total{kind=\"restart_link\",mode=\"act\"} ",
+        "x0t_heal_action_results_total{kind=\"restart_link\",result=",
+        "x0t_heal_observe_mode 0",
+    ] {
+        assert!(metrics.contains(series), "no {series} in:\n{metrics}");
+    }
+    let cli = run_json(&["incidents", "--api", &api, "--json"]);
+    assert!(
+        cli.as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["cause_node"] == b_id.as_str()),
+        "{cli:#}"
+    );
+    let o = run(&["incidents", "--api", &api]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("INCIDENT"), "{}", stdout(&o));
+
+    // The audit log verifies, also while the daemon runs, and again once it stopped.
+    let a_state = dir.path().join("a");
+    let v = run_json(&["audit", "verify", "--state-dir", s(&a_state), "--json"]);
+    assert_eq!(v["ok"], true, "{v:#}");
+    da.terminate();
+    let v = run_json(&["audit", "verify", "--state-dir", s(&a_state), "--json"]);
+    assert_eq!(v["ok"], true, "{v:#}");
+    let entries = v["entries"].as_u64().unwrap();
+    assert!(entries >= 3, "mode, incident, action: {v:#}");
+    let o = run(&["audit", "export", "--state-dir", s(&a_state)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as u64, entries);
+    assert_eq!(lines.last().unwrap()["hash"], v["head_hash"]);
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"incident_opened"), "{kinds:?}");
+    assert!(kinds.contains(&"action_planned"), "{kinds:?}");
+    let o = run(&["audit", "verify", "--state-dir", s(&a_state)]);
+    assert!(stdout(&o).contains("audit log OK"), "{}", stdout(&o));
+}
+
+#[test]
+fn observe_mode_records_what_it_would_do_and_does_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut da, mut db, _dc, b_id) = line(dir.path(), "\n[heal]\nmode = \"observe\"\n");
+    let api = da.api_addr();
+    assert_eq!(get_json(&api, "/v1/health")["mode"], "observe");
+    let incident = kill_relay_and_wait(&da, &mut db, &b_id);
+    let (actions, took) = wait_json(&api, "/v1/actions", |v| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["incident"] == incident["id"])
+    });
+    eprintln!("planned (observe) {took:?} after the incident was seen: {actions:#}");
+    // Let the loop run on for a while: still nothing is carried out.
+    std::thread::sleep(Duration::from_secs(2));
+    let actions = get_json(&api, "/v1/actions");
+    for a in actions.as_array().unwrap() {
+        assert_eq!(a["mode"], "observe", "{a:#}");
+        assert!(a["result"].is_null(), "nothing executed: {a:#}");
+    }
+    assert_eq!(da.count("self-healing action done"), 0, "{}", da.log());
+    assert_eq!(da.count("self-healing action failed"), 0, "{}", da.log());
+    da.wait_for(&["observe mode: would act"], T);
+    let (_, metrics) = get(&api, "/metrics");
+    assert!(metrics.contains("x0t_heal_observe_mode 1"), "{metrics}");
+    assert!(
+        metrics.contains("mode=\"observe\"} ") && !metrics.contains("mode=\"act\"} "),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("x0t_heal_action_results_total{"),
+        "{metrics}"
+    );
+    assert!(
+        get_json(&api, "/v1/health")["restrictions"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    da.terminate();
+    let a_state = dir.path().join("a");
+    let v = run_json(&["audit", "verify", "--state-dir", s(&a_state), "--json"]);
+    assert_eq!(v["ok"], true, "{v:#}");
+    let o = run(&["audit", "export", "--state-dir", s(&a_state)]);
+    let planned: Vec<Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["kind"] == "action_planned")
+        .collect();
+    assert!(!planned.is_empty());
+    for p in &planned {
+        let body: Value = serde_json::from_str(p["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["mode"], "observe", "{body:#}");
+    }
+}
+
+#[test]
+fn an_altered_audit_entry_is_named_and_never_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    ca_node(&a, &[]);
+    // Two starts in two modes: two audited mode changes.
+    let mut da = Daemon::start("a", &config(dir.path(), "a", &a, &[], ""));
+    wait_json(&da.api_addr(), "/v1/health", |v| {
+        v["audit"]["entries"].as_u64() >= Some(1)
+    });
+    da.terminate();
+    let mut da = Daemon::start(
+        "a",
+        &config(dir.path(), "a", &a, &[], "\n[heal]\nmode = \"observe\"\n"),
+    );
+    wait_json(&da.api_addr(), "/v1/health", |v| v["mode"] == "observe");
+    da.terminate();
+    let v = run_json(&["audit", "verify", "--state-dir", s(&a), "--json"]);
+    assert_eq!(v["ok"], true, "{v:#}");
+    let o = run(&["audit", "export", "--state-dir", s(&a)]);
+    let seq = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|l| l["kind"] == "mode_changed" && l["body"].as_str().unwrap().contains("observe"))
+        .expect("the switch to observe mode is audited")["seq"]
+        .as_u64()
+        .unwrap();
+    assert!(seq >= 2, "after the first start's mode");
+
+    // Someone with write access edits that entry (the append-only triggers are in their way
+    // only until they drop them).
+    {
+        let row = seq as i64;
+        let db = rusqlite::Connection::open(a.join("state.db")).unwrap();
+        let body: Vec<u8> = db
+            .query_row("SELECT body FROM heal_audit WHERE seq = ?1", [row], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let forged = String::from_utf8(body).unwrap().replace("observe", "act");
+        let refused = db.execute(
+            "UPDATE heal_audit SET body = ?1 WHERE seq = ?2",
+            rusqlite::params![forged.as_bytes(), row],
+        );
+        assert!(refused.is_err(), "the trigger refuses updates");
+        db.execute_batch("DROP TRIGGER heal_audit_no_update")
+            .unwrap();
+        db.execute(
+            "UPDATE heal_audit SET body = ?1 WHERE seq = ?2",
+            rusqlite::params![forged.as_bytes(), row],
+        )
+        .unwrap();
+    }
+    let o = run(&["audit", "verify", "--state-dir", s(&a), "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["first_bad_entry"], seq, "{v:#}");
+    assert!(v["flaw"].as_str().unwrap().contains("signature"), "{v:#}");
+    let o = run(&["audit", "verify", "--state-dir", s(&a)]);
+    assert_eq!(o.status.code(), Some(1));
+    let named = format!("entry {seq}");
+    assert!(stdout(&o).contains(&named), "{}", stdout(&o));
+    assert!(stderr(&o).contains(&named), "{}", stderr(&o));
+
+    // A daemon started on it reports the broken log and runs on; nothing is rewritten.
+    let mut da = Daemon::start("a", &config(dir.path(), "a", &a, &[], ""));
+    let (h, _) = wait_json(&da.api_addr(), "/v1/health", |v| {
+        v["audit"]["check_at_start"] != "running"
+    });
+    assert!(
+        h["audit"]["check_at_start"]
+            .as_str()
+            .unwrap()
+            .contains(&named),
+        "{h:#}"
+    );
+    da.wait_for(&["audit log does not verify"], T);
+    da.terminate();
+    let o = run(&["audit", "verify", "--state-dir", s(&a), "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["first_bad_entry"], seq, "{v:#}");
+    assert!(
+        v["entries"].as_u64().unwrap() > seq,
+        "the restart appended its mode change after it: {v:#}"
+    );
+
+    // Without a knowledge base: a clear refusal.
+    let fresh = dir.path().join("fresh");
+    run_json(&["init", "--state-dir", s(&fresh), "--json"]);
+    let o = run(&["audit", "verify", "--state-dir", s(&fresh)]);
+    assert_eq!(o.status.code(), Some(66), "{}", stderr(&o));
+    let o = run(&["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
+}
