@@ -151,25 +151,6 @@ fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-/// `None` if SQLite finds the file sound, else its findings on one line.
-fn quick_check(conn: &Connection) -> rusqlite::Result<Option<String>> {
-    let mut stmt = conn.prepare("PRAGMA quick_check(8)")?;
-    let mut rows = stmt.query([])?;
-    let mut findings: Vec<String> = Vec::new();
-    loop {
-        match rows.next() {
-            Ok(Some(row)) => findings.push(row.get(0)?),
-            Ok(None) => break,
-            Err(e) if !findings.is_empty() => {
-                findings.push(e.to_string());
-                break;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((findings != ["ok"]).then(|| findings.join("; ").replace('\n', "; ")))
-}
-
 const SCHEMA: &str = "
     CREATE TABLE heal_incidents (
         id INTEGER PRIMARY KEY,
@@ -291,7 +272,7 @@ impl KnowledgeBase {
         }
         .map_err(corrupt)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(corrupt)?;
-        if let Some(detail) = quick_check(&conn).map_err(corrupt)? {
+        if let Some(detail) = x0_identity::store::quick_check(&conn).map_err(corrupt)? {
             return Err(KnowledgeError::Corrupt {
                 path: path.to_owned(),
                 detail,

@@ -165,7 +165,7 @@ type InvitationRow = (Vec<u8>, i64, Option<i64>, Option<String>);
 
 /// `None` if SQLite finds the database sound, else its first findings. The first row of a
 /// failed check is only the header `*** in database main ***`, so all rows are kept.
-fn quick_check(conn: &Connection) -> rusqlite::Result<Option<String>> {
+pub fn quick_check(conn: &Connection) -> rusqlite::Result<Option<String>> {
     let mut stmt = conn.prepare("PRAGMA quick_check(8)")?;
     let mut rows = stmt.query([])?;
     let mut findings: Vec<String> = Vec::new();
