@@ -24,6 +24,7 @@
 //! | [`buf`] | packets in caller buffers with head- and tailroom |
 //! | [`frame`] | link frame, overlay header, end-to-end envelope; relay step |
 //! | [`e2e`] | end-to-end handshake (rustls, X25519MLKEM768, SVIDs) over a lossy overlay |
+//! | [`control`] | control messages between endpoints (end-to-end path probes) |
 //!
 //! A source node: read the TUN packet at [`buf::HEADROOM`], [`e2e::E2eSession::seal`],
 //! [`frame::OverlayHeader::prepend_to`], [`frame::seal_link`] with the next hop's link
@@ -40,6 +41,7 @@
 pub mod aead;
 pub mod buf;
 pub mod channel;
+pub mod control;
 pub mod e2e;
 pub mod frame;
 pub mod packet;

@@ -51,6 +51,50 @@ pub struct HealConfig {
     pub incidents: IncidentConfig,
     /// Planner safety and pacing.
     pub plan: PlanConfig,
+    /// The end-to-end prober.
+    pub probe: ProbeConfig,
+}
+
+/// The end-to-end prober ([`crate::probe::Prober`]): probes along explicit paths to a rotating
+/// sample of destinations, for black-hole detection and end-to-end delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeConfig {
+    /// Whether the daemon probes at all. Default true.
+    pub enabled: bool,
+    /// A probe round every this many ms: one probe along each path of each sampled
+    /// destination. Default 200.
+    pub interval_ms: u64,
+    /// A probe unanswered this long is lost, ms. Default 500.
+    pub timeout_ms: u64,
+    /// Destinations probed per round from the rotation, besides those we send traffic to.
+    /// Default 8.
+    pub destinations: usize,
+    /// Destinations we send traffic to probed per round at most. Default 8.
+    pub active_destinations: usize,
+    /// Rounds a destination stays in the rotating sample before the next ones take its place
+    /// (the black-hole detector needs several rounds on one path). Default 10.
+    pub dwell_rounds: u32,
+    /// Paths that routing stopped using (through a quarantined relay or an excluded link)
+    /// are still probed this long, so that a cleared cause is seen, ms. Default 60,000.
+    pub keep_paths_ms: u64,
+    /// Such paths are probed in one round of this many. Default 5.
+    pub slow_every: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 200,
+            timeout_ms: 500,
+            destinations: 8,
+            active_destinations: 8,
+            dwell_rounds: 10,
+            keep_paths_ms: 60_000,
+            slow_every: 5,
+        }
+    }
 }
 
 /// Monitor pacing.
@@ -276,6 +320,42 @@ fn share(v: f64) -> bool {
 impl HealConfig {
     /// Checks every value; the error names the first bad key and what it allows.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let p = &self.probe;
+        check(
+            (20..=60_000).contains(&p.interval_ms),
+            "probe.interval_ms",
+            "between 20 and 60000",
+        )?;
+        check(
+            (10..=60_000).contains(&p.timeout_ms),
+            "probe.timeout_ms",
+            "between 10 and 60000",
+        )?;
+        check(
+            (1..=256).contains(&p.destinations),
+            "probe.destinations",
+            "between 1 and 256",
+        )?;
+        check(
+            p.active_destinations <= 256,
+            "probe.active_destinations",
+            "between 0 and 256",
+        )?;
+        check(
+            (1..=10_000).contains(&p.dwell_rounds),
+            "probe.dwell_rounds",
+            "between 1 and 10000",
+        )?;
+        check(
+            p.keep_paths_ms <= 86_400_000,
+            "probe.keep_paths_ms",
+            "between 0 and 86400000",
+        )?;
+        check(
+            (1..=1_000).contains(&p.slow_every),
+            "probe.slow_every",
+            "between 1 and 1000",
+        )?;
         let s = &self.sampling;
         check(
             s.interval_min_ms >= 10,

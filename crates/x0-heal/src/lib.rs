@@ -16,6 +16,7 @@
 //! | [`detect`] | the [`Detector`] trait; EWMA/z-score, CUSUM, rules, path differential |
 //! | [`incident`] | correlating symptoms into incidents with cause and confidence |
 //! | [`topology`] | the mesh graph and the exact "never partition" check |
+//! | [`probe`] | the end-to-end prober: destinations, paths, losses, [`PathProbe`] samples |
 //! | [`plan`] | candidates, ranking by success rates, safety rules, token bucket, back-off |
 //! | [`action`] | actions, the [`Executor`] trait, an in-memory executor |
 //! | [`health`] | OPTIMAL / DEGRADED / CRITICAL / RECOVERING and the sampling interval |
@@ -42,6 +43,7 @@ pub mod incident;
 pub mod knowledge;
 pub mod monitor;
 pub mod plan;
+pub mod probe;
 pub mod record;
 pub mod sample;
 pub mod topology;
@@ -57,6 +59,7 @@ pub use health::{Health, HealthState};
 pub use incident::{Cause, Incident, IncidentId, Problem, Resolution};
 pub use knowledge::{KnowledgeBase, KnowledgeError};
 pub use plan::{SuccessRates, SuccessStats};
+pub use probe::{ProbeSend, ProbeTarget, Prober};
 pub use record::Record;
 pub use sample::{
     DownCause, DropCounters, KernelCounters, LinkRef, LinkSample, LinkState, Metric, PathProbe,

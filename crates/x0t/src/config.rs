@@ -82,6 +82,8 @@ pub struct HealSection {
     pub incidents: x0_heal::config::IncidentConfig,
     /// `[heal.plan]`: planner safety and pacing.
     pub plan: x0_heal::config::PlanConfig,
+    /// `[heal.probe]`: the end-to-end prober.
+    pub probe: x0_heal::config::ProbeConfig,
 }
 
 impl Default for HealSection {
@@ -94,6 +96,7 @@ impl Default for HealSection {
             detect: d.detect,
             incidents: d.incidents,
             plan: d.plan,
+            probe: d.probe,
         }
     }
 }
@@ -107,6 +110,7 @@ impl HealSection {
             detect: self.detect.clone(),
             incidents: self.incidents.clone(),
             plan: self.plan.clone(),
+            probe: self.probe.clone(),
         }
     }
 }

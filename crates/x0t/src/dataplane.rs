@@ -56,6 +56,8 @@ use crate::dataio::{
 };
 use crate::routing::{RouteTable, Routing};
 
+mod probe;
+
 /// Packets held per destination while its end-to-end session is being set up.
 const MAX_QUEUED: usize = 64;
 /// Largest packet handled.
@@ -110,6 +112,12 @@ pub struct Counters {
     pub e2e_handshakes_failed: u64,
     /// End-to-end rekeys: handshakes completed beyond each session's first.
     pub e2e_rekeys: u64,
+    /// End-to-end path probes sent for the self-healing loop.
+    pub probes_sent: u64,
+    /// Probes of other nodes answered.
+    pub probes_answered: u64,
+    /// Answers to our probes received.
+    pub probe_replies: u64,
     /// Drops by reason.
     pub drops: HashMap<&'static str, u64>,
 }
@@ -194,6 +202,8 @@ struct Session {
     alternate_requested: bool,
     /// Whether a second copy of a redundant packet from this peer was seen (logged once).
     redundant_seen: bool,
+    /// When data was last sent to this peer.
+    last_data: Option<Duration>,
 }
 
 struct State {
@@ -207,6 +217,7 @@ struct State {
     addresses4: HashMap<Ipv4Addr, Option<NodeId>>,
     addresses_of: Option<Arc<RouteTable>>,
     counters: Counters,
+    probes: probe::ProbeBook,
 }
 
 /// The data plane of one daemon.
@@ -372,6 +383,7 @@ impl DataPlane {
                 addresses4: HashMap::new(),
                 addresses_of: None,
                 counters: Counters::default(),
+                probes: probe::ProbeBook::default(),
             }),
         });
         info!(
@@ -754,6 +766,7 @@ impl DataPlane {
         let Some(session) = st.sessions.get_mut(&node) else {
             return st.counters.drop("no_session");
         };
+        session.last_data = Some(now);
         if let Err(e) = session.e2e.seal(now, &overlay, &mut pb) {
             debug!(dst = %node, "end-to-end seal failed: {e}");
             return st.counters.drop("e2e_seal");
@@ -1132,6 +1145,7 @@ impl DataPlane {
                     (None, None) => st.counters.drop("no_tun"),
                 }
             }
+            OverlayKind::E2eControl => self.handle_control(st, table, &overlay, pb, now, out),
             _ => st.counters.drop("overlay_kind_unsupported"),
         }
     }
@@ -1314,6 +1328,7 @@ impl State {
                 redundant_seq: 0,
                 alternate_requested: false,
                 redundant_seen: false,
+                last_data: None,
             }
         })
     }

@@ -23,8 +23,10 @@
 //! from eBPF when attached, [`Sample::Process`] from `/proc/self` and the lag probe; the
 //! topology from the link-state database (links both ends advertise, plus our own live
 //! sessions, so that a link we excluded — and withdrew from our advert — still counts for the
-//! "never partition" check). End-to-end path probes ([`Sample::Probe`]) are not fed yet (see
-//! `docs/heal.md`).
+//! "never partition" check); and [`Sample::Probe`] from the end-to-end prober
+//! ([`x0_heal::Prober`], run on this thread): probes along each sampled destination's
+//! node-disjoint paths, sent and answered by the data plane (`crate::dataplane`'s probe
+//! module), which black-hole detection and the delivery check need.
 //!
 //! **Link identity.** The routing core numbers a link anew every time it is set up; the loop
 //! sees one stable link per neighbour (its number given here, on first sight), so that a
@@ -51,7 +53,7 @@ use tracing::{debug, error, info, warn};
 use x0_heal::{
     Action, ActionKind, ActionResult, Cause, DownCause, DropCounters, Executor, Healer,
     HealthState, Instant, KernelCounters, KnowledgeBase, LinkRef, LinkSample, LinkState, Mode,
-    ProcessStats, Record, Resolution, Sample, Topology,
+    ProbeSend, ProbeTarget, Prober, ProcessStats, Record, Resolution, Sample, Topology,
 };
 use x0_identity::{NodeId, NodeKeys};
 
@@ -60,7 +62,7 @@ use crate::daemon::lock;
 use crate::dataplane::DataPlane;
 use crate::ebpf::Ebpf;
 use crate::metrics::{encode_counter, encode_counters, encode_gauge, encode_gauges};
-use crate::routing::{Routing, RoutingChange, RoutingCommand, RoutingStatus};
+use crate::routing::{RouteTable, Routing, RoutingChange, RoutingCommand, RoutingStatus};
 
 /// Incidents and actions kept for the API (read back from the knowledge base after a write).
 pub const API_ROWS: usize = 200;
@@ -316,7 +318,15 @@ impl Prepared {
         let cores = std::thread::available_parallelism()
             .map(|n| u32::try_from(n.get()).unwrap_or(1))
             .unwrap_or(1);
+        let now = Instant::from_micros(
+            u64::try_from(self.clock.elapsed().as_micros()).unwrap_or(u64::MAX),
+        );
+        let probe_cfg = self.healer.config().probe.clone();
+        let prober = probe_cfg.enabled.then(|| Prober::new(probe_cfg, now));
         let mut heal = HealLoop {
+            prober,
+            probe_table: None,
+            paths_wanted: BTreeSet::new(),
             healer: self.healer,
             kb: self.kb,
             keys: self.keys,
@@ -442,6 +452,12 @@ struct HealLoop {
     topology_key: Option<(usize, BTreeSet<NodeId>)>,
     lag: Arc<AtomicU64>,
     cores: u32,
+    /// The end-to-end prober (`heal.probe.enabled`).
+    prober: Option<Prober>,
+    /// The routing table the prober's targets were built from.
+    probe_table: Option<Arc<RouteTable>>,
+    /// Destinations whose disjoint paths were asked of the routing task.
+    paths_wanted: BTreeSet<NodeId>,
 }
 
 impl HealLoop {
@@ -453,7 +469,10 @@ impl HealLoop {
         let mut next_sample = self.now();
         loop {
             let now = self.now();
-            let wake = next_sample.min(self.healer.poll_timeout());
+            let mut wake = next_sample.min(self.healer.poll_timeout());
+            if let Some(p) = &self.prober {
+                wake = wake.min(p.poll_timeout());
+            }
             let input = match self.rx.recv_timeout(wake.saturating_since(now)) {
                 Ok(HealInput::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     self.flush();
@@ -477,6 +496,7 @@ impl HealLoop {
                 self.sample_round(now);
                 next_sample = now + self.healer.sampling_interval();
             }
+            self.probe(now);
             if now >= self.healer.poll_timeout() {
                 self.healer.handle_timeout(now);
             }
@@ -610,6 +630,47 @@ impl HealLoop {
             );
         }
         self.sync_topology(now, &status);
+    }
+
+    /// Runs the end-to-end prober: new targets when routing changed, answers collected, the
+    /// round sent when due, results fed to the loop.
+    fn probe(&mut self, now: Instant) {
+        let Some(prober) = self.prober.as_mut() else {
+            return;
+        };
+        let table = self.deps.routing.table();
+        if self
+            .probe_table
+            .as_ref()
+            .is_none_or(|t| !Arc::ptr_eq(t, &table))
+        {
+            let active: BTreeSet<NodeId> = self
+                .deps
+                .dataplane
+                .active_destinations()
+                .into_iter()
+                .collect();
+            prober.set_targets(now, probe_targets(&table, &active));
+            self.probe_table = Some(table.clone());
+        }
+        for (id, rtt) in self.deps.dataplane.take_probe_replies() {
+            prober.handle_reply(now, id, rtt);
+        }
+        prober.handle_timeout(now);
+        let sends: Vec<ProbeSend> = std::iter::from_fn(|| prober.poll_transmit()).collect();
+        if !sends.is_empty() {
+            for id in self.deps.dataplane.send_probes(&sends) {
+                prober.cancel(id);
+            }
+        }
+        for dst in prober.sampled() {
+            if !table.paths.contains_key(dst) && self.paths_wanted.insert(*dst) {
+                self.deps.routing.want_alternate(*dst);
+            }
+        }
+        while let Some(r) = prober.poll_result() {
+            self.healer.handle_sample(now, Sample::Probe(r));
+        }
     }
 
     /// Hands the loop the topology when the link-state database or our sessions changed.
@@ -788,6 +849,30 @@ impl HealLoop {
 
 /// The loop's topology: links both ends advertise, and our live sessions to neighbours whose
 /// advert lists us (an excluded link is withdrawn from our advert but still joins us).
+/// The prober's targets: every destination with a route, its node-disjoint paths (relays
+/// only) once routing computed them, and whether we send it traffic.
+fn probe_targets(table: &RouteTable, active: &BTreeSet<NodeId>) -> Vec<ProbeTarget> {
+    table
+        .routes
+        .iter()
+        .map(|(dst, route)| ProbeTarget {
+            dst: *dst,
+            active: active.contains(dst),
+            paths: table
+                .paths
+                .get(dst)
+                .map(|ps| {
+                    ps.iter()
+                        .filter(|(p, _)| p.len() >= 2 && p.last() == Some(dst))
+                        .map(|(p, _)| p[1..p.len() - 1].to_vec())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            route_first_hop: Some(route.next_hop),
+        })
+        .collect()
+}
+
 fn topology_of(me: NodeId, status: &RoutingStatus) -> Topology {
     let adverts: BTreeMap<NodeId, BTreeSet<NodeId>> = status
         .topology

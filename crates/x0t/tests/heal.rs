@@ -385,3 +385,54 @@ fn an_altered_audit_entry_is_named_and_never_rewritten() {
     let o = run(&["audit", "verify"]);
     assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
 }
+
+/// The value of `metric{labels}` in a daemon's `/metrics` (0 if absent).
+fn metric(addr: &str, series: &str) -> f64 {
+    let (status, body) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter_map(|l| l.strip_prefix(series))
+        .filter_map(|rest| rest.strip_prefix(' '))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn end_to_end_probes_cross_the_relay_and_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (da, db, dc, _) = line(dir.path(), "");
+    let (a, b, c) = (da.api_addr(), db.api_addr(), dc.api_addr());
+    let replies = r#"x0t_dataplane_probes_total{event="reply_received"}"#;
+    let answered = r#"x0t_dataplane_probes_total{event="answered"}"#;
+    let started = Instant::now();
+    // a probes c through b (and b directly); c answers along the reverse path.
+    while metric(&a, replies) < 20.0 || metric(&c, answered) < 5.0 {
+        assert!(
+            started.elapsed() < T,
+            "probes never came back: a {replies} = {}, c {answered} = {}, a sent {}",
+            metric(&a, replies),
+            metric(&c, answered),
+            metric(&a, r#"x0t_dataplane_probes_total{event="sent"}"#),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("probe answers at a after {:?}", started.elapsed());
+    assert!(metric(&b, "x0t_dataplane_forwarded_packets_total") > 0.0);
+    // Nobody's probes are refused or unanswerable on a healthy line.
+    for (name, api) in [("a", &a), ("b", &b), ("c", &c)] {
+        for reason in ["control_malformed", "probe_reply_unsent", "e2e_auth"] {
+            let series = format!(r#"x0t_dataplane_dropped_packets_total{{reason="{reason}"}}"#);
+            assert_eq!(metric(api, &series), 0.0, "{name}: {series}");
+        }
+    }
+    // A healthy line is no incident.
+    let incidents = get_json(&a, "/v1/incidents");
+    assert!(
+        incidents
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["problem"] != "black_hole" && i["problem"] != "unreachable"),
+        "{incidents:#}"
+    );
+}

@@ -670,6 +670,19 @@ impl Collector for NodeCollector {
             None,
             c.link_rekeys,
         )?;
+        encode_counters(
+            e,
+            "dataplane_probes",
+            "End-to-end path probes of the self-healing loop: sent, answered for others, \
+             answers received",
+            None,
+            [
+                ("sent", c.probes_sent),
+                ("answered", c.probes_answered),
+                ("reply_received", c.probe_replies),
+            ]
+            .map(|(r, v)| (vec![("event", r.to_owned())], v)),
+        )?;
         encode_gauge(
             e,
             "e2e_sessions_active",
