@@ -78,6 +78,8 @@ pub struct LinkConfig {
     /// With this many handshakes in progress, unvalidated clients must first complete a
     /// stateless retry (proving their address) before any state is kept for them.
     pub retry_threshold: usize,
+    /// Fault injection on the endpoint's socket (dangerous; `None` in production).
+    pub impairment: Option<Arc<dyn crate::socket::Impairment>>,
 }
 
 impl Default for LinkConfig {
@@ -90,6 +92,7 @@ impl Default for LinkConfig {
             initial_mtu: 1200,
             mtu_discovery: true,
             retry_threshold: 64,
+            impairment: None,
         }
     }
 }
@@ -408,8 +411,9 @@ impl LinkEndpoint {
         endpoint_config.cid_generator(move || {
             Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
         });
-        let counting: Arc<dyn quinn::AsyncUdpSocket> =
-            Arc::new(CountingSocket::new(udp, metrics.clone(), cid_key));
+        let counting: Arc<dyn quinn::AsyncUdpSocket> = Arc::new(
+            CountingSocket::new(udp, metrics.clone(), cid_key).impaired(config.impairment.clone()),
+        );
         let endpoint = Endpoint::new_with_abstract_socket(
             endpoint_config,
             Some(base_server.clone()),

@@ -19,6 +19,7 @@
 //! | [`kx`] | key-exchange policy and per-connection recording of the negotiated group |
 //! | [`control`] | framed control messages on QUIC streams |
 //! | [`metrics`] | counters |
+//! | [`socket`] | the UDP socket under quinn: counting, optional fault injection |
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -31,7 +32,7 @@ pub mod endpoint;
 pub mod kx;
 pub mod local;
 pub mod metrics;
-mod socket;
+pub mod socket;
 pub mod trust;
 
 #[cfg(test)]
@@ -43,4 +44,5 @@ pub use endpoint::{
 pub use kx::{KxPolicy, group_name};
 pub use local::LocalIdentity;
 pub use metrics::{FailureReason, LinkMetrics};
+pub use socket::{Impairment, Verdict};
 pub use trust::{TrustSnapshot, TrustState};

@@ -9,6 +9,11 @@
 //! we did not issue are a client's first Initials (and 0-RTT), which RFC 9000 §14.1 requires to
 //! arrive in datagrams of at least 1,200 bytes. The QUIC bit is not checked: peers may grease it
 //! (RFC 9287).
+//!
+//! **Fault injection.** An optional [`Impairment`] (the daemon's dangerous, off-by-default
+//! fault-injection control) is asked about every transmit before it reaches the kernel: pass
+//! it, drop it, or send a copy later from a timer task. quinn's poll is never blocked; a GSO
+//! transmit is judged and delayed whole.
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -17,6 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, ConnectionId, ConnectionIdGenerator, UdpPoller};
@@ -32,10 +38,30 @@ const MAX_CID_LEN_V1: usize = 20;
 /// RFC 9000 §14.1: datagrams carrying a client's first Initial are at least this long.
 const MIN_INITIAL_DATAGRAM: usize = 1200;
 
+/// What to do with a datagram about to be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send it now.
+    Pass,
+    /// Do not send it.
+    Drop,
+    /// Send it after this long.
+    Delay(Duration),
+}
+
+/// Fault injection on the link socket: asked about every transmit (see [`crate::LinkConfig`]).
+/// Must be cheap when nothing is injected: it runs on quinn's send path.
+pub trait Impairment: Send + Sync + fmt::Debug {
+    /// What to do with a datagram (or GSO train) for `dst`.
+    fn on_send(&self, dst: SocketAddr) -> Verdict;
+}
+
 pub(crate) struct CountingSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     metrics: Arc<LinkMetrics>,
     cids: HashedConnectionIdGenerator,
+    /// Fault injection, and the runtime its delayed sends run on.
+    impairment: Option<(Arc<dyn Impairment>, tokio::runtime::Handle)>,
 }
 
 impl fmt::Debug for CountingSocket {
@@ -55,7 +81,18 @@ impl CountingSocket {
             inner,
             metrics,
             cids: HashedConnectionIdGenerator::from_key(cid_key),
+            impairment: None,
         }
+    }
+
+    /// Asks `impairment` about every transmit (needs a tokio runtime for delayed sends).
+    pub(crate) fn impaired(mut self, impairment: Option<Arc<dyn Impairment>>) -> Self {
+        self.impairment = impairment.and_then(|i| {
+            tokio::runtime::Handle::try_current()
+                .ok()
+                .map(|handle| (i, handle))
+        });
+        self
     }
 
     fn ours(&self, cid: &[u8]) -> bool {
@@ -107,7 +144,35 @@ impl AsyncUdpSocket for CountingSocket {
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        self.inner.try_send(transmit)
+        let Some((impairment, runtime)) = &self.impairment else {
+            return self.inner.try_send(transmit);
+        };
+        match impairment.on_send(transmit.destination) {
+            Verdict::Pass => self.inner.try_send(transmit),
+            Verdict::Drop => Ok(()),
+            Verdict::Delay(d) => {
+                let inner = self.inner.clone();
+                let (destination, ecn, src_ip, segment_size) = (
+                    transmit.destination,
+                    transmit.ecn,
+                    transmit.src_ip,
+                    transmit.segment_size,
+                );
+                let contents = transmit.contents.to_vec();
+                runtime.spawn(async move {
+                    tokio::time::sleep(d).await;
+                    // Lost if the socket is full now, as a late datagram may be.
+                    let _ = inner.try_send(&Transmit {
+                        destination,
+                        ecn,
+                        contents: &contents,
+                        segment_size,
+                        src_ip,
+                    });
+                });
+                Ok(())
+            }
+        }
     }
 
     fn poll_recv(

@@ -13,6 +13,7 @@
 //! | `GET /v1/incidents` | the self-healing loop's incidents, newest first |
 //! | `GET /v1/actions` | the self-healing loop's actions (taken, or only planned in observe mode) |
 //! | `GET /v1/health` | the self-healing loop's health state with its reasons, restrictions in force, audit head |
+//! | `GET, POST, DELETE /v1/faults`, `DELETE /v1/faults/{id}` | fault injection (refused unless `danger_fault_injection.enabled`) |
 //! | `GET /openapi.json` | this API's OpenAPI document |
 //!
 //! Who owns what: the daemon implements [`NodeApi`] over its own state (every call is a short
@@ -34,7 +35,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use futures_util::Stream;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -49,7 +50,7 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use crate::exit::{self, Exit};
 use crate::metrics::{Exposition, MetricsRegistry};
 
-/// Largest request body accepted (no endpoint reads one yet).
+/// Largest request body accepted (only `POST /v1/faults` reads one).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Largest request head (request line and headers); hyper answers 431 above it.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -86,6 +87,10 @@ pub trait NodeApi: Send + Sync + 'static {
     fn actions(&self) -> Vec<ActionInfo>;
     /// The self-healing loop's health state.
     fn heal_health(&self) -> HealHealth;
+    /// Fault injection ([`crate::fault`]), if this node has it at all.
+    fn faults(&self) -> Option<Arc<crate::fault::FaultSet>> {
+        None
+    }
 }
 
 /// A JSON error body.
@@ -554,8 +559,10 @@ impl ApiState {
                        configured, every path but /health and /openapi.json needs \
                        `Authorization: Bearer <token>`."
     ),
-    paths(health, metrics, node, peers, links, routes, topology, events, incidents, actions, heal_health),
-    components(schemas(ApiError)),
+    paths(health, metrics, node, peers, links, routes, topology, events, incidents, actions, heal_health,
+          faults_list, faults_add, faults_clear, faults_remove),
+    components(schemas(ApiError, crate::fault::FaultSpec, crate::fault::FaultEntry,
+                       crate::fault::FaultList, crate::fault::FaultCreated)),
     modifiers(&BearerAuth),
     tags((name = "x0t", description = "Node state, metrics and events"))
 )]
@@ -598,6 +605,11 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .route("/v1/incidents", get(incidents))
         .route("/v1/actions", get(actions))
         .route("/v1/health", get(heal_health))
+        .route(
+            "/v1/faults",
+            get(faults_list).post(faults_add).delete(faults_clear),
+        )
+        .route("/v1/faults/{id}", delete(faults_remove))
         .route("/openapi.json", get(openapi_json))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -690,7 +702,7 @@ async fn method_not_allowed(request: Request) -> Response {
     error(
         StatusCode::METHOD_NOT_ALLOWED,
         format!(
-            "{} is not allowed on {}; this API is read-only (GET)",
+            "{} is not allowed on {}; this API is read-only (GET) but for /v1/faults",
             request.method(),
             request.uri().path()
         ),
@@ -848,6 +860,113 @@ async fn actions(State(state): State<Arc<ApiState>>) -> Json<Vec<ActionInfo>> {
     security((), ("bearer" = [])))]
 async fn heal_health(State(state): State<Arc<ApiState>>) -> Json<HealHealth> {
     Json(state.node.heal_health())
+}
+
+/// The fault set, or 403 when fault injection is off.
+fn fault_set(state: &ApiState) -> Result<Arc<crate::fault::FaultSet>, Response> {
+    state.node.faults().filter(|f| f.enabled()).ok_or_else(|| {
+        error(
+            StatusCode::FORBIDDEN,
+            crate::fault::AddError::Disabled.to_string(),
+        )
+    })
+}
+
+/// The faults in force (dangerous fault injection; docs/heal.md).
+#[utoipa::path(get, path = "/v1/faults", tag = "x0t",
+    responses(
+        (status = 200, description = "Whether fault injection is enabled, and the faults in force",
+         body = crate::fault::FaultList),
+        (status = 401, description = "Token missing or wrong", body = ApiError),
+    ),
+    security((), ("bearer" = [])))]
+async fn faults_list(State(state): State<Arc<ApiState>>) -> Json<crate::fault::FaultList> {
+    Json(state.node.faults().map_or(
+        crate::fault::FaultList {
+            enabled: false,
+            faults: vec![],
+        },
+        |f| f.list(),
+    ))
+}
+
+/// Injects a fault: this node damages its own traffic until the fault is removed or its
+/// `duration_ms` passes. Refused unless the daemon's configuration sets
+/// `danger_fault_injection.enabled = true`.
+#[utoipa::path(post, path = "/v1/faults", tag = "x0t",
+    request_body = crate::fault::FaultSpec,
+    responses(
+        (status = 201, description = "Injected", body = crate::fault::FaultCreated),
+        (status = 400, description = "Not a fault (the message names the field)", body = ApiError),
+        (status = 401, description = "Token missing or wrong", body = ApiError),
+        (status = 403, description = "Fault injection is disabled on this node", body = ApiError),
+        (status = 422, description = "A value out of range (the message names the field)", body = ApiError),
+    ),
+    security((), ("bearer" = [])))]
+async fn faults_add(State(state): State<Arc<ApiState>>, body: axum::body::Bytes) -> Response {
+    let set = match fault_set(&state) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let spec: crate::fault::FaultSpec = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    match set.add(&spec) {
+        Ok(id) => (StatusCode::CREATED, Json(crate::fault::FaultCreated { id })).into_response(),
+        Err(e @ crate::fault::AddError::Disabled) => error(StatusCode::FORBIDDEN, e.to_string()),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    }
+}
+
+/// Removes every fault.
+#[utoipa::path(delete, path = "/v1/faults", tag = "x0t",
+    responses(
+        (status = 204, description = "Every fault removed"),
+        (status = 401, description = "Token missing or wrong", body = ApiError),
+        (status = 403, description = "Fault injection is disabled on this node", body = ApiError),
+    ),
+    security((), ("bearer" = [])))]
+async fn faults_clear(State(state): State<Arc<ApiState>>) -> Response {
+    match fault_set(&state) {
+        Ok(set) => {
+            set.clear();
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// Removes one fault.
+#[utoipa::path(delete, path = "/v1/faults/{id}", tag = "x0t",
+    params(("id" = u64, Path, description = "The fault's ID")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "Not a fault ID", body = ApiError),
+        (status = 401, description = "Token missing or wrong", body = ApiError),
+        (status = 403, description = "Fault injection is disabled on this node", body = ApiError),
+        (status = 404, description = "No such fault", body = ApiError),
+    ),
+    security((), ("bearer" = [])))]
+async fn faults_remove(
+    State(state): State<Arc<ApiState>>,
+    id: Result<axum::extract::Path<u64>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let set = match fault_set(&state) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Ok(axum::extract::Path(id)) = id else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "id: must be a fault ID (an integer)",
+        );
+    };
+    if set.remove(id) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, format!("no fault {id}"))
+    }
 }
 
 /// Filter of `/v1/events`.

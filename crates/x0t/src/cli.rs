@@ -46,6 +46,10 @@ pub enum Command {
     Topology(crate::ctl::ApiArgs),
     /// List the running daemon's self-healing incidents, newest first.
     Incidents(crate::ctl::ApiArgs),
+    /// Inject faults into the running daemon's traffic (dangerous; only when its configuration
+    /// sets danger_fault_injection.enabled = true).
+    #[command(subcommand)]
+    Fault(crate::fault::FaultCommand),
     /// Check or export the self-healing audit log (read-only; the daemon may be running).
     #[command(subcommand)]
     Audit(AuditCommand),

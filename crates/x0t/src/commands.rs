@@ -73,6 +73,7 @@ pub fn run(cmd: Command) -> CmdResult {
         Command::Routes(args) => crate::ctl::run(crate::ctl::View::Routes, &args),
         Command::Topology(args) => crate::ctl::run(crate::ctl::View::Topology, &args),
         Command::Incidents(args) => crate::ctl::run(crate::ctl::View::Incidents, &args),
+        Command::Fault(cmd) => crate::fault::run(cmd),
         Command::Audit(AuditCommand::Verify { at, json }) => audit_verify(&at, json),
         Command::Audit(AuditCommand::Export { at }) => audit_export(&at),
         Command::Bench(BenchCommand::UdpSource(args)) => crate::bench_failover::udp_source(args),

@@ -63,6 +63,20 @@ pub struct Config {
     /// Self-healing loop settings.
     #[serde(default)]
     pub heal: HealSection,
+    /// Fault injection (dangerous, off by default).
+    #[serde(default)]
+    pub danger_fault_injection: FaultInjectionSection,
+}
+
+/// `[danger_fault_injection]`: let this node damage its own traffic on request (lab benchmarks
+/// of self-healing; docs/heal.md). Never in production.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultInjectionSection {
+    /// Accept faults at all (from here and from `POST /v1/faults`).
+    pub enabled: bool,
+    /// Faults in force from the start, as `POST /v1/faults` bodies.
+    pub faults: Vec<crate::fault::FaultSpec>,
 }
 
 /// `[heal]`: the self-healing loop (docs/heal.md). Everything but `enabled` is
@@ -587,6 +601,21 @@ impl Config {
             .heal_config()
             .validate()
             .map_err(|e| format!("key `heal.{}`: must be {}", e.key, e.allowed))?;
+        let fi = &self.danger_fault_injection;
+        if !fi.enabled && !fi.faults.is_empty() {
+            return Err(
+                "key `danger_fault_injection.faults`: needs danger_fault_injection.enabled = true"
+                    .into(),
+            );
+        }
+        for (i, f) in fi.faults.iter().enumerate() {
+            crate::fault::Fault::try_from(f).map_err(|e| {
+                format!(
+                    "key `danger_fault_injection.faults[{i}].{}`: {}",
+                    e.field, e.message
+                )
+            })?;
+        }
         if let Some(a) = &self.advertise
             && a.rsplit_once(':')
                 .and_then(|(_, port)| port.parse::<u16>().ok())
@@ -627,6 +656,7 @@ impl Config {
             initial_mtu: l.initial_mtu,
             mtu_discovery: l.mtu_discovery,
             retry_threshold: l.retry_threshold,
+            impairment: None,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `x0t status | peers | links | routes | topology | incidents`: read a running daemon through its HTTP
+//! `x0t status | peers | links | routes | topology | incidents` (and `x0t fault`, in
+//! [`crate::fault`]): read a running daemon through its HTTP
 //! API; a table for people, JSON with `--json`.
 //!
 //! The daemon is found at `--api HOST:PORT` (default `127.0.0.1:5471`), or through its
@@ -10,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -103,7 +104,7 @@ pub fn run(view: View, args: &ApiArgs) -> CmdResult {
     })
 }
 
-fn print_json<T: serde::Serialize + ?Sized>(v: &T) {
+pub(crate) fn print_json<T: serde::Serialize + ?Sized>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -117,7 +118,7 @@ fn show<T: serde::Serialize + ?Sized>(json: bool, v: &T, text: impl FnOnce(&T) -
 
 /// An HTTP client for one daemon's API.
 #[derive(Debug)]
-struct Client {
+pub(crate) struct Client {
     addr: SocketAddr,
     token: Option<String>,
 }
@@ -146,7 +147,7 @@ fn read_token(path: &Path) -> Result<String, Exit> {
 }
 
 impl Client {
-    fn new(args: &ApiArgs) -> Result<Self, Exit> {
+    pub(crate) fn new(args: &ApiArgs) -> Result<Self, Exit> {
         let (addr, mut token_file) = match &args.config {
             Some(path) => {
                 let config = Config::load(path).map_err(|e| Exit::usage(e.to_string()))?;
@@ -183,6 +184,16 @@ impl Client {
 
     /// GETs `path` and returns the status and body.
     async fn fetch(&self, path: &str) -> Result<(u16, Bytes), Exit> {
+        self.exchange(hyper::Method::GET, path, None).await
+    }
+
+    /// Sends one request (with a JSON body, if any) and returns the status and body.
+    async fn exchange(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Bytes), Exit> {
         let stream =
             tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(self.addr))
                 .await
@@ -192,14 +203,19 @@ impl Client {
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
             tokio::spawn(conn);
-            let mut req = hyper::Request::get(path)
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(path)
                 .header(hyper::header::HOST, self.addr.to_string())
                 .header(hyper::header::ACCEPT, "application/json");
+            if body.is_some() {
+                req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+            }
             if let Some(t) = &self.token {
                 req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
             }
             let req = req
-                .body(Empty::<Bytes>::new())
+                .body(Full::new(Bytes::from(body.unwrap_or_default())))
                 .map_err(|e| std::io::Error::other(e.to_string()))
                 .map_err(hyper_io)?;
             let resp = sender.send_request(req).await?;
@@ -219,8 +235,19 @@ impl Client {
     }
 
     /// GETs `path` and decodes the JSON answer, refusing non-2xx answers.
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Exit> {
-        let (status, body) = self.fetch(path).await?;
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Exit> {
+        let body = self.send(hyper::Method::GET, path, None).await?;
+        self.decode(path, &body)
+    }
+
+    /// Sends a request and returns the body of a 2xx answer; other answers are errors.
+    pub(crate) async fn send(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, Exit> {
+        let (status, body) = self.exchange(method, path, body).await?;
         if status == 401 {
             return Err(Exit::new(
                 exit::NO_PERM,
@@ -240,7 +267,7 @@ impl Client {
                 self.addr
             )));
         }
-        self.decode(path, &body)
+        Ok(body)
     }
 
     /// GETs `path` and decodes the JSON answer whatever the status (`/health` answers 503 with
@@ -250,7 +277,7 @@ impl Client {
         self.decode(path, &body)
     }
 
-    fn decode<T: DeserializeOwned>(&self, path: &str, body: &[u8]) -> Result<T, Exit> {
+    pub(crate) fn decode<T: DeserializeOwned>(&self, path: &str, body: &[u8]) -> Result<T, Exit> {
         serde_json::from_slice(body).map_err(|e| {
             Exit::new(
                 exit::DATA,

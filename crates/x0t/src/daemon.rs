@@ -59,6 +59,7 @@ use crate::commands::{META_ADVERTISE, refresh_ca_node_svid};
 use crate::config::{Config, PeerConfig};
 use crate::dataplane::{DataPlane, DataPlaneConfig};
 use crate::exit::{CmdResult, Exit};
+use crate::fault::{FaultCollector, FaultSet};
 use crate::heal::{self, HealDeps, HealHandle};
 use crate::logging;
 use crate::metrics::{DaemonMetrics, MetricsRegistry};
@@ -131,6 +132,8 @@ struct Shared {
     heal_prepared: Mutex<Option<heal::Prepared>>,
     /// Per neighbour we dial: wakes its dialler from its back-off (a link restart).
     redial: Mutex<HashMap<NodeId, Arc<Notify>>>,
+    /// Injected faults (empty, and refusing any, unless `danger_fault_injection.enabled`).
+    faults: Arc<FaultSet>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -180,14 +183,11 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
         ca.as_ref().map(|c| c.cert_der().to_vec()),
     )
     .map_err(|e| Exit::failure(format!("loading the TLS key: {e}")))?;
-    let endpoint = LinkEndpoint::bind(
-        config.listen,
-        config.link_config(),
-        identity,
-        trust,
-        metrics,
-    )
-    .map_err(|e| Exit::failure(format!("cannot listen on {}: {e}", config.listen)))?;
+    let faults = start_fault_injection(&config)?;
+    let mut link_config = config.link_config();
+    link_config.impairment = faults.enabled().then(|| faults.clone() as _);
+    let endpoint = LinkEndpoint::bind(config.listen, link_config, identity, trust, metrics)
+        .map_err(|e| Exit::failure(format!("cannot listen on {}: {e}", config.listen)))?;
     let local = endpoint
         .local_addr()
         .map_err(|e| Exit::failure(e.to_string()))?;
@@ -243,6 +243,7 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
             balanced: config.dataplane.multipath == crate::config::Multipath::Balanced,
             ipv4: config.dataplane.ipv4_range(),
             app_socket: config.dataplane.app_socket,
+            faults: faults.enabled().then(|| faults.clone()),
         },
         keys.node_id(),
         MeshPrefix::of(&td),
@@ -263,6 +264,7 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
         heal,
         heal_prepared: Mutex::new(heal_prepared),
         redial: Mutex::new(HashMap::new()),
+        faults,
         ebpf,
         node_id: keys.node_id(),
         endpoint,
@@ -282,6 +284,25 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
         api: Mutex::new(api),
         config,
     }))
+}
+
+/// The fault set, with the configured faults in force when fault injection is enabled.
+fn start_fault_injection(config: &Config) -> Result<Arc<FaultSet>, Exit> {
+    let section = &config.danger_fault_injection;
+    let faults = FaultSet::new(section.enabled);
+    if section.enabled {
+        warn!(
+            "fault injection is ENABLED: this node will damage traffic on request; never in \
+             production"
+        );
+        for (i, f) in section.faults.iter().enumerate() {
+            faults.add(f).map_err(|e| {
+                Exit::usage(format!("key `danger_fault_injection.faults[{i}]`: {e}"))
+            })?;
+        }
+        faults.spawn_expiry();
+    }
+    Ok(faults)
 }
 
 /// Loads or creates the API token and binds the API's listener. The default address failing
@@ -356,6 +377,9 @@ async fn serve(shared: Arc<Shared>) -> CmdResult {
                 .registry_mut()
                 .register_collector(Box::new(crate::ebpf::EbpfCollector(ebpf.clone())));
         }
+        registry
+            .registry_mut()
+            .register_collector(Box::new(FaultCollector(shared.faults.clone())));
         registry
             .registry_mut()
             .register_collector(Box::new(heal::HealCollector {
@@ -547,6 +571,7 @@ fn register(shared: &Arc<Shared>, link: Link) {
         Some(peer.to_string()),
         Some(format!("{} {}", link.remote_addr(), link.kx_group_name())),
     ));
+    shared.faults.learn(peer, link.remote_addr());
     shared.routing.attach(peer, &link.connection);
     let data = shared
         .dataplane

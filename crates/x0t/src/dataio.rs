@@ -14,6 +14,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
@@ -24,6 +25,7 @@ use nix::sys::socket::{
 use tracing::{debug, info};
 use tun_rs::{GROTable, IDEAL_BATCH_SIZE, SyncDevice, VIRTIO_NET_HDR_LEN};
 use x0_dataplane::buf::{HEADROOM, TAILROOM};
+use x0_link::{Impairment, Verdict};
 
 /// Largest UDP payload read or written.
 pub(crate) const MAX_DATAGRAM: usize = 65_535;
@@ -40,6 +42,17 @@ pub(crate) struct UdpIo {
     gso: AtomicBool,
     /// UDP GRO: whether the receive path may get coalesced datagrams.
     gro: bool,
+    /// Fault injection ([`crate::fault`]), asked about every send.
+    impairment: Option<Impaired>,
+}
+
+/// The fault-injection hook of the data socket: its verdicts, and how delayed frames leave.
+#[derive(Debug)]
+struct Impaired {
+    impairment: Arc<dyn Impairment>,
+    /// The same socket, for sends from timer tasks.
+    socket: Arc<UdpSocket>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl UdpIo {
@@ -51,7 +64,21 @@ impl UdpIo {
             socket,
             gso: AtomicBool::new(offload),
             gro,
+            impairment: None,
         }
+    }
+
+    /// Asks `impairment` about every send: dropped frames are not sent, delayed ones are sent
+    /// later (one datagram each) from a task on the current tokio runtime.
+    pub(crate) fn impaired(mut self, impairment: Option<Arc<dyn Impairment>>) -> io::Result<Self> {
+        if let Some(impairment) = impairment {
+            self.impairment = Some(Impaired {
+                impairment,
+                socket: Arc::new(self.socket.try_clone()?),
+                runtime: tokio::runtime::Handle::try_current().map_err(io::Error::other)?,
+            });
+        }
+        Ok(self)
     }
 
     /// The socket.
@@ -71,6 +98,23 @@ impl UdpIo {
 
     /// Sends `buf` to `addr` as datagrams of `segment` bytes (the last may be shorter).
     fn send_segments(&self, buf: &[u8], segment: usize, addr: SocketAddr) -> io::Result<()> {
+        if let Some(i) = &self.impairment {
+            match i.impairment.on_send(addr) {
+                Verdict::Pass => {}
+                Verdict::Drop => return Ok(()),
+                Verdict::Delay(d) => {
+                    let (socket, frames) = (i.socket.clone(), buf.to_vec());
+                    let segment = segment.max(1);
+                    i.runtime.spawn(async move {
+                        tokio::time::sleep(d).await;
+                        for frame in frames.chunks(segment) {
+                            let _ = socket.send_to(frame, addr);
+                        }
+                    });
+                    return Ok(());
+                }
+            }
+        }
         if buf.len() <= segment {
             return self.socket.send_to(buf, addr).map(drop);
         }

@@ -241,6 +241,7 @@ pub struct DataPlane {
     e2e: Arc<E2eConfig>,
     started: std::time::Instant,
     state: Mutex<State>,
+    faults: Option<Arc<crate::fault::FaultSet>>,
 }
 
 impl std::fmt::Debug for DataPlane {
@@ -278,6 +279,8 @@ pub struct DataPlaneConfig {
     /// Userspace mode: a loopback UDP socket carrying raw IP packets in place of the TUN
     /// device (with `tun` off).
     pub app_socket: Option<SocketAddr>,
+    /// Fault injection (dangerous): impairs the data socket's sends and black-holes transit.
+    pub faults: Option<Arc<crate::fault::FaultSet>>,
 }
 
 /// Userspace mode's packet port: raw IP packets in UDP datagrams on a local socket, in place of
@@ -368,7 +371,10 @@ impl DataPlane {
                 k.copy_from_slice(&me.as_bytes()[..8]);
                 u64::from_le_bytes(k)
             },
-            udp: UdpIo::new(socket, cfg.offload),
+            udp: UdpIo::new(socket, cfg.offload)
+                .impaired(cfg.faults.clone().map(|f| f as _))
+                .map_err(|e| format!("cannot set up fault injection on the data socket: {e}"))?,
+            faults: cfg.faults.clone(),
             tun,
             app,
             routing,
@@ -496,6 +502,9 @@ impl DataPlane {
         {
             let addr = SocketAddr::new(conn.remote_address().ip(), d.port);
             debug!(peer = %peer, %addr, index = d.receiver_index, "data channel");
+            if let Some(f) = &self.faults {
+                f.learn(peer, addr);
+            }
             l.peer = Some((addr, d.receiver_index));
         }
     }
@@ -1069,6 +1078,9 @@ impl DataPlane {
             },
             Forward::Explicit(next) => next,
         };
+        if self.faults.as_ref().is_some_and(|f| f.blackholes(next)) {
+            return st.counters.drop("fault_blackhole");
+        }
         if self.seal_and_send(st, next, &mut pb, now, &mut out.udp) {
             st.counters.relayed += 1;
             st.counters.relayed_bytes += pb.len() as u64;

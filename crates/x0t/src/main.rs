@@ -24,6 +24,7 @@ mod dataplane;
 mod demo;
 mod ebpf;
 mod exit;
+mod fault;
 mod heal;
 mod lab;
 mod logging;

@@ -295,6 +295,10 @@ impl NodeApi for Shared {
         self.heal.view().actions.as_ref().clone()
     }
 
+    fn faults(&self) -> Option<Arc<crate::fault::FaultSet>> {
+        Some(self.faults.clone())
+    }
+
     fn heal_health(&self) -> HealHealth {
         let view = self.heal.view();
         let r = self.routing.status().restrictions.clone();
