@@ -862,14 +862,17 @@ async fn heal_health(State(state): State<Arc<ApiState>>) -> Json<HealHealth> {
     Json(state.node.heal_health())
 }
 
-/// The fault set, or 403 when fault injection is off.
-fn fault_set(state: &ApiState) -> Result<Arc<crate::fault::FaultSet>, Response> {
-    state.node.faults().filter(|f| f.enabled()).ok_or_else(|| {
-        error(
-            StatusCode::FORBIDDEN,
-            crate::fault::AddError::Disabled.to_string(),
-        )
-    })
+/// The fault set, if fault injection is on.
+fn fault_set(state: &ApiState) -> Option<Arc<crate::fault::FaultSet>> {
+    state.node.faults().filter(|f| f.enabled())
+}
+
+/// The answer when fault injection is off.
+fn faults_disabled() -> Response {
+    error(
+        StatusCode::FORBIDDEN,
+        crate::fault::AddError::Disabled.to_string(),
+    )
 }
 
 /// The faults in force (dangerous fault injection; docs/heal.md).
@@ -904,9 +907,8 @@ async fn faults_list(State(state): State<Arc<ApiState>>) -> Json<crate::fault::F
     ),
     security((), ("bearer" = [])))]
 async fn faults_add(State(state): State<Arc<ApiState>>, body: axum::body::Bytes) -> Response {
-    let set = match fault_set(&state) {
-        Ok(s) => s,
-        Err(r) => return r,
+    let Some(set) = fault_set(&state) else {
+        return faults_disabled();
     };
     let spec: crate::fault::FaultSpec = match serde_json::from_slice(&body) {
         Ok(s) => s,
@@ -929,11 +931,11 @@ async fn faults_add(State(state): State<Arc<ApiState>>, body: axum::body::Bytes)
     security((), ("bearer" = [])))]
 async fn faults_clear(State(state): State<Arc<ApiState>>) -> Response {
     match fault_set(&state) {
-        Ok(set) => {
+        Some(set) => {
             set.clear();
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(r) => r,
+        None => faults_disabled(),
     }
 }
 
@@ -952,9 +954,8 @@ async fn faults_remove(
     State(state): State<Arc<ApiState>>,
     id: Result<axum::extract::Path<u64>, axum::extract::rejection::PathRejection>,
 ) -> Response {
-    let set = match fault_set(&state) {
-        Ok(s) => s,
-        Err(r) => return r,
+    let Some(set) = fault_set(&state) else {
+        return faults_disabled();
     };
     let Ok(axum::extract::Path(id)) = id else {
         return error(
@@ -1451,9 +1452,36 @@ mod tests {
             "/v1/incidents",
             "/v1/actions",
             "/v1/health",
+            "/v1/faults",
+            "/v1/faults/{id}",
         ] {
             assert!(paths.iter().any(|x| x == p), "{p} missing from {paths:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn faults_are_refused_where_fault_injection_is_not_available() {
+        let app = app(None);
+        let post = |body: &'static str| {
+            axum::http::Request::post("/v1/faults")
+                .header(header::HOST, "localhost")
+                .body(axum::body::Body::from(body))
+                .unwrap()
+        };
+        let (s, body) = call(&app, post(r#"{"kind":"blackhole"}"#)).await;
+        assert_eq!(s, 403, "{body}");
+        assert!(body.contains("danger_fault_injection.enabled"), "{body}");
+        let (s, body) = call(&app, empty(get("/v1/faults"))).await;
+        assert_eq!(s, 200);
+        assert_eq!(body, r#"{"enabled":false,"faults":[]}"#);
+        let delete = |path: &str| {
+            axum::http::Request::delete(path)
+                .header(header::HOST, "localhost")
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        assert_eq!(call(&app, delete("/v1/faults")).await.0, 403);
+        assert_eq!(call(&app, delete("/v1/faults/1")).await.0, 403);
     }
 
     #[test]

@@ -763,6 +763,33 @@ mod tests {
     }
 
     #[test]
+    fn fault_injection_is_off_by_default_and_bad_faults_are_named() {
+        let c = Config::parse("state_dir = \"/x\"\n").unwrap();
+        assert!(!c.danger_fault_injection.enabled);
+        assert!(c.link_config().impairment.is_none());
+        let c = Config::parse(
+            "state_dir = \"/x\"\n[danger_fault_injection]\nenabled = true\n\
+             faults = [{ kind = \"delay\", delay_ms = 200 }, { kind = \"blackhole\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(c.danger_fault_injection.faults.len(), 2);
+        let e = Config::parse(
+            "state_dir = \"/x\"\n[danger_fault_injection]\nenabled = true\n\
+             faults = [{ kind = \"flap\", period_ms = 5 }]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("danger_fault_injection.faults[0].period_ms") && e.contains("100"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "state_dir = \"/x\"\n[danger_fault_injection]\nfaults = [{ kind = \"blackhole\" }]\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("enabled = true"), "{e}");
+    }
+
+    #[test]
     fn the_heal_section_has_defaults_and_names_bad_keys() {
         let c = Config::parse("state_dir = \"/x\"\n").unwrap();
         assert!(c.heal.enabled);

@@ -107,8 +107,16 @@ impl UdpIo {
                     let segment = segment.max(1);
                     i.runtime.spawn(async move {
                         tokio::time::sleep(d).await;
+                        // Never block the runtime's thread: a frame that does not fit in the
+                        // socket buffer now is lost, as a late datagram may be.
+                        let to = SockaddrStorage::from(addr);
                         for frame in frames.chunks(segment) {
-                            let _ = socket.send_to(frame, addr);
+                            let _ = nix::sys::socket::sendto(
+                                socket.as_raw_fd(),
+                                frame,
+                                &to,
+                                MsgFlags::MSG_DONTWAIT,
+                            );
                         }
                     });
                     return Ok(());
