@@ -19,6 +19,8 @@ const T: Duration = Duration::from_secs(30);
 /// injection on.
 const LAB: &str = "\n[link]\nidle_timeout_ms = 1500\nkeep_alive_ms = 300\nredial_max_ms = 500\n\
                    \n[heal]\nenabled = false\n";
+/// Userspace mode: packets in and out through a loopback application socket.
+const APP: &str = "\n[dataplane]\ntun = false\napp_socket = \"127.0.0.1:0\"\n";
 const DANGER: &str = "\n[danger_fault_injection]\nenabled = true\n";
 
 /// One HTTP/1.1 exchange; returns the status and body.
@@ -106,10 +108,10 @@ fn has_link(links: &Value, peer: &str) -> bool {
 fn pair(dir: &Path, b_extra: &str) -> (Daemon, Daemon, String) {
     let (a, b) = (dir.join("a"), dir.join("b"));
     ca_node(&a, &[]);
-    let da = Daemon::start("a", &config(dir, "a", &a, &[], LAB));
+    let da = Daemon::start("a", &config(dir, "a", &a, &[], &format!("{LAB}{APP}")));
     da.listen_addr();
     join(&a, &b);
-    let extra = format!("{LAB}{b_extra}");
+    let extra = format!("{LAB}{APP}{b_extra}");
     let db = Daemon::start("b", &config(dir, "b", &b, &[&da.listen_addr()], &extra));
     (da, db, node_id(&a))
 }
@@ -174,8 +176,9 @@ fn faults_are_refused_unless_enabled_and_the_cli_needs_a_daemon() {
 #[test]
 fn a_delay_raises_the_neighbours_rtt_and_clearing_it_brings_it_back() {
     let dir = tempfile::tempdir().unwrap();
-    let (_da, db, a_id) = pair(dir.path(), DANGER);
+    let (da, db, a_id) = pair(dir.path(), DANGER);
     db.wait_for(&["fault injection is ENABLED", "never in production"], T);
+    let data = AppPath::open(&db, &da);
     let api = db.api_addr();
     let base = wait_json(&api, "/v1/links", "RTT measured", |v| {
         rtt_to(v, &a_id).is_some()
@@ -211,6 +214,17 @@ fn a_delay_raises_the_neighbours_rtt_and_clearing_it_brings_it_back() {
         rtt_to(v, &a_id).is_some_and(|r| r > 100.0)
     });
     eprintln!("RTT with 150 ms delay: {:?} ms", rtt_to(&slow, &a_id));
+    // Data frames from b to a are held too (a packet cannot arrive before its delay).
+    let mut buf = [0u8; 2048];
+    while data.rx.recv(&mut buf).is_ok() {}
+    data.rx.set_read_timeout(Some(T)).unwrap();
+    let sent = Instant::now();
+    data.tx.send_to(&data.packet, &data.to).unwrap();
+    let n = data.rx.recv(&mut buf).unwrap();
+    assert_eq!(buf[..n], data.packet[..]);
+    let took = sent.elapsed();
+    eprintln!("a data packet b → a with 150 ms delay took {took:?}");
+    assert!(took >= Duration::from_millis(150), "{took:?}");
     assert_eq!(metric(&api, "x0t_fault_injection_active "), 1.0);
     assert!(metric(&api, "x0t_fault_injection_delayed_total ") > 0.0);
 
@@ -292,8 +306,46 @@ fn log_field(d: &Daemon, needles: &[&str], key: &str) -> String {
         .to_owned()
 }
 
-/// Sends `packet` to the application port `to` until one arrives on `rx` (or `T` passes);
-/// returns how many arrived of `tries` when `tries` is given.
+/// Userspace-mode applications at two daemons, and a packet from one to the other.
+struct AppPath {
+    /// The sender's socket.
+    tx: UdpSocket,
+    /// The source daemon's application port.
+    to: String,
+    /// The receiver's socket, registered with the destination daemon.
+    rx: UdpSocket,
+    packet: Vec<u8>,
+}
+
+impl AppPath {
+    /// Opens the path and waits until a packet gets through (the end-to-end session is up).
+    fn open(src: &Daemon, dst: &Daemon) -> Self {
+        let overlay = |d: &Daemon| -> Ipv6Addr {
+            log_field(d, &["x0t up", "overlay="], "overlay=")
+                .parse()
+                .unwrap()
+        };
+        let app_addr = |d: &Daemon| log_field(d, &["data plane up", "app="], "app=");
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.send_to(&[], app_addr(dst)).unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let path = Self {
+            tx: UdpSocket::bind("127.0.0.1:0").unwrap(),
+            to: app_addr(src),
+            rx,
+            packet: udp6_packet(overlay(src), overlay(dst), b"through the overlay"),
+        };
+        let deadline = Instant::now() + T;
+        while delivered(&path.tx, &path.to, &path.rx, &path.packet, 1) == 0 {
+            assert!(Instant::now() < deadline, "never delivered: {}", src.log());
+        }
+        path
+    }
+}
+
+/// Sends `packet` to the application port `to` `tries` times, waiting up to 100 ms for it on
+/// `rx` after each; returns how many arrived.
 fn delivered(tx: &UdpSocket, to: &str, rx: &UdpSocket, packet: &[u8], tries: usize) -> usize {
     let mut buf = [0u8; 2048];
     let mut got = 0;
@@ -314,7 +366,7 @@ fn a_blackholing_relay_drops_transit_but_keeps_its_links() {
     let p = dir.path();
     let (a, b, c) = (p.join("a"), p.join("b"), p.join("c"));
     ca_node(&a, &[]);
-    let app = format!("{LAB}\n[dataplane]\ntun = false\napp_socket = \"127.0.0.1:0\"\n");
+    let app = format!("{LAB}{APP}");
     let da = Daemon::start("a", &config(p, "a", &a, &[], &app));
     da.listen_addr();
     let c_id = join(&a, &c)["node_id"].as_str().unwrap().to_owned();
@@ -328,25 +380,12 @@ fn a_blackholing_relay_drops_transit_but_keeps_its_links() {
     da.wait_for(&["route", &format!("dst={c_id}")], T);
     let b_api = db.api_addr();
 
-    let overlay = |d: &Daemon| -> Ipv6Addr {
-        log_field(d, &["x0t up", "overlay="], "overlay=")
-            .parse()
-            .unwrap()
-    };
-    let app_addr = |d: &Daemon| log_field(d, &["data plane up", "app="], "app=");
-    let (oa, oc) = (overlay(&da), overlay(&dc));
-    let (app_a, app_c) = (app_addr(&da), app_addr(&dc));
-    let sock_c = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock_c.send_to(&[], &app_c).unwrap();
-    sock_c
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let sock_a = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let packet = udp6_packet(oa, oc, b"through the relay");
-    let deadline = Instant::now() + T;
-    while delivered(&sock_a, &app_a, &sock_c, &packet, 1) == 0 {
-        assert!(Instant::now() < deadline, "never delivered: {}", da.log());
-    }
+    let AppPath {
+        tx: sock_a,
+        to: app_a,
+        rx: sock_c,
+        packet,
+    } = AppPath::open(&da, &dc);
 
     let (status, body) = http(&b_api, "POST", "/v1/faults", r#"{"kind":"blackhole"}"#);
     assert_eq!(status, 201, "{body}");
