@@ -1385,3 +1385,66 @@ async fn truncated_initials_do_not_hurt_the_listener() {
     let (at_d2, _) = dialer.link_to(&mut listener).await;
     assert_pq(&at_d2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fault injection: the socket asks the impairment about every transmit
+// ---------------------------------------------------------------------------------------------
+
+/// An impairment with one verdict for everything, counting what it was asked about.
+#[derive(Debug)]
+struct Always {
+    verdict: crate::Verdict,
+    asked: Mutex<Vec<SocketAddr>>,
+}
+
+impl crate::Impairment for Always {
+    fn on_send(&self, dst: SocketAddr) -> crate::Verdict {
+        self.asked.lock().unwrap().push(dst);
+        self.verdict
+    }
+}
+
+fn impaired(verdict: crate::Verdict) -> (Arc<Always>, LinkConfig) {
+    let always = Arc::new(Always {
+        verdict,
+        asked: Mutex::new(Vec::new()),
+    });
+    let config = LinkConfig {
+        impairment: Some(always.clone()),
+        handshake_timeout: Duration::from_secs(1),
+        ..LinkConfig::default()
+    };
+    (always, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_sends_raise_the_rtt_and_dropped_sends_keep_a_link_from_forming() {
+    let mesh = Mesh::new();
+    let (delay, config) = impaired(crate::Verdict::Delay(Duration::from_millis(150)));
+    let a = mesh.node(config);
+    let mut b = mesh.node(LinkConfig::default());
+    let (at_a, at_b) = a.link_to(&mut b).await;
+    assert!(
+        at_a.setup_time >= Duration::from_millis(300),
+        "two flights from a, each held 150 ms: {:?}",
+        at_a.setup_time
+    );
+    for rtt in [at_a.connection.rtt(), at_b.connection.rtt()] {
+        assert!(rtt >= Duration::from_millis(150), "{rtt:?}");
+    }
+    let asked = delay.asked.lock().unwrap().clone();
+    assert!(
+        !asked.is_empty() && asked.iter().all(|d| *d == b.addr),
+        "{asked:?}"
+    );
+
+    let (drop, config) = impaired(crate::Verdict::Drop);
+    let c = mesh.node(config);
+    assert!(
+        bounded("dial", c.ep.dial(b.addr, Some(b.id())))
+            .await
+            .is_err(),
+        "a link formed with every datagram dropped"
+    );
+    assert!(!drop.asked.lock().unwrap().is_empty());
+}
