@@ -176,7 +176,11 @@ fn faults_are_refused_unless_enabled_and_the_cli_needs_a_daemon() {
 #[test]
 fn a_delay_raises_the_neighbours_rtt_and_clearing_it_brings_it_back() {
     let dir = tempfile::tempdir().unwrap();
-    let (da, db, a_id) = pair(dir.path(), DANGER);
+    // A fault from the configuration (harmless here: b relays nothing).
+    let (da, db, a_id) = pair(
+        dir.path(),
+        &format!("{DANGER}faults = [{{ kind = \"blackhole\" }}]\n"),
+    );
     db.wait_for(&["fault injection is ENABLED", "never in production"], T);
     let data = AppPath::open(&db, &da);
     let api = db.api_addr();
@@ -206,10 +210,17 @@ fn a_delay_raises_the_neighbours_rtt_and_clearing_it_brings_it_back() {
     let id = added["id"].as_u64().unwrap();
     let list = run_json(&["fault", "list", "--api", &api, "--json"]);
     assert_eq!(list["enabled"], true);
-    assert_eq!(list["faults"][0]["id"], id);
-    assert_eq!(list["faults"][0]["kind"], "delay");
-    assert_eq!(list["faults"][0]["delay_ms"], 150);
-    assert!(list["faults"][0]["since_unix_ms"].as_u64().unwrap() > 0);
+    assert_eq!(list["faults"][0]["kind"], "blackhole");
+    assert_eq!(list["faults"][1]["id"], id);
+    assert_eq!(list["faults"][1]["kind"], "delay");
+    assert_eq!(list["faults"][1]["delay_ms"], 150);
+    assert!(list["faults"][1]["since_unix_ms"].as_u64().unwrap() > 0);
+    let text = stdout(&run(&["fault", "list", "--api", &api]));
+    eprintln!("{text}");
+    assert!(
+        text.contains("ENABLED") && text.contains("blackhole") && text.contains("150 ms"),
+        "{text}"
+    );
     let slow = wait_json(&api, "/v1/links", "RTT over 100 ms", |v| {
         rtt_to(v, &a_id).is_some_and(|r| r > 100.0)
     });
@@ -225,7 +236,7 @@ fn a_delay_raises_the_neighbours_rtt_and_clearing_it_brings_it_back() {
     let took = sent.elapsed();
     eprintln!("a data packet b → a with 150 ms delay took {took:?}");
     assert!(took >= Duration::from_millis(150), "{took:?}");
-    assert_eq!(metric(&api, "x0t_fault_injection_active "), 1.0);
+    assert_eq!(metric(&api, "x0t_fault_injection_active "), 2.0);
     assert!(metric(&api, "x0t_fault_injection_delayed_total ") > 0.0);
 
     let o = run(&["fault", "clear", &id.to_string(), "--api", &api]);
@@ -234,7 +245,7 @@ fn a_delay_raises_the_neighbours_rtt_and_clearing_it_brings_it_back() {
         rtt_to(v, &a_id).is_some_and(|r| r < 50.0)
     });
     eprintln!("RTT after clearing: {:?} ms", rtt_to(&fast, &a_id));
-    assert_eq!(metric(&api, "x0t_fault_injection_active "), 0.0);
+    assert_eq!(metric(&api, "x0t_fault_injection_active "), 1.0);
 }
 
 #[test]
