@@ -240,7 +240,9 @@ impl Prober {
             let start = self.cursor % others.len();
             sampled.extend((0..take).map(|i| others[(start + i) % others.len()]));
         }
-        let slow = self.round.is_multiple_of(u64::from(self.cfg.slow_every.max(1)));
+        let slow = self
+            .round
+            .is_multiple_of(u64::from(self.cfg.slow_every.max(1)));
         let due = now + ms(self.cfg.timeout_ms);
         for dst in &sampled {
             let Some(t) = self.targets.get(dst) else {

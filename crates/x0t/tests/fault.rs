@@ -5,8 +5,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{Ipv6Addr, TcpStream, UdpSocket};
+use std::net::{Ipv6Addr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -23,47 +22,6 @@ const LAB: &str = "\n[link]\nidle_timeout_ms = 1500\nkeep_alive_ms = 300\nredial
 const APP: &str = "\n[dataplane]\ntun = false\napp_socket = \"127.0.0.1:0\"\n";
 const DANGER: &str = "\n[danger_fault_injection]\nenabled = true\n";
 
-/// One HTTP/1.1 exchange; returns the status and body.
-fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(T)).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let mut out = String::new();
-        let mut rest = rest;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            out.push_str(&tail[..n]);
-            rest = &tail[n + 2..];
-        }
-        out
-    } else {
-        rest.to_owned()
-    };
-    (status, body)
-}
-
-fn get_json(addr: &str, path: &str) -> Value {
-    let (status, body) = http(addr, "GET", path, "");
-    assert_eq!(status, 200, "{path}: {body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 /// Polls `path` until `ok` holds; panics with the last answer after `T`.
 fn wait_json(addr: &str, path: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + T;
@@ -78,21 +36,6 @@ fn wait_json(addr: &str, path: &str, what: &str, ok: impl Fn(&Value) -> bool) ->
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// A sample of `/metrics` (0 when absent).
-fn metric(addr: &str, name_and_labels: &str) -> f64 {
-    let (_, text) = http(addr, "GET", "/metrics", "");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn node_id(state: &Path) -> String {
-    run_json(&["identity", "show", "--state-dir", s(state), "--json"])["node_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 /// The routing RTT of the link to `peer` in `/v1/links`, once measured.

@@ -7,8 +7,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -16,54 +14,6 @@ use serde_json::Value;
 use support::*;
 
 const T: Duration = Duration::from_secs(30);
-
-/// `GET path` on a daemon's API: status and body.
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(T)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut bytes = Vec::new();
-    let _ = s.read_to_end(&mut bytes);
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, body)
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-fn get_json(addr: &str, path: &str) -> Value {
-    let (status, body) = get(addr, path);
-    assert_eq!(status, 200, "{path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"))
-}
 
 /// Polls `path` until `ok` holds; returns the answer and how long it took.
 fn wait_json(addr: &str, path: &str, ok: impl Fn(&Value) -> bool) -> (Value, Duration) {
@@ -76,13 +26,6 @@ fn wait_json(addr: &str, path: &str, ok: impl Fn(&Value) -> bool) -> (Value, Dur
         assert!(started.elapsed() < T, "{path} never got there: {v:#}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn node_id(state: &Path) -> String {
-    run_json(&["identity", "show", "--state-dir", s(state), "--json"])["node_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 /// A line a – b – c of daemons (b dials a, c dials b), converged; `a_extra` goes into a's
@@ -185,7 +128,7 @@ fn a_killed_relay_is_an_incident_acted_on_and_in_a_verified_audit_log() {
     });
     eprintln!("health at a: {health:#}");
     assert!(health["audit"]["entries"].as_u64().unwrap() >= 2);
-    let (status, metrics) = get(&api, "/metrics");
+    let (status, metrics) = http(&api, "GET", "/metrics", "");
     assert_eq!(status, 200);
     for series in [
         "x0t_heal_enabled 1",
@@ -257,7 +200,7 @@ fn observe_mode_records_what_it_would_do_and_does_nothing() {
     assert_eq!(da.count("self-healing action done"), 0, "{}", da.log());
     assert_eq!(da.count("self-healing action failed"), 0, "{}", da.log());
     da.wait_for(&["observe mode: would act"], T);
-    let (_, metrics) = get(&api, "/metrics");
+    let (_, metrics) = http(&api, "GET", "/metrics", "");
     assert!(metrics.contains("x0t_heal_observe_mode 1"), "{metrics}");
     assert!(
         metrics.contains("mode=\"observe\"} ") && !metrics.contains("mode=\"act\"} "),
@@ -386,17 +329,6 @@ fn an_altered_audit_entry_is_named_and_never_rewritten() {
     assert_eq!(o.status.code(), Some(64), "{}", stderr(&o));
 }
 
-/// The value of `metric{labels}` in a daemon's `/metrics` (0 if absent).
-fn metric(addr: &str, series: &str) -> f64 {
-    let (status, body) = get(addr, "/metrics");
-    assert_eq!(status, 200);
-    body.lines()
-        .filter_map(|l| l.strip_prefix(series))
-        .filter_map(|rest| rest.strip_prefix(' '))
-        .filter_map(|v| v.trim().parse::<f64>().ok())
-        .sum()
-}
-
 #[test]
 fn end_to_end_probes_cross_the_relay_and_come_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -435,4 +367,96 @@ fn end_to_end_probes_cross_the_relay_and_come_back() {
             .all(|i| i["problem"] != "black_hole" && i["problem"] != "unreachable"),
         "{incidents:#}"
     );
+}
+
+/// The next hop of `from`'s route to `dst`, if it has one.
+fn next_hop(api: &str, dst: &str) -> Option<String> {
+    get_json(api, "/v1/routes")
+        .as_array()?
+        .iter()
+        .find(|r| r["dst"] == dst)
+        .and_then(|r| r["next_hop"].as_str().map(str::to_owned))
+}
+
+#[test]
+fn a_black_holing_relay_is_found_by_end_to_end_probes_and_quarantined() {
+    // A square a – b – c – d – a: c has two node-disjoint paths from a (via b and via d).
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|n| dir.join(n));
+    let danger = "\n[danger_fault_injection]\nenabled = true\n";
+    ca_node(&a, &[]);
+    let da = Daemon::start("a", &config(dir, "a", &a, &[], ""));
+    da.listen_addr();
+    for n in [&b, &c, &d] {
+        join(&a, n);
+    }
+    let db = Daemon::start("b", &config(dir, "b", &b, &[&da.listen_addr()], danger));
+    let dd = Daemon::start("d", &config(dir, "d", &d, &[&da.listen_addr()], danger));
+    let dc = Daemon::start(
+        "c",
+        &config(dir, "c", &c, &[&db.listen_addr(), &dd.listen_addr()], ""),
+    );
+    let (b_id, c_id, d_id) = (node_id(&b), node_id(&c), node_id(&d));
+    let api = da.api_addr();
+    // Converged, and a's probes to c answered along both paths.
+    let started = Instant::now();
+    let replies = r#"x0t_dataplane_probes_total{event="reply_received"}"#;
+    while next_hop(&api, &c_id).is_none() || metric(&api, replies) < 30.0 {
+        assert!(started.elapsed() < T, "the square never converged");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let relay = next_hop(&api, &c_id).unwrap();
+    let (bad, other) = if relay == b_id {
+        (&db, &d_id)
+    } else {
+        assert_eq!(relay, d_id);
+        (&dd, &b_id)
+    };
+    eprintln!("a reaches c via {relay}; it starts black-holing transit");
+    let (status, body) = http(
+        &bad.api_addr(),
+        "POST",
+        "/v1/faults",
+        r#"{"kind":"blackhole"}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let (incidents, took) = wait_json(&api, "/v1/incidents", |v| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["cause_node"] == relay.as_str() && i["problem"] == "black_hole")
+    });
+    eprintln!("black-hole incident at a {took:?} after the fault: {incidents:#}");
+    let (actions, took) = wait_json(&api, "/v1/actions", |v| {
+        v.as_array().unwrap().iter().any(|a| {
+            a["kind"] == "quarantine_node"
+                && a["target"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(&relay[..8]))
+                && a["result"] == "done"
+        })
+    });
+    eprintln!("quarantine done {took:?} after the incident");
+    // Routing now avoids the black hole: c is reached through the other relay.
+    let started = Instant::now();
+    while next_hop(&api, &c_id).as_deref() != Some(other.as_str()) {
+        assert!(
+            started.elapsed() < T,
+            "a never routed around the black hole: {:?}; actions {actions:#}",
+            next_hop(&api, &c_id)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Only the black hole was acted on.
+    let actions = get_json(&api, "/v1/actions");
+    for act in actions.as_array().unwrap() {
+        if let Some(t) = act["target"].as_str() {
+            assert!(
+                !t.contains(&other[..8]) && !t.contains(&c_id[..8]),
+                "an action on a healthy node: {act:#}"
+            );
+        }
+    }
+    drop(dc);
 }

@@ -248,3 +248,73 @@ pub fn join(ca_state: &Path, state: &Path) -> serde_json::Value {
         "--json",
     ])
 }
+
+/// One HTTP/1.1 exchange with a daemon's API (JSON body, connection closed after); returns
+/// the status and the body (chunked transfer decoded).
+pub fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut bytes = Vec::new();
+    let _ = s.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        rest.to_owned()
+    };
+    (status, body)
+}
+
+/// `GET path` as JSON; the status must be 200.
+pub fn get_json(addr: &str, path: &str) -> serde_json::Value {
+    let (status, body) = http(addr, "GET", path, "");
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"))
+}
+
+/// The sum of the samples of `series` (a metric name with its labels, as printed) in a
+/// daemon's `/metrics`; 0 when absent.
+pub fn metric(addr: &str, series: &str) -> f64 {
+    let (status, body) = http(addr, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter_map(|l| l.strip_prefix(series))
+        // The whole series, not a longer name it is the start of.
+        .filter(|rest| series.ends_with(' ') || rest.starts_with(' '))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// The node ID of the identity in `state`.
+pub fn node_id(state: &Path) -> String {
+    run_json(&["identity", "show", "--state-dir", s(state), "--json"])["node_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
