@@ -46,9 +46,10 @@ pub struct ProbeTarget {
     pub dst: NodeId,
     /// Whether we send it traffic (it is probed every round).
     pub active: bool,
-    /// Its node-disjoint paths: the relays between us and it (empty: it is a neighbour,
-    /// reached directly).
-    pub paths: Vec<Vec<NodeId>>,
+    /// Its node-disjoint paths: the relays between us and it (an empty list of relays: it is
+    /// a neighbour, reached directly). `None` when routing has not computed them (the
+    /// destination was not in the sample): the paths known before are kept.
+    pub paths: Option<Vec<Vec<NodeId>>>,
     /// The first hop of its current route, if it has one.
     pub route_first_hop: Option<NodeId>,
 }
@@ -142,8 +143,14 @@ impl Prober {
         let mut next = BTreeMap::new();
         for t in targets {
             let mut old = self.targets.remove(&t.dst).unwrap_or_default();
+            let Some(paths) = t.paths else {
+                old.active = t.active;
+                old.route_first_hop = t.route_first_hop;
+                next.insert(t.dst, old);
+                continue;
+            };
             let mut current: Vec<Vec<NodeId>> = Vec::new();
-            for p in t.paths {
+            for p in paths {
                 let unique: BTreeSet<&NodeId> = p.iter().collect();
                 let sane = unique.len() == p.len() && !p.contains(&t.dst) && p.len() <= MAX_RELAYS;
                 if sane && !current.contains(&p) && current.len() < MAX_PATHS {
@@ -371,10 +378,12 @@ mod tests {
         ProbeTarget {
             dst: n(dst),
             active,
-            paths: paths
-                .iter()
-                .map(|p| p.iter().map(|b| n(*b)).collect())
-                .collect(),
+            paths: Some(
+                paths
+                    .iter()
+                    .map(|p| p.iter().map(|b| n(*b)).collect())
+                    .collect(),
+            ),
             route_first_hop: first.map(n),
         }
     }
@@ -481,6 +490,17 @@ mod tests {
             seen.extend(dsts);
         }
         assert_eq!(seen.len(), 7, "every destination was sampled");
+    }
+
+    #[test]
+    fn paths_not_computed_now_are_kept_as_they_were() {
+        let mut p = Prober::new(ProbeConfig::default(), t(0));
+        p.set_targets(t(0), vec![target(9, &[&[1], &[2]], Some(1), false)]);
+        let mut unknown = target(9, &[], Some(1), false);
+        unknown.paths = None;
+        p.set_targets(t(10), vec![unknown]);
+        p.handle_timeout(t(10));
+        assert_eq!(sends(&mut p).len(), 2);
     }
 
     #[test]

@@ -456,7 +456,7 @@ struct HealLoop {
     prober: Option<Prober>,
     /// The routing table the prober's targets were built from.
     probe_table: Option<Arc<RouteTable>>,
-    /// Destinations whose disjoint paths were asked of the routing task.
+    /// Destinations whose disjoint paths are asked of the routing task (the prober's sample).
     paths_wanted: BTreeSet<NodeId>,
 }
 
@@ -663,10 +663,12 @@ impl HealLoop {
                 prober.cancel(id);
             }
         }
-        for dst in prober.sampled() {
-            if !table.paths.contains_key(dst) && self.paths_wanted.insert(*dst) {
-                self.deps.routing.want_alternate(*dst);
-            }
+        let sampled: BTreeSet<NodeId> = prober.sampled().iter().copied().collect();
+        if sampled != self.paths_wanted {
+            self.deps
+                .routing
+                .probe_paths(sampled.iter().copied().collect());
+            self.paths_wanted = sampled;
         }
         while let Some(r) = prober.poll_result() {
             self.healer.handle_sample(now, Sample::Probe(r));
@@ -850,7 +852,8 @@ impl HealLoop {
 /// The loop's topology: links both ends advertise, and our live sessions to neighbours whose
 /// advert lists us (an excluded link is withdrawn from our advert but still joins us).
 /// The prober's targets: every destination with a route, its node-disjoint paths (relays
-/// only) once routing computed them, and whether we send it traffic.
+/// only) where routing computed them (for the prober's sample), and whether we send it
+/// traffic.
 fn probe_targets(table: &RouteTable, active: &BTreeSet<NodeId>) -> Vec<ProbeTarget> {
     table
         .routes
@@ -858,16 +861,12 @@ fn probe_targets(table: &RouteTable, active: &BTreeSet<NodeId>) -> Vec<ProbeTarg
         .map(|(dst, route)| ProbeTarget {
             dst: *dst,
             active: active.contains(dst),
-            paths: table
-                .paths
-                .get(dst)
-                .map(|ps| {
-                    ps.iter()
-                        .filter(|(p, _)| p.len() >= 2 && p.last() == Some(dst))
-                        .map(|(p, _)| p[1..p.len() - 1].to_vec())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            paths: table.paths.get(dst).map(|ps| {
+                ps.iter()
+                    .filter(|(p, _)| p.len() >= 2 && p.last() == Some(dst))
+                    .map(|(p, _)| p[1..p.len() - 1].to_vec())
+                    .collect()
+            }),
             route_first_hop: Some(route.next_hop),
         })
         .collect()

@@ -272,6 +272,7 @@ enum Input {
         bytes: Bytes,
     },
     WantAlternate(NodeId),
+    ProbePaths(std::collections::HashSet<NodeId>),
     Command(
         RoutingCommand,
         std::sync::mpsc::SyncSender<Result<&'static str, String>>,
@@ -325,6 +326,7 @@ impl Routing {
                 rx,
                 links: HashMap::new(),
                 wanted: std::collections::HashSet::new(),
+                probed: std::collections::HashSet::new(),
                 table: table.clone(),
                 store,
                 saved_seq: last_seq,
@@ -370,6 +372,13 @@ impl Routing {
     /// from now on (and its fast-reroute backup precomputed).
     pub fn want_alternate(&self, dst: NodeId) {
         let _ = self.tx.send(Input::WantAlternate(dst));
+    }
+
+    /// The destinations the self-healing prober samples now: their node-disjoint paths are
+    /// kept in [`RouteTable::paths`] while they stay in the set (this replaces the previous
+    /// set, so the work stays bounded by the prober's sample, whatever the mesh's size).
+    pub fn probe_paths(&self, dsts: std::collections::HashSet<NodeId>) {
+        let _ = self.tx.send(Input::ProbePaths(dsts));
     }
 
     /// Carries out a self-healing command in the routing task and waits for its answer: what
@@ -452,6 +461,8 @@ struct Task {
     links: HashMap<LinkId, LinkOut>,
     /// Destinations whose alternate path the data plane wants.
     wanted: std::collections::HashSet<NodeId>,
+    /// Destinations the self-healing prober samples now (replaced as the sample rotates).
+    probed: std::collections::HashSet<NodeId>,
     table: Arc<ArcSwap<RouteTable>>,
     store: Arc<Mutex<StateStore>>,
     saved_seq: u64,
@@ -522,6 +533,13 @@ impl Task {
             }
             Input::WantAlternate(dst) => {
                 if self.wanted.insert(dst) {
+                    self.publish(now);
+                }
+            }
+            Input::ProbePaths(dsts) => {
+                let new = dsts.iter().any(|d| !self.probed.contains(d));
+                self.probed = dsts;
+                if new {
                     self.publish(now);
                 }
             }
@@ -735,6 +753,7 @@ impl Task {
         }
         let wanted: Vec<NodeId> = self.wanted.iter().copied().collect();
         self.router.prepare_backups(now, &wanted);
+        let wanted: Vec<NodeId> = self.wanted.union(&self.probed).copied().collect();
         if self.router.stats().spf_runs != spf_before {
             self.metrics
                 .spf_duration
