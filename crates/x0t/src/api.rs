@@ -377,13 +377,17 @@ pub struct ActionInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RestrictionInfo {
     /// `cost_raised` (our link to `node` costs `factor` times its measured cost),
-    /// `link_excluded` (our link to `node` carries no routes) or `node_quarantined` (never
-    /// relayed through).
+    /// `link_excluded` (our link to `node` carries no routes), `node_quarantined` (never
+    /// relayed through) or `load_shed` (the transit neighbour `node` sends through us is
+    /// limited to `limit_bytes_per_s`; in the data plane).
     pub kind: String,
     /// The neighbour or node.
     pub node: String,
     /// For `cost_raised`: the factor.
     pub factor: Option<u32>,
+    /// For `load_shed`: the limit on the transit `node` may send through us, bytes/s.
+    #[serde(default)]
+    pub limit_bytes_per_s: Option<u64>,
 }
 
 /// The audit log's head, as last written.
@@ -418,7 +422,7 @@ pub struct HealHealth {
     pub sampling_interval_ms: Option<u64>,
     /// Incidents open.
     pub open_incidents: usize,
-    /// Restrictions in force in routing.
+    /// Restrictions in force in routing and the data plane.
     pub restrictions: Vec<RestrictionInfo>,
     /// The audit log.
     pub audit: Option<AuditHeadInfo>,

@@ -55,6 +55,7 @@ use crate::dataio::{
     MAX_DATAGRAM, TunRx, TunTx, UdpIo, UdpRx, UdpTx, tun_error_is_fatal, tun_write_one,
 };
 use crate::routing::{RouteTable, Routing};
+use crate::shed::{ShedLimit, Shedder};
 
 mod probe;
 
@@ -120,6 +121,10 @@ pub struct Counters {
     pub probe_replies: u64,
     /// Drops by reason.
     pub drops: HashMap<&'static str, u64>,
+    /// Bytes of authenticated link frames received, per neighbour (since start).
+    pub rx_link_bytes: HashMap<NodeId, u64>,
+    /// Transit frames dropped by load shedding, per neighbour (at the time of the snapshot).
+    pub shed_dropped: HashMap<NodeId, u64>,
 }
 
 impl Counters {
@@ -218,6 +223,8 @@ struct State {
     addresses_of: Option<Arc<RouteTable>>,
     counters: Counters,
     probes: probe::ProbeBook,
+    /// Transit meters and load-shedding limits per neighbour.
+    shed: Shedder,
 }
 
 /// The data plane of one daemon.
@@ -390,6 +397,7 @@ impl DataPlane {
                 addresses_of: None,
                 counters: Counters::default(),
                 probes: probe::ProbeBook::default(),
+                shed: Shedder::default(),
             }),
         });
         info!(
@@ -442,6 +450,7 @@ impl DataPlane {
     pub fn counters(&self) -> Counters {
         let st = lock(&self.state);
         let mut c = st.counters.clone();
+        c.shed_dropped = st.shed.shed_frames();
         for s in st.sessions.values() {
             let stats = s.e2e.stats();
             c.e2e_sessions_active += u64::from(s.e2e.is_established());
@@ -531,6 +540,23 @@ impl DataPlane {
         let generation = link.next_send_generation(now)?;
         st.counters.link_rekeys += 1;
         Ok(generation)
+    }
+
+    /// Limits the transit `peer` sends through us to `(1 − share)` of its recent rate (at
+    /// least 1 Mbit/s; see [`crate::shed`]).
+    pub fn shed_load(&self, peer: NodeId, share: f64) -> Result<ShedLimit, String> {
+        let now = self.now();
+        lock(&self.state).shed.shed(peer, share, now)
+    }
+
+    /// Lifts `peer`'s transit limit; false if there was none.
+    pub fn restore_load(&self, peer: NodeId) -> bool {
+        lock(&self.state).shed.restore(peer)
+    }
+
+    /// Transit limits in force.
+    pub fn shed_limits(&self) -> Vec<ShedLimit> {
+        lock(&self.state).shed.limits()
     }
 
     /// A link went away.
@@ -1063,6 +1089,7 @@ impl DataPlane {
             }
             Err(_) => return st.counters.drop("link_auth"),
         }
+        *st.counters.rx_link_bytes.entry(from_node).or_default() += n as u64;
         let decision = match forward_in_place(pb.data_mut(), self.me) {
             Ok(d) => d,
             Err(x0_dataplane::frame::ForwardError::HopLimitExceeded) => {
@@ -1080,6 +1107,9 @@ impl DataPlane {
         };
         if self.faults.as_ref().is_some_and(|f| f.blackholes(next)) {
             return st.counters.drop("fault_blackhole");
+        }
+        if !st.shed.admit(from_node, pb.len(), now) {
+            return st.counters.drop("shed_load");
         }
         if self.seal_and_send(st, next, &mut pb, now, &mut out.udp) {
             st.counters.relayed += 1;

@@ -18,8 +18,9 @@
 //!   every step: health, the latest incidents and actions as stored, the audit head, counters.
 //!
 //! What the loop is fed, each round: one [`Sample::Link`] per neighbour from the routing
-//! core's sessions (RTT, windowed loss, probe intervals missed, class, bytes received on the
-//! link's QUIC connection: control traffic, since data rides the data channel), [`Sample::Drops`] from the data plane's counters, [`Sample::Kernel`]
+//! core's sessions (RTT, windowed loss, probe intervals missed, class, bytes received from the
+//! neighbour: its link's QUIC connection — control traffic — plus the authenticated data-plane
+//! frames it sent us), [`Sample::Drops`] from the data plane's counters, [`Sample::Kernel`]
 //! from eBPF when attached, [`Sample::Process`] from `/proc/self` and the lag probe; the
 //! topology from the link-state database (links both ends advertise, plus our own live
 //! sessions, so that a link we excluded — and withdrew from our advert — still counts for the
@@ -94,6 +95,8 @@ pub struct HealView {
     pub audit_entries: u64,
     /// The last entry's `(seq, hash)`.
     pub audit_head: Option<(u64, [u8; 32])>,
+    /// Times an action was held back because the action-rate bucket was empty.
+    pub rate_limited: u64,
 }
 
 /// Counters for `/metrics`.
@@ -187,7 +190,8 @@ pub struct HealDeps {
     pub dataplane: Arc<DataPlane>,
     /// eBPF telemetry, when attached.
     pub ebpf: Option<Arc<Ebpf>>,
-    /// Bytes received so far on each neighbour's live link (QUIC connection statistics).
+    /// Bytes received so far on each neighbour's live link (QUIC connection statistics:
+    /// control traffic; the loop adds the data plane's per-neighbour frame bytes).
     pub rx_bytes: Box<dyn Fn() -> HashMap<NodeId, u64> + Send>,
     /// Asks the dialler of a neighbour to dial it now; false if no dialler of ours dials it.
     pub redial: Box<dyn Fn(NodeId) -> bool + Send>,
@@ -561,14 +565,22 @@ impl HealLoop {
     /// One round of samples: every neighbour, the data plane, eBPF, the process.
     fn sample_round(&mut self, now: Instant) {
         let status = self.deps.routing.status();
-        let rx = (self.deps.rx_bytes)();
+        let control = (self.deps.rx_bytes)();
+        let counters = self.deps.dataplane.counters();
+        // Control plus data: the sum falls when a link is set up anew (its QUIC counter starts
+        // again), which the monitor takes as a counter reset.
+        let rx = |peer: &NodeId| {
+            control.get(peer).map(|c| {
+                c.saturating_add(counters.rx_link_bytes.get(peer).copied().unwrap_or(0))
+            })
+        };
         let mut live = BTreeSet::new();
         for s in &status.sessions {
             live.insert(s.peer);
             let link = self.link_of(s.peer);
             self.neighbours
                 .insert(s.peer, Neighbour { link, down: None });
-            let sample = self.link_sample(link, s, rx.get(&s.peer).copied());
+            let sample = self.link_sample(link, s, rx(&s.peer));
             self.healer.handle_sample(now, Sample::Link(sample));
         }
         let mut forget = Vec::new();
@@ -594,7 +606,6 @@ impl HealLoop {
                 self.healer.forget_link(now, n.link.id);
             }
         }
-        let counters = self.deps.dataplane.counters();
         let mut by_reason: Vec<(String, u64)> = counters
             .drops
             .iter()
@@ -825,6 +836,7 @@ impl HealLoop {
             actions,
             audit_entries,
             audit_head,
+            rate_limited: self.healer.stats().rate_limited,
         }));
     }
 
@@ -989,8 +1001,8 @@ fn detail(k: &ActionKind) -> String {
 
 /// The executor of this node: routing restrictions through the routing task, link restarts
 /// (close the QUIC connection; a link that is already down is redialled at once), link rekeys
-/// in the data plane, alerts as a log line and a counter. Load shedding is not supported yet
-/// and says so.
+/// in the data plane, load shedding (a limit on the transit a neighbour sends through us) in
+/// the data plane, alerts as a log line and a counter.
 pub struct LocalBackend<'a> {
     routing: &'a Routing,
     dataplane: &'a DataPlane,
@@ -1053,10 +1065,20 @@ impl LocalBackend<'_> {
                 .dataplane
                 .rekey_link(link.neighbor)
                 .map(|g| format!("link key generation {g}")),
-            ActionKind::ShedLoad { .. } => {
-                Err("not supported yet: the data plane has no per-neighbour rate limit".to_owned())
+            ActionKind::ShedLoad { node, share } => {
+                self.dataplane.shed_load(*node, *share).map(|l| {
+                    format!(
+                        "transit from it limited to {:.1} Mbit/s (it sent {:.1} Mbit/s)",
+                        l.limit_bytes_per_s * 8e-6,
+                        l.measured_bytes_per_s * 8e-6
+                    )
+                })
             }
-            ActionKind::RestoreLoad { .. } => Ok("no load was shed".into()),
+            ActionKind::RestoreLoad { node } => Ok(if self.dataplane.restore_load(*node) {
+                "transit limit lifted".into()
+            } else {
+                "no transit limit was in force".into()
+            }),
             ActionKind::Alert { summary } => {
                 lock(&self.handle.counters).alerts += 1;
                 warn!(incident = %action.incident, "self-healing alert: {summary}");
@@ -1216,6 +1238,14 @@ impl Collector for HealCollector {
             }),
         )?;
         encode_counter(e, "heal_alerts", "Alerts raised", None, c.alerts)?;
+        encode_counter(
+            e,
+            "heal_actions_rate_limited",
+            "Times an action was held back because the action-rate token bucket was empty \
+             (plan.action_burst, plan.action_refill_ms); it is planned again when a token is due",
+            None,
+            view.rate_limited,
+        )?;
         encode_counter(
             e,
             "heal_knowledge_write_failures",

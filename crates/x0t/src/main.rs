@@ -32,6 +32,7 @@ mod metrics;
 mod netwatch;
 mod routing;
 mod routing_auth;
+mod shed;
 mod sim;
 mod time;
 

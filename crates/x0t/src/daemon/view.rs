@@ -309,15 +309,21 @@ impl NodeApi for Shared {
                 kind: "cost_raised".into(),
                 node: n.to_string(),
                 factor: Some(*f),
+                limit_bytes_per_s: None,
             })
             .collect();
         let plain = |kind: &str, n: &NodeId| RestrictionInfo {
             kind: kind.into(),
             node: n.to_string(),
             factor: None,
+            limit_bytes_per_s: None,
         };
         restrictions.extend(r.excluded.iter().map(|n| plain("link_excluded", n)));
         restrictions.extend(r.quarantined.iter().map(|n| plain("node_quarantined", n)));
+        restrictions.extend(self.dataplane.shed_limits().into_iter().map(|l| RestrictionInfo {
+            limit_bytes_per_s: Some(l.limit_bytes_per_s as u64),
+            ..plain("load_shed", &l.node)
+        }));
         let error = if self.heal.enabled() {
             self.heal.error()
         } else {
@@ -711,6 +717,16 @@ impl Collector for NodeCollector {
             "End-to-end rekeys (handshakes completed beyond each session's first)",
             None,
             c.e2e_rekeys,
+        )?;
+        let mut shed: Vec<(&NodeId, &u64)> = c.shed_dropped.iter().collect();
+        shed.sort();
+        encode_counters(
+            e,
+            "dataplane_shed_dropped_packets",
+            "Transit frames from a neighbour dropped by load shedding (the self-healing loop's \
+             shed_load), by neighbour",
+            None,
+            shed.into_iter().map(|(n, v)| (peer(*n), *v)),
         )?;
         let mut drops: Vec<(&&str, &u64)> = c.drops.iter().collect();
         drops.sort();
