@@ -606,9 +606,11 @@ impl HealLoop {
                 self.healer.forget_link(now, n.link.id);
             }
         }
+        // Frames the loop itself had shed are not a symptom.
         let mut by_reason: Vec<(String, u64)> = counters
             .drops
             .iter()
+            .filter(|(r, _)| **r != "shed_load")
             .map(|(r, v)| ((*r).to_owned(), *v))
             .collect();
         by_reason.sort();

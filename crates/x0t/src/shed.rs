@@ -24,6 +24,8 @@ const METER_WINDOW: Duration = Duration::from_millis(200);
 const METER_ALPHA: f64 = 0.5;
 /// A window this long without a frame counts as idle: the average starts again from it.
 const METER_IDLE: Duration = Duration::from_secs(2);
+/// The window in progress counts once it is this long.
+const METER_PARTIAL: Duration = Duration::from_millis(50);
 /// The bucket holds this long a burst at its rate…
 const BURST_TIME: Duration = Duration::from_millis(20);
 /// …and at least this many bytes (a receive batch of full frames).
@@ -77,12 +79,15 @@ impl TokenBucket {
     }
 }
 
-/// The recent rate of a byte stream: an EWMA over fixed windows.
+/// The recent rate of a byte stream: an EWMA over fixed windows, or the latest window's rate
+/// (or the one in progress) when that is higher — a flood that began a moment ago is measured
+/// at its rate, not at the average's lag behind it.
 #[derive(Debug, Clone, Default)]
 pub struct TransitMeter {
     window_start: Duration,
     window_bytes: u64,
     average: Option<f64>,
+    latest: f64,
 }
 
 impl TransitMeter {
@@ -92,10 +97,16 @@ impl TransitMeter {
         self.window_bytes += bytes as u64;
     }
 
-    /// Bytes/s, recently (0 before the first full window).
+    /// Bytes/s, recently (0 before any bytes).
     pub fn rate(&mut self, now: Duration) -> f64 {
         self.fold(now);
-        self.average.unwrap_or(0.0)
+        let elapsed = now.saturating_sub(self.window_start);
+        let partial = if elapsed >= METER_PARTIAL {
+            self.window_bytes as f64 / elapsed.as_secs_f64()
+        } else {
+            0.0
+        };
+        self.average.unwrap_or(0.0).max(self.latest).max(partial)
     }
 
     fn fold(&mut self, now: Duration) {
@@ -108,6 +119,7 @@ impl TransitMeter {
             Some(avg) if elapsed < METER_IDLE => METER_ALPHA * rate + (1.0 - METER_ALPHA) * avg,
             _ => rate,
         });
+        self.latest = rate;
         self.window_start = now;
         self.window_bytes = 0;
     }
@@ -271,6 +283,12 @@ mod tests {
         m.add(1_000, ms(64_000));
         let r = m.rate(ms(64_000));
         assert!(r < 100.0, "{r}");
+        // A flood that began 100 ms ago counts at its rate at once (10 MB/s).
+        for i in 0..100 {
+            m.add(10_000, ms(65_000 + i));
+        }
+        let r = m.rate(ms(65_100));
+        assert!((9e6..11e6).contains(&r), "{r}");
     }
 
     #[test]

@@ -438,3 +438,206 @@ fn a_killed_relay_restarts_rejoins_and_carries_traffic_again() {
         "no path after the relay rejoined"
     );
 }
+
+/// `GET path` on node `i`'s API (its default address, inside its namespace), with curl.
+fn api_get(m: &Mesh, i: usize, path: &str) -> String {
+    let o = m
+        .lab
+        .exec(
+            i,
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "10",
+                &format!("http://127.0.0.1:5471{path}"),
+            ],
+        )
+        .unwrap();
+    assert!(o.status.success(), "GET {path} on n{i}: {}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn api_json(m: &Mesh, i: usize, path: &str) -> serde_json::Value {
+    serde_json::from_str(&api_get(m, i, path)).unwrap()
+}
+
+/// The sum of a metric's samples whose line starts with `series` (name and labels so far).
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls node `i`'s `path` until `ok` holds.
+fn api_wait(
+    m: &Mesh,
+    i: usize,
+    path: &str,
+    timeout: Duration,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let v = api_json(m, i, path);
+        if ok(&v) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} on n{i} never got there: {v:#}\n{}",
+            m.daemons[i].log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_neighbour_flooding_through_a_relay_is_shed_by_the_loop_and_restored() {
+    for tool in ["iperf3", "curl"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            eprintln!("SKIPPED a_neighbour_flooding_through_a_relay_is_shed…: no {tool}");
+            return;
+        }
+    }
+    // Quick sampling and a short warm-up, so that the relay's loop learns the quiet baseline
+    // of what n0 sends it in a few seconds; short holds so that the undo follows soon.
+    let extra = "\n[heal.sampling]\ninterval_min_ms = 100\ninterval_max_ms = 100\n\
+                 [heal.detect]\nwarmup_samples = 10\n\
+                 [heal.incidents]\nresolve_after_ms = 2000\n\
+                 [heal.plan]\nhold_base_ms = 1000\n";
+    let Some(mut m) = mesh("shed", Shape::Line, 3, extra) else {
+        return;
+    };
+    let (n0, n2) = (m.ids[0].clone(), m.overlay[2].clone());
+    assert!(ping_until(&m, 0, &n2, T), "no path n0 → n2");
+    // The relay's loop has its baseline (≥ 10 samples at 100 ms) and no shedding yet.
+    std::thread::sleep(Duration::from_secs(3));
+    let health = api_json(&m, 1, "/v1/health");
+    assert_eq!(health["enabled"], true, "{health:#}");
+    assert!(
+        !health["restrictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "load_shed"),
+        "{health:#}"
+    );
+
+    // n0 floods n2 with UDP through n1 (far over the detector's 10 MB/s minimum change).
+    let server = m
+        .lab
+        .spawn(
+            2,
+            "iperf3-server",
+            &["iperf3", "-s", "-1", "-B", &n2],
+            &x0_lab::SpawnOptions::default(),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mark = m.daemons[1].lines();
+    let client = m
+        .lab
+        .spawn(
+            0,
+            "iperf3-flood",
+            &["iperf3", "-u", "-c", &n2, "-b", "400M", "-l", "1200", "-t", "120"],
+            &x0_lab::SpawnOptions::default(),
+        )
+        .unwrap();
+
+    // The relay's loop sees a noisy neighbour and sheds it.
+    let actions = api_wait(&m, 1, "/v1/actions", T, |v| {
+        v.as_array().unwrap().iter().any(|a| {
+            a["kind"] == "shed_load" && a["target"] == n0.as_str() && a["result"] == "done"
+        })
+    });
+    eprintln!("n1 shed n0: {actions:#}");
+    let incidents = api_json(&m, 1, "/v1/incidents");
+    assert!(
+        incidents
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["problem"] == "noisy_neighbour" && i["cause_node"] == n0.as_str()),
+        "{incidents:#}"
+    );
+    let health = api_json(&m, 1, "/v1/health");
+    let limit = health["restrictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "load_shed" && r["node"] == n0.as_str())
+        .unwrap_or_else(|| panic!("no load_shed restriction: {health:#}"))["limit_bytes_per_s"]
+        .as_f64()
+        .unwrap();
+    assert!(limit >= 125_000.0, "never below the 1 Mbit/s floor: {limit}");
+    m.daemons[1].wait_for_since(mark, &["self-healing action done", "shed_load"], T);
+
+    // Under the limit: what n1 relays is about the limit, the rest is dropped as shed_load.
+    let forwarded = "x0t_dataplane_forwarded_bytes_total";
+    let shed = "x0t_dataplane_dropped_packets_total{reason=\"shed_load\"}";
+    let by_peer = format!("x0t_dataplane_shed_dropped_packets_total{{peer=\"{n0}\"}}");
+    let before = api_get(&m, 1, "/metrics");
+    let started = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = api_get(&m, 1, "/metrics");
+    let secs = started.elapsed().as_secs_f64();
+    let rate = (metric(&after, forwarded) - metric(&before, forwarded)) / secs;
+    let shed_frames = metric(&after, shed) - metric(&before, shed);
+    eprintln!(
+        "n1 relays {:.1} Mbit/s under a limit of {:.1} Mbit/s; {shed_frames} frames shed in \
+         {secs:.1} s",
+        rate * 8e-6,
+        limit * 8e-6
+    );
+    assert!(shed_frames > 0.0, "{after}");
+    assert!(metric(&after, &by_peer) > 0.0, "{after}");
+    // Frames re-sealed for the next hop carry a few bytes more than when they were metered,
+    // and the bucket holds a burst: an upper bound with room, never a timing.
+    assert!(
+        rate <= limit * 1.25 + 200_000.0,
+        "relayed {rate} B/s over a limit of {limit} B/s"
+    );
+    // The relay's own traffic is not shed, and its link to n0 stays up (probes are on the
+    // link's QUIC connection, never shed).
+    let own = m
+        .lab
+        .exec(1, &["ping", "-6", "-c", "5", "-i", "0.2", "-W", "2", &n2])
+        .unwrap();
+    assert!(own.status.success(), "{}", String::from_utf8_lossy(&own.stdout));
+    let log = m.daemons[1].log();
+    assert!(
+        !log
+            .lines()
+            .any(|l| l.contains("routing neighbour down") && l.contains(&n0)),
+        "{log}"
+    );
+
+    // The flood stops: the incident clears and the loop lifts the limit.
+    m.lab.stop(client.pid).unwrap();
+    let actions = api_wait(&m, 1, "/v1/actions", Duration::from_secs(60), |v| {
+        v.as_array().unwrap().iter().any(|a| {
+            a["kind"] == "restore_load" && a["target"] == n0.as_str() && a["result"] == "done"
+        })
+    });
+    eprintln!("n1 restored n0: {actions:#}");
+    let health = api_json(&m, 1, "/v1/health");
+    assert!(
+        !health["restrictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "load_shed"),
+        "{health:#}"
+    );
+    let before = metric(&api_get(&m, 1, "/metrics"), shed);
+    let ping = m
+        .lab
+        .exec(0, &["ping", "-6", "-c", "5", "-i", "0.2", "-W", "2", &n2])
+        .unwrap();
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
+    assert_eq!(metric(&api_get(&m, 1, "/metrics"), shed), before);
+    let _ = m.lab.stop(server.pid);
+}
