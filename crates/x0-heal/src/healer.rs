@@ -1965,4 +1965,67 @@ mod tests {
             prop_assert!(h.stats().monitor.rejected_values > 0);
         }
     }
+
+    /// What a clock step of the generator does: ordinary time, none, backwards, or a leap.
+    fn any_clock_step() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            12 => Just(100i64),
+            1 => Just(0i64),
+            1 => -120_000i64..-1,
+            1 => 30_001i64..7_200_000,
+        ]
+    }
+
+    proptest! {
+        /// A steady link as the clock misbehaves and its values turn to garbage: RTT and loss
+        /// NaN, infinite, negative or absurd; gaps with no sample at all; the received-bytes
+        /// counter reset to zero (a link set up anew); the clock stepping back or leaping
+        /// ahead. None of it alone is ever an incident or an action, and nothing panics.
+        #[test]
+        fn gaps_resets_clock_jumps_and_garbage_never_lead_to_an_action(
+            steps in prop::collection::vec(
+                (
+                    any_clock_step(),
+                    prop_oneof![
+                        6 => Just(None),
+                        1 => prop_oneof![
+                            Just(f64::NAN),
+                            Just(f64::INFINITY),
+                            Just(f64::NEG_INFINITY),
+                            Just(-1.0),
+                            Just(1e300),
+                        ].prop_map(Some),
+                    ],
+                    prop_oneof![8 => Just(false), 1 => Just(true)],
+                    prop_oneof![8 => Just(false), 1 => Just(true)],
+                ),
+                1..400,
+            )
+        ) {
+            let mut h = healer(HealConfig::default());
+            h.set_topology(t(0), ring_topology(2));
+            let mut wall: u64 = 1_000_000;
+            // 10 kB per real 100 ms, whatever the clock says.
+            let mut rx: u64 = 0;
+            for (step, garbage, gap, reset) in steps {
+                wall = wall.saturating_add_signed(step);
+                rx = if reset { 0 } else { rx + 10_000 };
+                if gap {
+                    h.handle_timeout(t(wall));
+                } else {
+                    for i in 1..=2 {
+                        h.handle_sample(t(wall), Sample::Link(LinkSample {
+                            rtt_ms: Some(garbage.unwrap_or(10.0)),
+                            loss: Some(garbage.unwrap_or(0.0)),
+                            rx_bytes: Some(rx),
+                            ..LinkSample::up(link(i))
+                        }));
+                    }
+                    h.handle_timeout(t(wall));
+                }
+                prop_assert!(h.poll_action().is_none());
+                prop_assert_eq!(h.incidents().count(), 0);
+            }
+        }
+    }
 }
