@@ -570,9 +570,9 @@ impl HealLoop {
         // Control plus data: the sum falls when a link is set up anew (its QUIC counter starts
         // again), which the monitor takes as a counter reset.
         let rx = |peer: &NodeId| {
-            control.get(peer).map(|c| {
-                c.saturating_add(counters.rx_link_bytes.get(peer).copied().unwrap_or(0))
-            })
+            control
+                .get(peer)
+                .map(|c| c.saturating_add(counters.rx_link_bytes.get(peer).copied().unwrap_or(0)))
         };
         let mut live = BTreeSet::new();
         for s in &status.sessions {

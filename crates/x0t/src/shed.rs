@@ -247,7 +247,10 @@ mod tests {
         let mut b = TokenBucket::new(1_000.0, 100.0, ms(1_000));
         assert!(b.admit(100, ms(1_000)));
         assert!(!b.admit(1, ms(0)), "a step back adds nothing");
-        assert!(!b.admit(50, ms(1_000)), "nor does returning to where it was");
+        assert!(
+            !b.admit(50, ms(1_000)),
+            "nor does returning to where it was"
+        );
         assert!(b.admit(50, ms(1_050)));
         let mut nan = TokenBucket::new(f64::NAN, f64::INFINITY, ms(0));
         assert_eq!(nan.rate(), 1.0);
@@ -313,10 +316,7 @@ mod tests {
         assert_eq!(a2, 200);
         t += 2_000;
         let l = s.shed(n(1), 0.5, ms(t)).unwrap();
-        assert!(
-            (1.8e6..2.2e6).contains(&l.measured_bytes_per_s),
-            "{l:?}"
-        );
+        assert!((1.8e6..2.2e6).contains(&l.measured_bytes_per_s), "{l:?}");
         assert!((0.9e6..1.1e6).contains(&l.limit_bytes_per_s), "{l:?}");
         assert_eq!(s.limits(), vec![l]);
         let (o1, a1, a2) = offer(&mut s, t, t + 4_000);
@@ -343,9 +343,7 @@ mod tests {
             assert!(s.shed(n(3), bad, ms(0)).is_err(), "{bad}");
         }
         // Over the floor a neighbour idle before the limit still gets its 1 Mbit/s.
-        let admitted = (0..1_000)
-            .filter(|i| s.admit(n(3), 1_250, ms(*i)))
-            .count();
+        let admitted = (0..1_000).filter(|i| s.admit(n(3), 1_250, ms(*i))).count();
         // 1 s at 125 kB/s plus a 64 KiB burst: 100 + 52 frames of 1,250 bytes.
         assert!((150..=154).contains(&admitted), "{admitted}");
     }

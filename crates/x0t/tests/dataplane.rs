@@ -542,7 +542,9 @@ fn a_neighbour_flooding_through_a_relay_is_shed_by_the_loop_and_restored() {
         .spawn(
             0,
             "iperf3-flood",
-            &["iperf3", "-u", "-c", &n2, "-b", "400M", "-l", "1200", "-t", "120"],
+            &[
+                "iperf3", "-u", "-c", &n2, "-b", "400M", "-l", "1200", "-t", "120",
+            ],
             &x0_lab::SpawnOptions::default(),
         )
         .unwrap();
@@ -572,7 +574,10 @@ fn a_neighbour_flooding_through_a_relay_is_shed_by_the_loop_and_restored() {
         .unwrap_or_else(|| panic!("no load_shed restriction: {health:#}"))["limit_bytes_per_s"]
         .as_f64()
         .unwrap();
-    assert!(limit >= 125_000.0, "never below the 1 Mbit/s floor: {limit}");
+    assert!(
+        limit >= 125_000.0,
+        "never below the 1 Mbit/s floor: {limit}"
+    );
     m.daemons[1].wait_for_since(mark, &["self-healing action done", "shed_load"], T);
 
     // Under the limit: what n1 relays is about the limit, the rest is dropped as shed_load.
@@ -606,11 +611,14 @@ fn a_neighbour_flooding_through_a_relay_is_shed_by_the_loop_and_restored() {
         .lab
         .exec(1, &["ping", "-6", "-c", "5", "-i", "0.2", "-W", "2", &n2])
         .unwrap();
-    assert!(own.status.success(), "{}", String::from_utf8_lossy(&own.stdout));
+    assert!(
+        own.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own.stdout)
+    );
     let log = m.daemons[1].log();
     assert!(
-        !log
-            .lines()
+        !log.lines()
             .any(|l| l.contains("routing neighbour down") && l.contains(&n0)),
         "{log}"
     );
@@ -637,7 +645,11 @@ fn a_neighbour_flooding_through_a_relay_is_shed_by_the_loop_and_restored() {
         .lab
         .exec(0, &["ping", "-6", "-c", "5", "-i", "0.2", "-W", "2", &n2])
         .unwrap();
-    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
     assert_eq!(metric(&api_get(&m, 1, "/metrics"), shed), before);
     let _ = m.lab.stop(server.pid);
 }

@@ -460,3 +460,236 @@ fn a_black_holing_relay_is_found_by_end_to_end_probes_and_quarantined() {
     }
     drop(dc);
 }
+
+fn bytes_of(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap()
+}
+
+/// Every row of every knowledge-base table (`heal_*`) and their schema, as text, read-only.
+/// (state.db also holds the identity store, which a starting daemon writes to: its
+/// advertised address.)
+fn knowledge_rows(db: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let tables: Vec<(String, String)> = c
+        .prepare("SELECT name, sql FROM sqlite_master WHERE name LIKE 'heal%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut out = Vec::new();
+    for (name, sql) in tables {
+        out.push(sql);
+        if !name.starts_with("heal_") || !out.last().unwrap().starts_with("CREATE TABLE") {
+            continue;
+        }
+        let mut stmt = c.prepare(&format!("SELECT * FROM \"{name}\"")).unwrap();
+        let cols = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((0..cols)
+                    .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join("|"))
+            })
+            .unwrap()
+            .map(Result::unwrap);
+        out.extend(rows.map(|r| format!("{name}: {r}")));
+    }
+    out
+}
+
+#[test]
+fn a_damaged_knowledge_base_is_reported_the_daemon_runs_and_the_file_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    ca_node(&a, &[]);
+    let cfg = config(dir.path(), "a", &a, &[], "");
+    let mut da = Daemon::start("a", &cfg);
+    wait_json(&da.api_addr(), "/v1/health", |v| {
+        v["audit"]["entries"].as_u64() >= Some(1)
+    });
+    da.terminate();
+    let db = a.join("state.db");
+
+    // Someone alters the knowledge base's schema record outside the daemon.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute(
+            "UPDATE heal_meta SET value = 'seven' WHERE key = 'schema_version'",
+            [],
+        )
+        .unwrap();
+        c.pragma_update(None, "wal_checkpoint", "TRUNCATE").unwrap();
+    }
+    let damaged = knowledge_rows(&db);
+    assert!(damaged.len() > 10, "{damaged:#?}");
+
+    // The daemon starts, runs without the loop, and says why.
+    let mut da = Daemon::start("a", &cfg);
+    let api = da.api_addr();
+    let h = get_json(&api, "/v1/health");
+    assert_eq!(h["enabled"], false, "{h:#}");
+    let why = h["error"].as_str().unwrap_or_default();
+    assert!(why.contains("schema version"), "{h:#}");
+    let (status, metrics) = http(&api, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("x0t_heal_enabled 0"), "{metrics}");
+    assert!(
+        get_json(&api, "/v1/incidents")
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    da.wait_for(&["self-healing is off"], T);
+    // Still a working node: its API answers about itself.
+    assert_eq!(http(&api, "GET", "/v1/node", "").0, 200);
+    da.terminate();
+    assert_eq!(
+        knowledge_rows(&db),
+        damaged,
+        "the damaged knowledge base was rewritten"
+    );
+    // Offline tools say the same and write nothing either.
+    let o = run(&["audit", "verify", "--state-dir", s(&a)]);
+    assert_ne!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stderr(&o).contains("schema version"), "{}", stderr(&o));
+    assert_eq!(knowledge_rows(&db), damaged);
+
+    // A damaged page (the knowledge base shares state.db with the identity store): the
+    // integrity check finds it, the daemon refuses to start, the file stays as it was.
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute(
+            "UPDATE heal_meta SET value = '1' WHERE key = 'schema_version'",
+            [],
+        )
+        .unwrap();
+        c.pragma_update(None, "wal_checkpoint", "TRUNCATE").unwrap();
+    }
+    let mut bytes = bytes_of(&db);
+    let page = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    // The root page of the audit table: knowledge rows, nothing the identity needs.
+    let root: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'heal_audit'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let at = (root as usize - 1) * page;
+    for (i, b) in bytes[at..at + page].iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(151).wrapping_add(7);
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let mut da = Daemon::start("a", &cfg);
+    let deadline = Instant::now() + T;
+    while !da.has_exited() {
+        assert!(Instant::now() < deadline, "still running: {}", da.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = da.log();
+    assert!(
+        log.contains("malformed") || log.contains("corrupt") || log.contains("damaged"),
+        "{log}"
+    );
+    assert!(bytes_of(&db) == bytes, "the damaged file was rewritten");
+}
+
+#[test]
+fn a_flood_of_symptoms_never_makes_the_executor_exceed_its_action_rate() {
+    // A hub with six leaves (each dials the hub). The hub's bucket: two actions, then one
+    // more every ten minutes — far longer than this test.
+    let dir = tempfile::tempdir().unwrap();
+    let hub_state = dir.path().join("hub");
+    ca_node(&hub_state, &[]);
+    let hub = Daemon::start(
+        "hub",
+        &config(
+            dir.path(),
+            "hub",
+            &hub_state,
+            &[],
+            "\n[heal.plan]\naction_burst = 2\naction_refill_ms = 600000\n",
+        ),
+    );
+    let api = hub.api_addr();
+    let hub_addr = hub.listen_addr();
+    let mut leaves = Vec::new();
+    for i in 0..6 {
+        let name = format!("leaf{i}");
+        let state = dir.path().join(&name);
+        join(&hub_state, &state);
+        leaves.push(Daemon::start(
+            &name,
+            &config(dir.path(), &name, &state, &[&hub_addr], ""),
+        ));
+    }
+    wait_json(&api, "/v1/links", |v| v.as_array().unwrap().len() == 6);
+    let before = get_json(&api, "/v1/actions");
+    assert!(before.as_array().unwrap().is_empty(), "{before:#}");
+
+    // Every leaf dies at once: six links down, six incidents, and for each the planner
+    // wants a restart (which fails: the leaves dial the hub), then the next candidate.
+    for leaf in &mut leaves {
+        leaf.stop();
+    }
+    let (_, took) = wait_json(&api, "/v1/incidents", |v| v.as_array().unwrap().len() >= 2);
+    eprintln!("incidents at the hub {took:?} after the leaves died");
+    let rate_limited = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("x0t_heal_actions_rate_limited_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let started = Instant::now();
+    loop {
+        let (_, m) = http(&api, "GET", "/metrics", "");
+        if rate_limited(&m) > 0 {
+            break;
+        }
+        assert!(started.elapsed() < T, "never rate-limited:\n{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Let the flood go on; the bucket holds.
+    std::thread::sleep(Duration::from_secs(3));
+    let actions = get_json(&api, "/v1/actions");
+    let changing: Vec<&Value> = actions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] != "alert")
+        .collect();
+    eprintln!(
+        "{} incidents, {} actions (alerts are free), {} changing: {actions:#}",
+        get_json(&api, "/v1/incidents").as_array().unwrap().len(),
+        actions.as_array().unwrap().len(),
+        changing.len()
+    );
+    assert!(!changing.is_empty(), "{actions:#}");
+    assert!(changing.len() <= 2, "over the burst of 2: {actions:#}");
+    assert!(changing.iter().all(|a| a["mode"] == "act"));
+    let (_, m) = http(&api, "GET", "/metrics", "");
+    assert!(rate_limited(&m) > 0, "{m}");
+    // The audit log holds the same: at most two changing actions planned.
+    drop(hub);
+    let o = run(&["audit", "export", "--state-dir", s(&hub_state)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let planned = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["kind"] == "action_planned")
+        .filter(|l| !l["body"].as_str().unwrap().contains("\"alert\""))
+        .count();
+    assert!(
+        (1..=2).contains(&planned),
+        "{planned} changing actions in the audit log"
+    );
+}

@@ -320,10 +320,15 @@ impl NodeApi for Shared {
         };
         restrictions.extend(r.excluded.iter().map(|n| plain("link_excluded", n)));
         restrictions.extend(r.quarantined.iter().map(|n| plain("node_quarantined", n)));
-        restrictions.extend(self.dataplane.shed_limits().into_iter().map(|l| RestrictionInfo {
-            limit_bytes_per_s: Some(l.limit_bytes_per_s as u64),
-            ..plain("load_shed", &l.node)
-        }));
+        restrictions.extend(
+            self.dataplane
+                .shed_limits()
+                .into_iter()
+                .map(|l| RestrictionInfo {
+                    limit_bytes_per_s: Some(l.limit_bytes_per_s as u64),
+                    ..plain("load_shed", &l.node)
+                }),
+        );
         let error = if self.heal.enabled() {
             self.heal.error()
         } else {
