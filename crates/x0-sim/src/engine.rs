@@ -785,6 +785,25 @@ impl<N: SimNode> Sim<N> {
         }
     }
 
+    /// Calls `f` on a live node from outside the event loop, at the current time, as an
+    /// operator or a local controller would (e.g. a self-healing loop changing the node's
+    /// routing restrictions): the node's wake-up is rescheduled and what it queued is sent, as
+    /// after any callback. `None` if the node does not exist or is down.
+    pub fn call_node<R>(
+        &mut self,
+        ix: NodeIx,
+        f: impl FnOnce(&mut N, Instant, &mut Outbox) -> R,
+    ) -> Option<R> {
+        self.ensure_started();
+        if !self.is_alive(ix) {
+            return None;
+        }
+        let now = self.now();
+        let mut result = None;
+        self.call(ix, |n, out| result = Some(f(n, now, out)));
+        result
+    }
+
     /// Calls into a live node, then reschedules its wake-up and sends what it queued.
     #[inline]
     fn call(&mut self, ix: NodeIx, f: impl FnOnce(&mut N, &mut Outbox)) {

@@ -181,23 +181,7 @@ pub fn run_observed(
 ) -> Result<Report, SimError> {
     let started = std::time::Instant::now();
     let mut clock = Clock::new(progress, observers);
-    let router_cfg = cfg.router.clone();
-    let shared = Arc::new(Shared {
-        interner: AdvertInterner::new(),
-        warm: OnceLock::new(),
-    });
-    let factory_shared = shared.clone();
-    let mut born = vec![false; instance.topology.node_count() as usize];
-    let mut sim = instance.sim(move |ix| {
-        let first = born.get(ix as usize).is_some_and(|b| !*b);
-        if let Some(b) = born.get_mut(ix as usize) {
-            *b = true;
-        }
-        RoutingNode::new(ix, router_cfg.clone(), factory_shared.clone(), first)
-    })?;
-    if instance.start == Start::Warm {
-        let _ = shared.warm.set(warm_plan(&sim, &cfg.router));
-    }
+    let mut sim = routing_sim(instance, &cfg.router)?;
     sim.set_trace(TraceMode::Digest);
     let n = sim.node_count();
     let pairs = sample_pairs(n, cfg.sample_pairs, instance.seed);
@@ -385,6 +369,32 @@ pub fn run_observed(
             .map(|d| format!("{d:016x}"))
             .unwrap_or_default(),
     })
+}
+
+/// A simulator for `instance` with the routing core (configured by `router`) on every node,
+/// its events scheduled, warm-started when the instance says so. Restarted nodes start cold.
+pub fn routing_sim(
+    instance: &Instance,
+    router: &RouterConfig,
+) -> Result<Sim<RoutingNode>, SimError> {
+    let router_cfg = router.clone();
+    let shared = Arc::new(Shared {
+        interner: AdvertInterner::new(),
+        warm: OnceLock::new(),
+    });
+    let factory_shared = shared.clone();
+    let mut born = vec![false; instance.topology.node_count() as usize];
+    let sim = instance.sim(move |ix| {
+        let first = born.get(ix as usize).is_some_and(|b| !*b);
+        if let Some(b) = born.get_mut(ix as usize) {
+            *b = true;
+        }
+        RoutingNode::new(ix, router_cfg.clone(), factory_shared.clone(), first)
+    })?;
+    if instance.start == Start::Warm {
+        let _ = shared.warm.set(warm_plan(&sim, router));
+    }
+    Ok(sim)
 }
 
 /// The state a converged mesh would be in: every link measured at its nominal RTT, every node's

@@ -170,6 +170,35 @@ impl RoutingNode {
         self.router.as_mut()
     }
 
+    /// Runs `f` on the router (from [`crate::Sim::call_node`]) and sends what it queued:
+    /// the way a controller beside the routing core — the self-healing loop's executor —
+    /// changes cost factors, exclusions and quarantines. `None` before the node started.
+    pub fn command<R>(
+        &mut self,
+        now: Instant,
+        out: &mut Outbox,
+        f: impl FnOnce(&mut Router, Instant) -> R,
+    ) -> Option<R> {
+        let r = self.router.as_mut().map(|r| f(r, now));
+        self.flush(now, out);
+        r
+    }
+
+    /// Closes the session on the link to `neighbor` and opens a fresh one at once, as the
+    /// daemon's link restart does (close the QUIC connection; the dialler links again).
+    /// Returns whether a session was up to restart.
+    pub fn restart_link(&mut self, now: Instant, neighbor: NodeIx, out: &mut Outbox) -> bool {
+        if !self.link_active(neighbor) {
+            return false;
+        }
+        if let Some(r) = self.router.as_mut() {
+            r.link_down(now, u64::from(neighbor));
+            r.link_up(now, u64::from(neighbor), sim_node_id(neighbor));
+        }
+        self.flush(now, out);
+        true
+    }
+
     /// Sets the port towards `neighbor`, keeping the count of dormant ones.
     fn set_port(&mut self, neighbor: NodeIx, port: Port) {
         let was = self.ports.insert(neighbor, port);

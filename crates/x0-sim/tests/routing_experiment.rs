@@ -33,3 +33,66 @@ visible = true
     assert!(e.converge_ms.is_some());
     assert_eq!((r.loops_found, r.unreachable_pairs), (0, 0));
 }
+
+/// A controller beside the routing core (the self-healing executor) changes restrictions
+/// through `Sim::call_node` + `RoutingNode::command`: the change takes effect in the node's
+/// routes at once, and a cost factor is advertised to the rest of the mesh.
+#[test]
+fn commands_from_outside_change_routes_and_are_advertised() {
+    use std::time::Duration;
+    use x0_sim::routing::sim_node_id;
+    let scenario = Scenario::parse(
+        r#"
+duration = "10s"
+seed = 5
+start = "warm"
+[topology]
+generator = "ring"
+n = 6
+[links]
+latency = "2ms"
+"#,
+    )
+    .unwrap();
+    let instance = scenario.instantiate(None).unwrap();
+    let mut sim = experiment::routing_sim(&instance, &Default::default()).unwrap();
+    sim.run_for(Duration::from_secs(2));
+    let hop = |sim: &mut x0_sim::Sim<x0_sim::routing::RoutingNode>, at: u32, dst: u32| {
+        let now = sim.now();
+        sim.node_mut(at)
+            .and_then(|n| n.router_mut())
+            .and_then(|r| r.next_hop(now, &sim_node_id(dst)))
+            .map(|h| h.link as u32)
+    };
+    // On a ring of 6, node 0 reaches 2 via 1.
+    assert_eq!(hop(&mut sim, 0, 2), Some(1));
+    let changed = sim
+        .call_node(0, |n, now, out| {
+            n.command(now, out, |r, now| r.quarantine(now, sim_node_id(1)))
+        })
+        .flatten();
+    assert_eq!(changed, Some(true));
+    // Routes are recomputed `spf_delay` (10 ms) after a change.
+    sim.run_for(Duration::from_millis(20));
+    assert_eq!(hop(&mut sim, 0, 2), Some(5), "quarantined relay avoided");
+    // A raised cost on 3–4 is advertised: after flooding, 2 reaches 4 the other way round.
+    assert_eq!(hop(&mut sim, 2, 4), Some(3));
+    sim.call_node(3, |n, now, out| {
+        n.command(now, out, |r, now| {
+            r.set_cost_factor(now, sim_node_id(4), 100)
+        })
+    });
+    sim.call_node(4, |n, now, out| {
+        n.command(now, out, |r, now| {
+            r.set_cost_factor(now, sim_node_id(3), 100)
+        })
+    });
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(hop(&mut sim, 2, 4), Some(1));
+    // A link restart closes and reopens the session; a crashed node takes no command.
+    let restarted = sim.call_node(0, |n, now, out| n.restart_link(now, 1, out));
+    assert_eq!(restarted, Some(true));
+    assert!(sim.node(0).unwrap().link_active(1));
+    sim.apply(x0_sim::Event::NodeCrash { node: 4 }).unwrap();
+    assert!(sim.call_node(4, |_, _, _| ()).is_none());
+}
