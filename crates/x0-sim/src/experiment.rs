@@ -624,15 +624,19 @@ fn link_live(sim: &RoutingSim, a: NodeIx, b: NodeIx) -> bool {
 
 /// Why a walk failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Walk {
+pub enum Walk {
+    /// The packet would come back to a node it already passed.
     Loop,
+    /// A node had no route, or the next link or node is down.
     Dead,
 }
 
 /// Follows next hops from `src` to `dst` over live links. A node that forwards on its
 /// fast-reroute backup sends the packet along the whole backup path (the data plane carries
 /// the path), so the walk follows that path from there.
-fn walk(sim: &mut RoutingSim, src: NodeIx, dst: NodeIx) -> Result<Vec<NodeIx>, Walk> {
+/// The data plane's forwarding decisions, node by node: what a packet from `src` to `dst`
+/// sent now would traverse (`src` first, `dst` last).
+pub fn walk(sim: &mut Sim<RoutingNode>, src: NodeIx, dst: NodeIx) -> Result<Vec<NodeIx>, Walk> {
     let now = sim.now();
     let target = sim_node_id(dst);
     let mut path = vec![src];
