@@ -141,6 +141,8 @@ pub struct SimScenarioResult {
     pub actions: u64,
     /// Actions (alerts and undos aside) during the warm-up before the fault.
     pub warmup_actions: u64,
+    /// Every action from the fault to the end, undos and alerts included, by kind.
+    pub action_kinds: BTreeMap<String, u64>,
     /// What was faulted, in words (node indices).
     pub fault: String,
     /// The flow: `source → destination`, hops before the fault.
@@ -958,6 +960,10 @@ fn measure(
     let false_positive_actions = counted()
         .filter(|(t, at, a)| after(t) && !element.aimed_at(*at, &a.kind))
         .count() as u64;
+    let mut action_kinds = BTreeMap::new();
+    for (_, _, a) in w.log.actions.iter().filter(|(t, _, _)| after(t)) {
+        *action_kinds.entry(a.kind.name().to_string()).or_insert(0) += 1;
+    }
     let first_incident_ms = w
         .log
         .incidents
@@ -1025,6 +1031,7 @@ fn measure(
         problem: detected.map(|d| d.4.to_string()),
         actions,
         warmup_actions,
+        action_kinds,
         fault: element.describe(),
         flow: format!("{} → {}, {} hops", plan.src, plan.dst, plan.path.len() - 1),
         baseline_delivery: baseline,
