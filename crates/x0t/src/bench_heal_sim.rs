@@ -75,6 +75,8 @@ const PROBE_TIMEOUT_MS: f64 = 1_000.0;
 /// Recovered: every 100 ms bin (10 packets) for this many bins delivers ≥ 99 % of baseline.
 const RECOVER_BINS: usize = 10;
 const BIN_PACKETS: usize = 10;
+/// Largest mesh (see [`run`]).
+pub const MAX_NODES: usize = 2_000;
 /// Flow length in hops.
 const FLOW_HOPS: std::ops::RangeInclusive<usize> = 4..=8;
 
@@ -253,9 +255,11 @@ pub fn run(
         }
         v
     };
-    if !(20..=10_000).contains(&cfg.nodes) {
+    // Every node's loop holds its own copy of the mesh's topology: memory grows with the
+    // square of the mesh (676 MB at 1,200 nodes).
+    if !(20..=MAX_NODES).contains(&cfg.nodes) {
         return Err(format!(
-            "nodes {} is out of range; use 20 to 10000",
+            "nodes {} is out of range; use 20 to {MAX_NODES} (a self-healing loop runs on every node)",
             cfg.nodes
         ));
     }
