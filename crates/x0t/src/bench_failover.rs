@@ -35,15 +35,17 @@ use x0_lab::{Lab, LabName, LabSpec, Shape, SpawnOptions, Topology};
 use crate::exit::{self, CmdResult, Exit};
 
 /// UDP port of the sink, on n2's overlay address.
-const SINK_PORT: u16 = 47_100;
+pub(crate) const SINK_PORT: u16 = 47_100;
 /// Packets per second of the stream.
-const RATE_PPS: u32 = 1000;
+pub(crate) const RATE_PPS: u32 = 1000;
 /// DSCP of the stream in redundant mode (EF).
 const REDUNDANT_DSCP: u8 = 46;
 /// Fraction of the stream sent before the fault.
 const FAULT_AT: f64 = 0.4;
 /// Sequence numbers per bucket of the sink's delivery histogram (100 ms at 1000 pps).
 const BUCKET: u64 = 100;
+/// Sequence numbers per fine bin of the sink's delivery histogram (10 ms at 1000 pps).
+pub(crate) const FINE_BUCKET: u64 = 10;
 /// Most gaps a sink records.
 const MAX_GAPS: usize = 10_000;
 /// Bytes per stream packet: sequence number, send time, padding.
@@ -173,15 +175,18 @@ pub struct UdpSinkArgs {
     /// Stop by itself after this many seconds.
     #[arg(long, default_value_t = 60.0)]
     pub seconds: f64,
+    /// Packets whose one-way delay exceeds this many milliseconds are also counted as late.
+    #[arg(long, default_value_t = 50)]
+    pub late_ms: u32,
 }
 
-fn unix_ns(t: SystemTime) -> u64 {
+pub(crate) fn unix_ns(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     unix_ns(SystemTime::now())
 }
 
@@ -195,22 +200,22 @@ fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> Result<(), Exi
 
 /// What the source reports when it is done.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct SourceSummary {
+pub(crate) struct SourceSummary {
     /// Sequence numbers issued (0 .. attempted).
-    attempted: u64,
+    pub(crate) attempted: u64,
     /// Packets the socket accepted.
-    sent: u64,
+    pub(crate) sent: u64,
     /// Packets the socket refused (counted as lost).
-    send_errors: u64,
-    first_error: Option<String>,
+    pub(crate) send_errors: u64,
+    pub(crate) first_error: Option<String>,
     /// Unix time of packet 0's scheduled send, nanoseconds.
-    start_ns: u64,
+    pub(crate) start_ns: u64,
     /// Unix time after the last send, nanoseconds.
-    end_ns: u64,
-    rate: u32,
-    dscp: Option<u8>,
+    pub(crate) end_ns: u64,
+    pub(crate) rate: u32,
+    pub(crate) dscp: Option<u8>,
     /// Most a send came after its scheduled time, microseconds.
-    max_late_us: u64,
+    pub(crate) max_late_us: u64,
 }
 
 pub fn udp_source(args: UdpSourceArgs) -> CmdResult {
@@ -286,7 +291,7 @@ pub fn udp_source(args: UdpSourceArgs) -> CmdResult {
 
 /// A silence between two consecutive first arrivals at the sink.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Gap {
+pub(crate) struct Gap {
     /// Sequence number of the packet before the gap.
     after_seq: u64,
     /// Sequence number of the packet that ended it.
@@ -299,28 +304,34 @@ struct Gap {
 
 /// What the sink writes when it stops.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct SinkSummary {
+pub(crate) struct SinkSummary {
     /// Distinct sequence numbers received.
-    received: u64,
+    pub(crate) received: u64,
     /// Packets whose sequence number had been received already.
-    duplicates: u64,
+    pub(crate) duplicates: u64,
     /// Datagrams too short to carry a sequence number.
-    malformed: u64,
+    pub(crate) malformed: u64,
     /// Highest sequence number received.
-    max_seq: Option<u64>,
-    first_recv_ns: Option<u64>,
-    last_recv_ns: Option<u64>,
+    pub(crate) max_seq: Option<u64>,
+    pub(crate) first_recv_ns: Option<u64>,
+    pub(crate) last_recv_ns: Option<u64>,
     /// Distinct packets received per block of 100 sequence numbers.
-    received_per_100: Vec<u32>,
+    pub(crate) received_per_100: Vec<u32>,
+    /// Distinct packets received per block of 10 sequence numbers (10 ms at 1000 pps).
+    #[serde(default)]
+    pub(crate) received_per_10: Vec<u16>,
+    /// Of those, packets whose one-way delay exceeded the sink's `--late-ms`, per block of 10.
+    #[serde(default)]
+    pub(crate) late_per_10: Vec<u16>,
     /// Silences longer than two packet intervals, in arrival order.
-    gaps: Vec<Gap>,
-    gaps_truncated: bool,
+    pub(crate) gaps: Vec<Gap>,
+    pub(crate) gaps_truncated: bool,
     /// One-way delay (send timestamp to arrival; one machine, one clock), milliseconds.
-    one_way_ms_p50: Option<f64>,
-    one_way_ms_p99: Option<f64>,
-    one_way_ms_max: Option<f64>,
+    pub(crate) one_way_ms_p50: Option<f64>,
+    pub(crate) one_way_ms_p99: Option<f64>,
+    pub(crate) one_way_ms_max: Option<f64>,
     /// Why it stopped: `sigterm` or `deadline`.
-    stopped_by: String,
+    pub(crate) stopped_by: String,
 }
 
 #[derive(Debug)]
@@ -328,16 +339,18 @@ struct SinkState {
     seen: Vec<bool>,
     last: Option<(u64, u64)>,
     gap_ns: u64,
+    late_ns: u64,
     delays_us: Vec<u64>,
     summary: SinkSummary,
 }
 
 impl SinkState {
-    fn new(rate: u32) -> Self {
+    fn new(rate: u32, late_ms: u32) -> Self {
         Self {
             seen: Vec::new(),
             last: None,
             gap_ns: 2 * 1_000_000_000 / u64::from(rate),
+            late_ns: u64::from(late_ms) * 1_000_000,
             delays_us: Vec::new(),
             summary: SinkSummary::default(),
         }
@@ -383,6 +396,17 @@ impl SinkState {
             s.received_per_100.resize(bucket + 1, 0);
         }
         s.received_per_100[bucket] += 1;
+        let bin = usize::try_from(seq / FINE_BUCKET).unwrap_or(usize::MAX);
+        if s.received_per_10.len() <= bin {
+            s.received_per_10.resize(bin + 1, 0);
+        }
+        s.received_per_10[bin] += 1;
+        if s.late_per_10.len() <= bin {
+            s.late_per_10.resize(bin + 1, 0);
+        }
+        if now.saturating_sub(sent) > self.late_ns {
+            s.late_per_10[bin] += 1;
+        }
         if let Some((last_seq, last_ns)) = self.last
             && now.saturating_sub(last_ns) > self.gap_ns
         {
@@ -436,7 +460,7 @@ pub fn udp_sink(args: UdpSinkArgs) -> CmdResult {
         let deadline = tokio::time::sleep(Duration::from_secs_f64(args.seconds));
         tokio::pin!(deadline);
         eprintln!("udp-sink listening on {}", args.bind);
-        let mut state = SinkState::new(args.rate);
+        let mut state = SinkState::new(args.rate, args.late_ms);
         let mut buf = [0u8; 2048];
         let stopped_by = loop {
             tokio::select! {
@@ -455,11 +479,11 @@ pub fn udp_sink(args: UdpSinkArgs) -> CmdResult {
 
 /// One event from a daemon's log after the fault.
 #[derive(Debug, Clone, Serialize)]
-struct LogEvent {
-    node: &'static str,
+pub(crate) struct LogEvent {
+    pub(crate) node: &'static str,
     /// Milliseconds after the fault was injected (log time stamps, one clock).
-    t_ms: f64,
-    line: String,
+    pub(crate) t_ms: f64,
+    pub(crate) line: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -553,7 +577,7 @@ fn target_of(scenario: Scenario, mode: Mode) -> (&'static str, fn(f64, f64) -> b
     }
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
+pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
     }
@@ -606,7 +630,7 @@ pub fn demo_in_lab(seconds: u32) -> Result<crate::demo::DemoSummary, String> {
 
 /// Why a run produced no measurement.
 #[derive(Debug)]
-enum RunError {
+pub(crate) enum RunError {
     /// A daemon refused its configuration (exit 64): the mode is not available.
     Refused(String),
     Failed(String),
@@ -618,7 +642,7 @@ impl From<String> for RunError {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join(" | ")
@@ -701,12 +725,17 @@ fn current_next_hop(log: &Path, dst: &str) -> Option<String> {
         .next_back()
 }
 
-fn file_len(path: &Path) -> u64 {
+pub(crate) fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Lines appended to a log after `offset`, with their time relative to `fault_ns`.
-fn events_since(node: &'static str, log: &Path, offset: u64, fault_ns: u64) -> Vec<LogEvent> {
+pub(crate) fn events_since(
+    node: &'static str,
+    log: &Path,
+    offset: u64,
+    fault_ns: u64,
+) -> Vec<LogEvent> {
     let Ok(mut f) = std::fs::File::open(log) else {
         return Vec::new();
     };
@@ -756,7 +785,7 @@ fn read_summary<T: for<'de> Deserialize<'de>>(path: &Path, within: Duration) -> 
 }
 
 /// SIGKILL for a process the lab started, by PID, after checking it is still that process.
-fn sigkill(record: &x0_lab::ProcessRecord) -> Result<(), String> {
+pub(crate) fn sigkill(record: &x0_lab::ProcessRecord) -> Result<(), String> {
     if !record.is_running() {
         return Err(format!("process {} is not running any more", record.pid));
     }
@@ -776,25 +805,31 @@ fn sigkill(record: &x0_lab::ProcessRecord) -> Result<(), String> {
     }
 }
 
-fn run_one(scenario: Scenario, mode: Mode, run: u32, seconds: u32) -> Result<RunResult, RunError> {
-    let name = LabName::new(&format!(
-        "fo{}_{}_{}{run}",
-        std::process::id(),
-        scenario.short(),
-        &mode.name()[..1]
-    ))
-    .map_err(|e| e.to_string())?;
+/// A ring of four namespaces `n0–n1–n2–n3–n0` with one x0t daemon each, n0 reaching n2's
+/// overlay address (the lab is removed when this is dropped).
+pub(crate) struct Ring {
+    pub(crate) lab: Lab,
+    pub(crate) daemons: Vec<crate::lab::LabDaemon>,
+    /// The lab's name (removed afterwards).
+    pub(crate) lab_name: String,
+    /// This executable, run inside the namespaces.
+    pub(crate) exe: PathBuf,
+}
+
+/// Builds the ring (no underlay routes) with `extra_config` appended to every daemon's
+/// configuration, waits until n0 reaches n2 through the overlay and lets the adverts settle.
+pub(crate) fn start_ring(name: &str, extra_config: String) -> Result<Ring, RunError> {
+    let name = LabName::new(name).map_err(|e| e.to_string())?;
     let topology = Topology::generate(Shape::Ring, 4).map_err(|e| e.to_string())?;
     // No underlay routes: the overlay must not find a shortcut through the kernel.
     let lab_name = name.to_string();
     let spec = LabSpec::new(name, topology);
     let mut lab = Lab::up(&spec).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let exe_s = exe.display().to_string();
     let plan = crate::lab::DaemonPlan {
         binary: exe.clone(),
         dir: lab.dir().join("daemons"),
-        extra_config: mode.extra_config(),
+        extra_config,
     };
     let daemons = match crate::lab::start_daemons(&mut lab, &plan) {
         Ok(d) => d,
@@ -811,17 +846,44 @@ fn run_one(scenario: Scenario, mode: Mode, run: u32, seconds: u32) -> Result<Run
     if let Some(reason) = refused_daemon(&mut lab, &plan.dir) {
         return Err(RunError::Refused(reason));
     }
-    let n2 = &daemons[2];
-    let target = n2.overlay;
+    let target = daemons[2].overlay;
     wait_reachable(&mut lab, &daemons, target, Duration::from_secs(30))?;
     // Let the adverts settle so that n0 knows the whole ring (and its backup path).
     std::thread::sleep(Duration::from_secs(1));
+    Ok(Ring {
+        lab,
+        daemons,
+        lab_name,
+        exe,
+    })
+}
 
+/// A running udp-source (in n0) / udp-sink (in n2) pair.
+pub(crate) struct Stream {
+    sink_pid: u32,
+    source_pid: u32,
+    sink_out: PathBuf,
+    source_out: PathBuf,
+    sink_log: PathBuf,
+    source_log: PathBuf,
+    seconds: f64,
+    /// When the source was started.
+    pub(crate) started: Instant,
+}
+
+/// Starts the sink in n2 and then a `RATE_PPS` source in n0 sending for `seconds`.
+pub(crate) fn start_stream(
+    ring: &mut Ring,
+    seconds: f64,
+    dscp: Option<u8>,
+) -> Result<Stream, RunError> {
+    let lab = &mut ring.lab;
+    let exe_s = ring.exe.display().to_string();
     let dir = lab.dir().to_owned();
     let sink_out = dir.join("sink.json");
     let source_out = dir.join("source.json");
     let sink_log = dir.join("sink.log");
-    let sink_addr = SocketAddr::from((target, SINK_PORT)).to_string();
+    let sink_addr = SocketAddr::from((ring.daemons[2].overlay, SINK_PORT)).to_string();
     let sink = lab
         .spawn(
             2,
@@ -835,7 +897,7 @@ fn run_one(scenario: Scenario, mode: Mode, run: u32, seconds: u32) -> Result<Run
                 "--out",
                 &sink_out.display().to_string(),
                 "--seconds",
-                &(seconds + 30).to_string(),
+                &(seconds + 30.0).to_string(),
             ],
             &SpawnOptions {
                 log: Some(sink_log.clone()),
@@ -866,7 +928,7 @@ fn run_one(scenario: Scenario, mode: Mode, run: u32, seconds: u32) -> Result<Run
         "--out".into(),
         source_out.display().to_string(),
     ];
-    if let Some(dscp) = mode.dscp() {
+    if let Some(dscp) = dscp {
         source_argv.extend(["--dscp".into(), dscp.to_string()]);
     }
     let source_argv: Vec<&str> = source_argv.iter().map(String::as_str).collect();
@@ -883,17 +945,70 @@ fn run_one(scenario: Scenario, mode: Mode, run: u32, seconds: u32) -> Result<Run
             },
         )
         .map_err(|e| e.to_string())?;
+    Ok(Stream {
+        sink_pid: sink.pid,
+        source_pid: source.pid,
+        sink_out,
+        source_out,
+        sink_log,
+        source_log,
+        seconds,
+        started,
+    })
+}
+
+/// Waits for the source to finish, lets packets in flight arrive, stops the sink and reads
+/// both summaries.
+pub(crate) fn finish_stream(
+    ring: &mut Ring,
+    stream: Stream,
+) -> Result<(SourceSummary, SinkSummary), RunError> {
+    let lab = &mut ring.lab;
+    let done = stream.started + Duration::from_secs_f64(stream.seconds + 15.0);
+    while lab.try_wait(stream.source_pid).is_none() {
+        if Instant::now() > done {
+            return Err(RunError::Failed("udp-source did not finish".into()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let src: SourceSummary = read_summary(&stream.source_out, Duration::from_secs(1))
+        .map_err(|e| format!("udp-source: {e}: {}", tail(&stream.source_log, 3)))?;
+    // Packets still in flight.
+    std::thread::sleep(Duration::from_millis(300));
+    lab.stop(stream.sink_pid).map_err(|e| e.to_string())?;
+    let sink: SinkSummary = read_summary(&stream.sink_out, Duration::from_secs(3))
+        .map_err(|e| format!("udp-sink: {e}: {}", tail(&stream.sink_log, 3)))?;
+    Ok((src, sink))
+}
+
+/// The relay (1 or 3) that carries n0's traffic to n2 right now, from n0's log.
+pub(crate) fn primary_relay(ring: &Ring) -> Result<usize, String> {
+    let d = &ring.daemons;
+    let relay_id = current_next_hop(&d[0].log, &d[2].node_id)
+        .ok_or_else(|| "n0 logged no route to n2 (no `route dst=… via=…` line)".to_owned())?;
+    [1usize, 3]
+        .into_iter()
+        .find(|&i| d[i].node_id == relay_id)
+        .ok_or_else(|| format!("n0 routes to n2 via {relay_id}, which is neither n1 nor n3"))
+}
+
+fn run_one(scenario: Scenario, mode: Mode, run: u32, seconds: u32) -> Result<RunResult, RunError> {
+    let name = format!(
+        "fo{}_{}_{}{run}",
+        std::process::id(),
+        scenario.short(),
+        &mode.name()[..1]
+    );
+    let mut ring = start_ring(&name, mode.extra_config())?;
+    let stream = start_stream(&mut ring, f64::from(seconds), mode.dscp())?;
     let fault_after = Duration::from_secs_f64(f64::from(seconds) * FAULT_AT);
-    std::thread::sleep(fault_after.saturating_sub(started.elapsed()));
+    std::thread::sleep(fault_after.saturating_sub(stream.started.elapsed()));
 
     // The relay that carries the stream right now.
-    let relay_id = current_next_hop(&daemons[0].log, &n2.node_id)
-        .ok_or_else(|| "n0 logged no route to n2 (no `route dst=… via=…` line)".to_owned())?;
-    let relay = [1usize, 3]
-        .into_iter()
-        .find(|&i| daemons[i].node_id == relay_id)
-        .ok_or_else(|| format!("n0 routes to n2 via {relay_id}, which is neither n1 nor n3"))?;
+    let relay = primary_relay(&ring)?;
     let relay_name = format!("n{relay}");
+    let daemons = ring.daemons.clone();
+    let n2 = &daemons[2];
     let offsets: Vec<u64> = [0usize, 2]
         .iter()
         .map(|&i| file_len(&daemons[i].log))
@@ -902,7 +1017,8 @@ fn run_one(scenario: Scenario, mode: Mode, run: u32, seconds: u32) -> Result<Run
     let fault_ns = now_ns();
     let t_inject = Instant::now();
     match scenario {
-        Scenario::LinkDown => lab
+        Scenario::LinkDown => ring
+            .lab
             .set_link_up(0, relay, false)
             .map_err(|e| format!("setting the n0–{relay_name} link down: {e}"))?,
         Scenario::RelayKill => sigkill(&daemons[relay].process)?,
@@ -914,27 +1030,14 @@ fn run_one(scenario: Scenario, mode: Mode, run: u32, seconds: u32) -> Result<Run
         mode.name(),
         run + 1,
         scenario.name(),
-        started.elapsed().as_secs_f64()
+        stream.started.elapsed().as_secs_f64()
     ));
     if scenario == Scenario::RelayKill {
         // Collect the zombie; the record then says it is gone.
-        let _ = lab.stop(daemons[relay].process.pid);
+        let _ = ring.lab.stop(daemons[relay].process.pid);
     }
 
-    let done = Instant::now() + Duration::from_secs(u64::from(seconds) + 15);
-    while lab.try_wait(source.pid).is_none() {
-        if Instant::now() > done {
-            return Err(RunError::Failed("udp-source did not finish".into()));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let src: SourceSummary = read_summary(&source_out, Duration::from_secs(1))
-        .map_err(|e| format!("udp-source: {e}: {}", tail(&source_log, 3)))?;
-    // Packets still in flight.
-    std::thread::sleep(Duration::from_millis(300));
-    lab.stop(sink.pid).map_err(|e| e.to_string())?;
-    let sink: SinkSummary = read_summary(&sink_out, Duration::from_secs(3))
-        .map_err(|e| format!("udp-sink: {e}: {}", tail(&sink_log, 3)))?;
+    let (src, sink) = finish_stream(&mut ring, stream)?;
 
     let mut events = events_since("n0", &daemons[0].log, offsets[0], fault_ns);
     let n0_events = events.clone();
@@ -954,7 +1057,8 @@ fn run_one(scenario: Scenario, mode: Mode, run: u32, seconds: u32) -> Result<Run
             && e.line.split_whitespace().any(|w| w == dst_field)
     });
 
-    let teardown = lab.down();
+    let lab_name = ring.lab_name.clone();
+    let teardown = ring.lab.down();
     if !teardown.errors.is_empty() {
         progress(format!("teardown: {}", teardown.errors.join("; ")));
     }
@@ -1237,7 +1341,7 @@ mod tests {
 
     #[test]
     fn sink_records_gaps_duplicates_and_buckets() {
-        let mut s = SinkState::new(1000);
+        let mut s = SinkState::new(1000, 50);
         let ms = 1_000_000u64;
         for seq in 0..300u64 {
             // 100..150 lost: a 51 ms silence between 99 and 150.
@@ -1246,14 +1350,20 @@ mod tests {
             }
             s.on_packet(&packet(seq, seq * ms), seq * ms + ms / 2);
         }
+        s.on_packet(&packet(300, 300 * ms), 360 * ms);
         s.on_packet(&packet(5, 5 * ms), 400 * ms);
         s.on_packet(&[1, 2, 3], 401 * ms);
         let sum = s.finish("sigterm");
-        assert_eq!(sum.received, 250);
+        assert_eq!(sum.received, 251);
+        assert_eq!(sum.late_per_10[30], 1);
+        assert_eq!(sum.late_per_10[..30].iter().sum::<u16>(), 0);
         assert_eq!(sum.duplicates, 1);
         assert_eq!(sum.malformed, 1);
-        assert_eq!(sum.received_per_100, vec![100, 50, 100]);
-        assert_eq!(sum.gaps.len(), 1);
+        assert_eq!(sum.received_per_100, vec![100, 50, 100, 1]);
+        assert_eq!(sum.received_per_10.len(), 31);
+        assert_eq!(sum.received_per_10[9..16], [10, 0, 0, 0, 0, 0, 10]);
+        // The silence before the late packet 300 is a second gap.
+        assert_eq!(sum.gaps.len(), 2);
         assert_eq!((sum.gaps[0].after_seq, sum.gaps[0].next_seq), (99, 150));
         assert!((sum.gaps[0].ms - 51.0).abs() < 1e-9);
         assert_eq!(sum.one_way_ms_p50, Some(0.5));
@@ -1295,7 +1405,7 @@ mod tests {
     #[test]
     fn outage_is_the_longest_silence_after_the_fault() {
         let ms = 1_000_000u64;
-        let mut s = SinkState::new(1000);
+        let mut s = SinkState::new(1000, 50);
         for seq in 0..5000u64 {
             // A 5 ms hiccup before the fault, a 30 ms outage after it (fault at 2000 ms).
             if (500..504).contains(&seq) || (2000..2029).contains(&seq) {
@@ -1319,7 +1429,7 @@ mod tests {
     #[test]
     fn a_stream_that_never_comes_back_is_an_outage_to_the_end() {
         let ms = 1_000_000u64;
-        let mut s = SinkState::new(1000);
+        let mut s = SinkState::new(1000, 50);
         for seq in 0..2000u64 {
             s.on_packet(&packet(seq, seq * ms), seq * ms);
         }

@@ -277,6 +277,9 @@ pub enum BenchCommand {
     /// Outage and loss of a 1000 packet/s UDP stream through the overlay when its relay
     /// fails (veth down, daemon killed), in a 4-node ring of namespaces (needs root).
     Failover(crate::bench_failover::FailoverArgs),
+    /// Self-healing in the lab (real daemons in a ring of namespaces, needs root) or, with
+    /// --sim, in the simulator: detect and recover times per fault scenario.
+    Heal(crate::bench_heal::HealArgs),
     /// Cost of `/metrics` scraped every 100 ms on a running 3-node mesh on loopback: per-scrape
     /// latency and the daemon's CPU with and without scraping.
     MetricsScrape(crate::bench_scrape::ScrapeArgs),

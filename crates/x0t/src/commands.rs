@@ -65,6 +65,7 @@ pub fn run(cmd: Command) -> CmdResult {
         }
         Command::Bench(BenchCommand::Throughput(args)) => crate::bench_throughput::run(args),
         Command::Bench(BenchCommand::Failover(args)) => crate::bench_failover::run(args),
+        Command::Bench(BenchCommand::Heal(args)) => crate::bench_heal::run(args),
         Command::Bench(BenchCommand::EbpfOverhead(args)) => crate::bench_ebpf::run(args),
         Command::Bench(BenchCommand::MetricsScrape(args)) => crate::bench_scrape::run(args),
         Command::Status(args) => crate::ctl::run(crate::ctl::View::Status, &args),

@@ -12,8 +12,7 @@ mod api;
 mod bench;
 mod bench_ebpf;
 mod bench_failover;
-// Called by `x0t bench heal --sim` (bench_heal.rs); its tests run it on a small mesh.
-#[cfg_attr(not(test), allow(dead_code))]
+mod bench_heal;
 mod bench_heal_sim;
 mod bench_scrape;
 mod bench_throughput;
