@@ -261,6 +261,9 @@ pub struct ScenarioRow {
     pub runs: Vec<RunResult>,
     /// Runs that produced no measurement, and why.
     pub failed_runs: Vec<FailedRun>,
+    /// With `--sim`: the simulator's own record of the scenario.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sim: Option<crate::bench_heal_sim::SimScenarioResult>,
 }
 
 /// A run without a measurement.
@@ -497,7 +500,11 @@ fn finish(report: &Report, args: &HealArgs, file_name: &str) -> CmdResult {
         print!("{}", table(report));
         println!("written to {}", file.display());
     }
-    if report.scenarios.iter().all(|r| r.runs.is_empty()) {
+    if report
+        .scenarios
+        .iter()
+        .all(|r| r.runs.is_empty() && r.sim.is_none())
+    {
         return Err(Exit::new(
             exit::FAILURE,
             "no scenario could be measured (see failed_runs and skipped)",
@@ -506,20 +513,56 @@ fn finish(report: &Report, args: &HealArgs, file_name: &str) -> CmdResult {
     Ok(())
 }
 
-/// `--sim`: the simulator half is another module (`bench_heal_sim`), wired in when it is
-/// merged; this tree does not have it.
-fn run_sim(_args: &HealArgs, _scenarios: &[HealScenario]) -> CmdResult {
-    Err(Exit::new(
-        crate::lab::UNAVAILABLE,
-        "x0t bench heal --sim: the simulator half (bench_heal_sim) is not built in this tree; \
-         run without --sim for the lab",
-    ))
+/// `--sim`: the same scenarios in the simulator ([`crate::bench_heal_sim`]), written to
+/// `heal-sim.json`.
+fn run_sim(args: &HealArgs, scenarios: &[HealScenario]) -> CmdResult {
+    let seed = args.seed.unwrap_or(1);
+    let cfg = crate::bench_heal_sim::SimHealConfig {
+        nodes: usize::try_from(args.nodes).unwrap_or(usize::MAX),
+        seed,
+        scenarios: scenarios.iter().map(|s| s.name().to_owned()).collect(),
+        baseline_seconds: u64::from(args.baseline_seconds),
+        progress: true,
+    };
+    let results = crate::bench_heal_sim::run(&cfg, &mut |msg| progress(msg))
+        .map_err(|e| Exit::new(exit::USAGE, format!("x0t bench heal --sim: {e}")))?;
+    let rows = results.into_iter().filter_map(sim_row).collect();
+    finish(&sim_report(rows, args.nodes, seed), args, "heal-sim.json")
 }
 
-/// The report for rows measured in the simulator (`heal-sim.json`): the adapter point for
-/// `bench_heal_sim::run`, whose results are turned into [`ScenarioRow`]s by the caller.
-#[allow(dead_code)] // Used once the simulator half is merged.
-pub(crate) fn sim_report(scenarios: Vec<ScenarioRow>, nodes: u64, seed: u64) -> Report {
+/// A simulated scenario's result as a report row, judged against the same targets as the
+/// lab's.
+fn sim_row(r: crate::bench_heal_sim::SimScenarioResult) -> Option<ScenarioRow> {
+    let scenario = HealScenario::value_variants()
+        .iter()
+        .copied()
+        .find(|s| s.name() == r.name)?;
+    let target = target_of(scenario);
+    let mut row = ScenarioRow {
+        name: scenario.name(),
+        detect_ms: r.detect_ms,
+        recover_ms: r.recover_ms,
+        action: r.action.clone(),
+        route_changes: Some(u32::try_from(r.route_changes).unwrap_or(u32::MAX)),
+        false_positive_actions: Some(u32::try_from(r.false_positive_actions).unwrap_or(u32::MAX)),
+        target,
+        met: false,
+        result: "missed",
+        skipped: None,
+        runs: Vec::new(),
+        failed_runs: Vec::new(),
+        sim: None,
+    };
+    let measured = (target.detect_ms.is_none() || row.detect_ms.is_some())
+        && (target.recover_ms.is_none() || row.recover_ms.is_some());
+    row.met = measured && meets(&target, &row);
+    row.result = if row.met { "met" } else { "missed" };
+    row.sim = Some(r);
+    Some(row)
+}
+
+/// The report for rows measured in the simulator (`heal-sim.json`).
+fn sim_report(scenarios: Vec<ScenarioRow>, nodes: u64, seed: u64) -> Report {
     Report {
         bench: "heal",
         mode: "sim",
@@ -568,6 +611,7 @@ fn row_of(
         skipped,
         runs,
         failed_runs,
+        sim: None,
     };
     // A run that never detected or never recovered makes the median meaningless: missed.
     let all_measured = row.runs.iter().all(|r| {
@@ -1468,12 +1512,13 @@ mod tests {
             argv.extend_from_slice(bad);
             assert!(crate::cli::Cli::try_parse_from(argv).is_err(), "{bad:?}");
         }
-        let e = run(HealArgs { sim: true, ..a }).unwrap_err();
-        assert_eq!(e.code, crate::lab::UNAVAILABLE);
-        assert!(
-            e.message.contains("not built in this tree"),
-            "{}",
-            e.message
-        );
+        // More nodes than the simulator half takes: refused, naming the limit.
+        let e = run(HealArgs {
+            sim: true,
+            nodes: 100_000,
+            ..a
+        })
+        .unwrap_err();
+        assert_eq!(e.code, exit::USAGE);
     }
 }
