@@ -20,6 +20,8 @@ use x0_wire::NodeId;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Topology {
     adj: BTreeMap<NodeId, BTreeSet<NodeId>>,
+    /// Edges advertised with a poor quality class (stored once, smaller ID first).
+    impaired: BTreeSet<(NodeId, NodeId)>,
 }
 
 /// Restrictions in force, as the reachability check sees them.
@@ -161,6 +163,31 @@ impl Topology {
         if let Some(s) = self.adj.get_mut(&b) {
             s.remove(&a);
         }
+    }
+
+    /// Marks the edge `a`–`b` as impaired: advertised with a poor quality class (lossy or
+    /// slow). End-to-end probes lost across it say nothing about the relays around it.
+    pub fn mark_impaired(&mut self, a: NodeId, b: NodeId) {
+        if a != b {
+            self.impaired.insert(edge(a, b));
+        }
+    }
+
+    /// Edges marked impaired.
+    pub fn impaired(&self) -> impl Iterator<Item = &(NodeId, NodeId)> {
+        self.impaired.iter()
+    }
+
+    /// Every edge once, smaller ID first.
+    pub fn edges(&self) -> impl Iterator<Item = (NodeId, NodeId)> + '_ {
+        self.adj
+            .iter()
+            .flat_map(|(a, bs)| bs.iter().filter(move |b| a < *b).map(move |b| (*a, *b)))
+    }
+
+    /// Whether `n` is a node of the graph.
+    pub fn contains(&self, n: &NodeId) -> bool {
+        self.adj.contains_key(n)
     }
 
     /// Whether `a` and `b` are adjacent.

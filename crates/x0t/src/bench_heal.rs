@@ -1040,9 +1040,26 @@ fn actions_seen(
     all.into_iter().take(20).map(|(_, s)| s).collect()
 }
 
+/// How long the self-healing loop learns baselines before its statistical detectors judge a
+/// link: `detect.warmup_samples` rounds of `sampling.interval_max_ms` (the healthy pace), and
+/// 2 s more.
+pub fn loop_warmup() -> Duration {
+    let c = x0_heal::HealConfig::default();
+    Duration::from_millis(u64::from(c.detect.warmup_samples) * c.sampling.interval_max_ms + 2_000)
+}
+
 fn run_one(scenario: HealScenario, run: u32, baseline_seconds: u32) -> Result<RunResult, RunError> {
     let name = format!("he{}_{}{run}", std::process::id(), scenario.short());
     let mut ring = fo::start_ring(&name, scenario.extra_config())?;
+    // The loops learn each link's baseline before they judge it (as on a mesh that has been
+    // up a while): the fault comes after their warm-up, counted from the daemons' start.
+    let warm = loop_warmup().saturating_sub(Duration::from_secs_f64(PRE_FAULT_S));
+    progress(format!(
+        "{}: {:.0} s for the loops' warm-up",
+        scenario.name(),
+        warm.as_secs_f64()
+    ));
+    std::thread::sleep(warm);
     let seconds = PRE_FAULT_S + scenario.post_fault_s(baseline_seconds);
     let stream = fo::start_stream(&mut ring, seconds, None)?;
     let stream_start_ms = fo::now_ns() / 1_000_000;

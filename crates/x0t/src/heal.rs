@@ -69,6 +69,8 @@ use crate::routing::{RouteTable, Routing, RoutingChange, RoutingCommand, Routing
 pub const API_ROWS: usize = 200;
 /// A neighbour whose link stays down this long stops being sampled and is forgotten.
 pub const FORGET_DOWN_AFTER: Duration = Duration::from_secs(600);
+/// Advertised quality class from which a link counts as impaired (3 = POOR, 4 = BAD).
+const IMPAIRED_CLASS: u8 = 3;
 /// How often the lag probe ticks.
 const LAG_TICK: Duration = Duration::from_millis(100);
 
@@ -899,6 +901,13 @@ fn topology_of(me: NodeId, status: &RoutingStatus) -> Topology {
             if a != b && lists(b, a) {
                 t.add_edge(*a, *b);
             }
+        }
+    }
+    // Links either end advertises POOR or BAD: end-to-end probes lost across them are the
+    // link's matter, not the relays' (the black-hole detector's excuse).
+    for n in status.topology.iter() {
+        for l in n.links.iter().filter(|l| l.class >= IMPAIRED_CLASS) {
+            t.mark_impaired(n.id, l.neighbor);
         }
     }
     for s in &status.sessions {

@@ -17,6 +17,10 @@
 //! * a failing path whose first relay is a neighbour whose link is down, missing probes or
 //!   lossy (≥ 3 %), or was so in the last 2 s, is a link problem, not a black hole: it
 //!   implicates nobody, and its failed rounds from that time are not counted;
+//! * so is a failed round across a link beyond the first hop that is not in the topology
+//!   (both its ends are), or that left it or was advertised impaired
+//!   ([`Topology::mark_impaired`]) within the window: the nodes at its ends see that link;
+//!   a relay next to it is not to blame;
 //! * if at least two paths to a destination are failing and no path's latest round was
 //!   answered, the destination is
 //!   `unreachable` (confidence 0.6, +0.1 per further path, at most 0.9).
@@ -32,6 +36,7 @@ use x0_wire::NodeId;
 use super::{Detector, Symptom, SymptomKind};
 use crate::config::{DetectConfig, ms};
 use crate::sample::{LinkState, Observation, PathProbe, Sample, Subject};
+use crate::topology::{Topology, edge};
 
 /// Most relays in a path the detector accepts.
 const MAX_RELAYS: usize = 32;
@@ -74,6 +79,12 @@ pub struct PathDifferential {
     implicated: HashMap<NodeId, BTreeMap<NodeId, Instant>>,
     /// Paths whose latest round lost probes.
     losing: HashSet<(NodeId, Vec<NodeId>)>,
+    /// The mesh as last handed over.
+    topology: Topology,
+    /// Links that left the topology or were advertised impaired, and when last so.
+    unsettled: HashMap<(NodeId, NodeId), Instant>,
+    /// The latest time seen (topology changes come without one).
+    last_now: Instant,
 }
 
 fn valid(p: &PathProbe) -> bool {
@@ -97,6 +108,9 @@ impl PathDifferential {
             impaired: HashMap::new(),
             implicated: HashMap::new(),
             losing: HashSet::new(),
+            topology: Topology::new(),
+            unsettled: HashMap::new(),
+            last_now: Instant::from_micros(0),
         }
     }
 
@@ -134,17 +148,18 @@ impl PathDifferential {
         {
             self.dsts.remove(&oldest);
         }
+        let first = p.relays.first().unwrap_or(&p.dst);
+        let excused = p.received == 0
+            && (self
+                .impaired
+                .get(first)
+                .is_some_and(|at| now.saturating_since(*at) <= EXCUSE)
+                || self.beyond_unsettled(now, p));
         let d = self.dsts.entry(p.dst).or_default();
         if !d.paths.contains_key(&p.relays) && d.paths.len() >= MAX_PATHS {
             return;
         }
         d.last_at = Some(now);
-        let first = p.relays.first().unwrap_or(&p.dst);
-        let excused = p.received == 0
-            && self
-                .impaired
-                .get(first)
-                .is_some_and(|at| now.saturating_since(*at) <= EXCUSE);
         d.paths
             .entry(p.relays.clone())
             .or_default()
@@ -160,6 +175,28 @@ impl PathDifferential {
         } else if p.sent > 0 {
             self.losing.remove(&key);
         }
+    }
+
+    /// Whether the path crosses, beyond its first hop, a link that is not in the topology
+    /// (both its ends are) or that was gone or advertised impaired within the window: probes
+    /// lost there are a link's matter, seen by the nodes at its ends, not a relay's.
+    fn beyond_unsettled(&self, now: Instant, p: &PathProbe) -> bool {
+        let hops: Vec<NodeId> = p
+            .relays
+            .iter()
+            .copied()
+            .chain(std::iter::once(p.dst))
+            .collect();
+        hops.windows(2).any(|w| {
+            let (a, b) = (w[0], w[1]);
+            let gone = self.topology.contains(&a)
+                && self.topology.contains(&b)
+                && !self.topology.has_edge(&a, &b);
+            gone || self
+                .unsettled
+                .get(&edge(a, b))
+                .is_some_and(|at| now.saturating_since(*at) <= self.window)
+        })
     }
 
     /// Whether a suspect itself answers: every direct probe to it in the window was answered
@@ -303,6 +340,7 @@ impl Detector for PathDifferential {
                 }
             }
             Sample::Probe(p) if valid(p) => {
+                self.last_now = self.last_now.max(now);
                 self.prune(now);
                 self.record(now, p);
                 self.evaluate(now, p.dst, out);
@@ -312,7 +350,11 @@ impl Detector for PathDifferential {
     }
 
     fn tick(&mut self, now: Instant, _out: &mut Vec<Symptom>) {
+        self.last_now = self.last_now.max(now);
         self.prune(now);
+        let window = self.window;
+        self.unsettled
+            .retain(|_, at| now.saturating_since(*at) <= window);
         self.impaired
             .retain(|_, at| now.saturating_since(*at) <= EXCUSE);
         if self.impaired.len() > self.max_dsts {
@@ -322,6 +364,19 @@ impl Detector for PathDifferential {
 
     fn suspicious(&self) -> bool {
         !self.losing.is_empty()
+    }
+
+    fn topology_changed(&mut self, topology: &Topology) {
+        let now = self.last_now;
+        for e in self.topology.edges() {
+            if !topology.has_edge(&e.0, &e.1) {
+                self.unsettled.insert(e, now);
+            }
+        }
+        for e in topology.impaired() {
+            self.unsettled.insert(*e, now);
+        }
+        self.topology = topology.clone();
     }
 
     fn clock_jumped(&mut self) {
@@ -387,6 +442,45 @@ mod tests {
         }
         assert_eq!(more.len(), 1);
         assert!((more[0].confidence - 0.91).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_link_gone_or_impaired_beyond_the_relay_is_not_a_black_hole() {
+        let (r, b, dst) = (2, 3, 9);
+        let square = || Topology::from_adjacency([(n(1), [n(r), n(b)]), (n(dst), [n(r), n(b)])]);
+        // The link relay – destination goes down: the relay is not to blame.
+        let mut d = PathDifferential::new(&cfg());
+        d.topology_changed(&square());
+        feed(&mut d, 0, probe(dst, &[b], 1, 1));
+        let mut gone = square();
+        gone.remove_edge(n(r), n(dst));
+        d.topology_changed(&gone);
+        let mut found = Vec::new();
+        for i in 1..6 {
+            feed(&mut d, i * 100, probe(dst, &[b], 1, 1));
+            found.extend(feed(&mut d, i * 100, probe(dst, &[r], 1, 0)));
+        }
+        assert!(found.is_empty(), "{found:?}");
+        // Advertised impaired (lossy) and still there: the same, for the window after.
+        let mut d = PathDifferential::new(&cfg());
+        let mut lossy = square();
+        lossy.mark_impaired(n(dst), n(r));
+        d.topology_changed(&lossy);
+        d.topology_changed(&square());
+        let mut found = Vec::new();
+        for i in 0..5 {
+            feed(&mut d, i * 100, probe(dst, &[b], 1, 1));
+            found.extend(feed(&mut d, i * 100, probe(dst, &[r], 1, 0)));
+        }
+        assert!(found.is_empty(), "{found:?}");
+        // The same losses with the path intact are a black hole.
+        let mut d = PathDifferential::new(&cfg());
+        d.topology_changed(&square());
+        for i in 0..5 {
+            feed(&mut d, i * 100, probe(dst, &[b], 1, 1));
+            found.extend(feed(&mut d, i * 100, probe(dst, &[r], 1, 0)));
+        }
+        assert!(found.iter().any(|s| s.subject == Subject::Node(n(r))));
     }
 
     #[test]
