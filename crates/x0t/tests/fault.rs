@@ -233,23 +233,6 @@ fn total_loss_takes_a_link_down_and_flapping_takes_it_down_and_up() {
     assert!(metric(&b_api, "x0t_fault_injection_dropped_total{kind=\"flap\"} ") > 0.0);
 }
 
-/// An IPv6/UDP packet from `src` to `dst` (checksum left zero: only the daemons, which do not
-/// check it, and the test see it).
-fn udp6_packet(src: Ipv6Addr, dst: Ipv6Addr, payload: &[u8]) -> Vec<u8> {
-    let len = (8 + payload.len()) as u16;
-    let mut p = vec![0x60, 0, 0, 0];
-    p.extend_from_slice(&len.to_be_bytes());
-    p.extend_from_slice(&[17, 64]);
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    p.extend_from_slice(&4000u16.to_be_bytes());
-    p.extend_from_slice(&5000u16.to_be_bytes());
-    p.extend_from_slice(&len.to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(payload);
-    p
-}
-
 fn log_field(d: &Daemon, needles: &[&str], key: &str) -> String {
     d.wait_for(needles, T)
         .split_whitespace()

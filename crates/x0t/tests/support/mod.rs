@@ -318,3 +318,20 @@ pub fn node_id(state: &Path) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// An IPv6/UDP packet from `src` to `dst` carrying `payload` (checksum left zero: only the
+/// daemons, which do not check it, and the test see it).
+pub fn udp6_packet(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, payload: &[u8]) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&len.to_be_bytes());
+    p.extend_from_slice(&[17, 64]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&4000u16.to_be_bytes());
+    p.extend_from_slice(&5000u16.to_be_bytes());
+    p.extend_from_slice(&len.to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
