@@ -313,20 +313,20 @@ impl Prober {
             self.stats.stray_answers += 1;
             return;
         };
-        if p.due < now {
-            // Overdue but not yet given up: lost all the same.
-            self.outstanding.insert(id, p);
-            self.handle_timeout(now);
+        // Overdue but not yet given up: lost all the same.
+        let in_time = p.due >= now;
+        if in_time {
+            self.stats.answered += 1;
+        } else {
+            self.stats.lost += 1;
             self.stats.stray_answers += 1;
-            return;
         }
-        self.stats.answered += 1;
         self.results.push_back(PathProbe {
             dst: p.dst,
             relays: p.relays,
             sent: 1,
-            received: 1,
-            rtt_ms: Some(rtt.as_secs_f64() * 1e3),
+            received: u32::from(in_time),
+            rtt_ms: in_time.then_some(rtt.as_secs_f64() * 1e3),
             on_route: p.on_route,
         });
     }

@@ -9,7 +9,7 @@
 //! round trip crosses the same relays both ways. A destination without an end-to-end session
 //! yet gets its handshake started, and the probe is reported as not sent.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use tracing::debug;
@@ -64,7 +64,7 @@ impl DataPlane {
                     id: p.id,
                     relays: p.relays.clone(),
                 };
-                let ready = st.pending_room(MAX_PENDING)
+                let ready = st.probes.pending.len() < MAX_PENDING
                     && self.session_ready(st, &table, p.dst, now, &mut out);
                 if ready && self.send_control(st, &table, p.dst, &p.relays, &msg, now, &mut out) {
                     st.probes.pending.insert(p.id, now);
@@ -185,10 +185,8 @@ impl DataPlane {
         };
         match msg {
             ControlMessage::ProbeRequest { id, relays } => {
-                let mut back: Vec<NodeId> = relays.iter().rev().copied().collect();
-                back.sort_unstable();
-                back.dedup();
-                if back.len() != relays.len()
+                let unique: BTreeSet<&NodeId> = relays.iter().collect();
+                if unique.len() != relays.len()
                     || relays.len() > MAX_PROBE_RELAYS
                     || relays.contains(&self.me)
                     || relays.contains(&source)
@@ -213,12 +211,5 @@ impl DataPlane {
                 None => st.counters.drop("probe_stray_reply"),
             },
         }
-    }
-}
-
-impl State {
-    /// Whether another probe may be remembered.
-    fn pending_room(&self, max: usize) -> bool {
-        self.probes.pending.len() < max
     }
 }
