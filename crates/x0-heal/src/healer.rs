@@ -331,7 +331,7 @@ impl Healer {
 
     /// Adds a detector beside the built-in ones (the GNN detector plugs in here).
     pub fn add_detector(&mut self, mut detector: Box<dyn Detector>) {
-        detector.topology_changed(&self.topology);
+        detector.topology_changed(&Topology::new(), &self.topology);
         self.detectors.push(detector);
     }
 
@@ -418,9 +418,9 @@ impl Healer {
     /// Replaces the topology (from the link-state database; undirected).
     pub fn set_topology(&mut self, now: Instant, topology: Topology) {
         let now = self.advance(now);
-        self.topology = topology;
+        let before = std::mem::replace(&mut self.topology, topology);
         for d in &mut self.detectors {
-            d.topology_changed(&self.topology);
+            d.topology_changed(&before, &self.topology);
         }
         self.enforce_reachability(now);
         self.step(now);

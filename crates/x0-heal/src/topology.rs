@@ -185,11 +185,6 @@ impl Topology {
             .flat_map(|(a, bs)| bs.iter().filter(move |b| a < *b).map(move |b| (*a, *b)))
     }
 
-    /// Whether `n` is a node of the graph.
-    pub fn contains(&self, n: &NodeId) -> bool {
-        self.adj.contains_key(n)
-    }
-
     /// Whether `a` and `b` are adjacent.
     pub fn has_edge(&self, a: &NodeId, b: &NodeId) -> bool {
         self.adj.get(a).is_some_and(|s| s.contains(b))

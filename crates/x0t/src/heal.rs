@@ -71,6 +71,9 @@ pub const API_ROWS: usize = 200;
 pub const FORGET_DOWN_AFTER: Duration = Duration::from_secs(600);
 /// Advertised quality class from which a link counts as impaired (3 = POOR, 4 = BAD).
 const IMPAIRED_CLASS: u8 = 3;
+/// The prober's targets are rebuilt at least this often (which destinations we send data to
+/// changes without routing changing).
+const PROBE_TARGETS_EVERY: Duration = Duration::from_secs(1);
 /// How often the lag probe ticks.
 const LAG_TICK: Duration = Duration::from_millis(100);
 
@@ -460,8 +463,8 @@ struct HealLoop {
     cores: u32,
     /// The end-to-end prober (`heal.probe.enabled`).
     prober: Option<Prober>,
-    /// The routing table the prober's targets were built from.
-    probe_table: Option<Arc<RouteTable>>,
+    /// The routing table the prober's targets were built from, and when.
+    probe_table: Option<(Arc<RouteTable>, Instant)>,
     /// Destinations whose disjoint paths are asked of the routing task (the prober's sample).
     paths_wanted: BTreeSet<NodeId>,
 }
@@ -647,18 +650,17 @@ impl HealLoop {
         self.sync_topology(now, &status);
     }
 
-    /// Runs the end-to-end prober: new targets when routing changed, answers collected, the
+    /// Runs the end-to-end prober: new targets when routing changed (or every
+    /// [`PROBE_TARGETS_EVERY`], for the destinations we send data to), answers collected, the
     /// round sent when due, results fed to the loop.
     fn probe(&mut self, now: Instant) {
         let Some(prober) = self.prober.as_mut() else {
             return;
         };
         let table = self.deps.routing.table();
-        if self
-            .probe_table
-            .as_ref()
-            .is_none_or(|t| !Arc::ptr_eq(t, &table))
-        {
+        if self.probe_table.as_ref().is_none_or(|(t, at)| {
+            !Arc::ptr_eq(t, &table) || now.saturating_since(*at) >= PROBE_TARGETS_EVERY
+        }) {
             let active: BTreeSet<NodeId> = self
                 .deps
                 .dataplane
@@ -666,7 +668,7 @@ impl HealLoop {
                 .into_iter()
                 .collect();
             prober.set_targets(now, probe_targets(&table, &active));
-            self.probe_table = Some(table.clone());
+            self.probe_table = Some((table.clone(), now));
         }
         for (id, rtt) in self.deps.dataplane.take_probe_replies() {
             prober.handle_reply(now, id, rtt);

@@ -379,6 +379,19 @@ fn ipv4_overlay_ping_crosses_a_relay_and_unknown_hosts_get_icmp_unreachable() {
 }
 
 /// Pings `to` from node `from` until one echo comes back, for up to `within`.
+/// Five pings from node `from` to `to` (overlay IPv6), all answered.
+fn ping5(m: &Mesh, from: usize, to: &str) {
+    let ping = m
+        .lab
+        .exec(from, &["ping", "-6", "-c", "5", "-i", "0.2", "-W", "2", to])
+        .unwrap();
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+}
+
 fn ping_until(m: &Mesh, from: usize, to: &str, within: Duration) -> bool {
     let deadline = std::time::Instant::now() + within;
     while std::time::Instant::now() < deadline {
@@ -612,15 +625,7 @@ fn a_neighbour_flooding_through_a_relay_is_shed_by_the_loop_and_restored() {
     );
     // The relay's own traffic is not shed, and its link to n0 stays up (probes are on the
     // link's QUIC connection, never shed).
-    let own = m
-        .lab
-        .exec(1, &["ping", "-6", "-c", "5", "-i", "0.2", "-W", "2", &n2])
-        .unwrap();
-    assert!(
-        own.status.success(),
-        "{}",
-        String::from_utf8_lossy(&own.stdout)
-    );
+    ping5(&m, 1, &n2);
     let log = m.daemons[1].log();
     assert!(
         !log.lines()
@@ -646,15 +651,7 @@ fn a_neighbour_flooding_through_a_relay_is_shed_by_the_loop_and_restored() {
         "{health:#}"
     );
     let before = metric(&api_get(&m, 1, "/metrics"), shed);
-    let ping = m
-        .lab
-        .exec(0, &["ping", "-6", "-c", "5", "-i", "0.2", "-W", "2", &n2])
-        .unwrap();
-    assert!(
-        ping.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ping.stdout)
-    );
+    ping5(&m, 0, &n2);
     assert_eq!(metric(&api_get(&m, 1, "/metrics"), shed), before);
     let _ = m.lab.stop(server.pid);
 }

@@ -17,8 +17,8 @@
 //! * a failing path whose first relay is a neighbour whose link is down, missing probes or
 //!   lossy (≥ 3 %), or was so in the last 2 s, is a link problem, not a black hole: it
 //!   implicates nobody, and its failed rounds from that time are not counted;
-//! * so is a failed round across a link beyond the first hop that is not in the topology
-//!   (both its ends are), or that left it or was advertised impaired
+//! * so is a failed round across a link beyond the first hop that left the topology (and has
+//!   not come back), or that came back or was advertised impaired
 //!   ([`Topology::mark_impaired`]) within the window: the nodes at its ends see that link;
 //!   a relay next to it is not to blame;
 //! * if at least two paths to a destination are failing and no path's latest round was
@@ -79,8 +79,8 @@ pub struct PathDifferential {
     implicated: HashMap<NodeId, BTreeMap<NodeId, Instant>>,
     /// Paths whose latest round lost probes.
     losing: HashSet<(NodeId, Vec<NodeId>)>,
-    /// The mesh as last handed over.
-    topology: Topology,
+    /// Links that left the topology and have not come back.
+    gone: HashSet<(NodeId, NodeId)>,
     /// Links that left the topology or were advertised impaired, and when last so.
     unsettled: HashMap<(NodeId, NodeId), Instant>,
     /// The latest time seen (topology changes come without one).
@@ -108,7 +108,7 @@ impl PathDifferential {
             impaired: HashMap::new(),
             implicated: HashMap::new(),
             losing: HashSet::new(),
-            topology: Topology::new(),
+            gone: HashSet::new(),
             unsettled: HashMap::new(),
             last_now: Instant::from_micros(0),
         }
@@ -177,8 +177,8 @@ impl PathDifferential {
         }
     }
 
-    /// Whether the path crosses, beyond its first hop, a link that is not in the topology
-    /// (both its ends are) or that was gone or advertised impaired within the window: probes
+    /// Whether the path crosses, beyond its first hop, a link that left the topology (and has
+    /// not come back) or that was gone or advertised impaired within the window: probes
     /// lost there are a link's matter, seen by the nodes at its ends, not a relay's.
     fn beyond_unsettled(&self, now: Instant, p: &PathProbe) -> bool {
         let hops: Vec<NodeId> = p
@@ -189,13 +189,12 @@ impl PathDifferential {
             .collect();
         hops.windows(2).any(|w| {
             let (a, b) = (w[0], w[1]);
-            let gone = self.topology.contains(&a)
-                && self.topology.contains(&b)
-                && !self.topology.has_edge(&a, &b);
-            gone || self
-                .unsettled
-                .get(&edge(a, b))
-                .is_some_and(|at| now.saturating_since(*at) <= self.window)
+            let e = edge(a, b);
+            self.gone.contains(&e)
+                || self
+                    .unsettled
+                    .get(&e)
+                    .is_some_and(|at| now.saturating_since(*at) <= self.window)
         })
     }
 
@@ -355,6 +354,10 @@ impl Detector for PathDifferential {
         let window = self.window;
         self.unsettled
             .retain(|_, at| now.saturating_since(*at) <= window);
+        // Links of nodes gone for good would stay here for ever.
+        if self.gone.len() > self.max_dsts {
+            self.gone.clear();
+        }
         self.impaired
             .retain(|_, at| now.saturating_since(*at) <= EXCUSE);
         if self.impaired.len() > self.max_dsts {
@@ -366,17 +369,18 @@ impl Detector for PathDifferential {
         !self.losing.is_empty()
     }
 
-    fn topology_changed(&mut self, topology: &Topology) {
+    fn topology_changed(&mut self, before: &Topology, after: &Topology) {
         let now = self.last_now;
-        for e in self.topology.edges() {
-            if !topology.has_edge(&e.0, &e.1) {
+        for e in before.edges() {
+            if !after.has_edge(&e.0, &e.1) {
                 self.unsettled.insert(e, now);
+                self.gone.insert(e);
             }
         }
-        for e in topology.impaired() {
+        self.gone.retain(|e| !after.has_edge(&e.0, &e.1));
+        for e in after.impaired() {
             self.unsettled.insert(*e, now);
         }
-        self.topology = topology.clone();
     }
 
     fn clock_jumped(&mut self) {
@@ -450,11 +454,11 @@ mod tests {
         let square = || Topology::from_adjacency([(n(1), [n(r), n(b)]), (n(dst), [n(r), n(b)])]);
         // The link relay – destination goes down: the relay is not to blame.
         let mut d = PathDifferential::new(&cfg());
-        d.topology_changed(&square());
+        d.topology_changed(&Topology::new(), &square());
         feed(&mut d, 0, probe(dst, &[b], 1, 1));
         let mut gone = square();
         gone.remove_edge(n(r), n(dst));
-        d.topology_changed(&gone);
+        d.topology_changed(&square(), &gone);
         let mut found = Vec::new();
         for i in 1..6 {
             feed(&mut d, i * 100, probe(dst, &[b], 1, 1));
@@ -465,8 +469,8 @@ mod tests {
         let mut d = PathDifferential::new(&cfg());
         let mut lossy = square();
         lossy.mark_impaired(n(dst), n(r));
-        d.topology_changed(&lossy);
-        d.topology_changed(&square());
+        d.topology_changed(&Topology::new(), &lossy);
+        d.topology_changed(&lossy, &square());
         let mut found = Vec::new();
         for i in 0..5 {
             feed(&mut d, i * 100, probe(dst, &[b], 1, 1));
@@ -475,7 +479,7 @@ mod tests {
         assert!(found.is_empty(), "{found:?}");
         // The same losses with the path intact are a black hole.
         let mut d = PathDifferential::new(&cfg());
-        d.topology_changed(&square());
+        d.topology_changed(&Topology::new(), &square());
         for i in 0..5 {
             feed(&mut d, i * 100, probe(dst, &[b], 1, 1));
             found.extend(feed(&mut d, i * 100, probe(dst, &[r], 1, 0)));

@@ -182,8 +182,8 @@ pub trait Detector: fmt::Debug + Send {
     /// time or as a silence.
     fn clock_jumped(&mut self) {}
 
-    /// The mesh topology changed.
-    fn topology_changed(&mut self, _topology: &Topology) {}
+    /// The mesh topology changed from `before` to `after`.
+    fn topology_changed(&mut self, _before: &Topology, _after: &Topology) {}
 
     /// Learned baselines, for the knowledge base.
     fn baselines(&self) -> Vec<Baseline> {
