@@ -3,8 +3,10 @@
 //! One SQLite file, `state.db`, under the state directory, in WAL mode with `synchronous=FULL`,
 //! so that a write the node acknowledged (an identity, an invitation, a revocation) survives a
 //! crash or `kill -9`. The file holds private keys: it is created with mode 0600 inside a 0700
-//! directory, and opening refuses a file readable by others or a directory writable by others.
-//! A damaged file is reported, never repaired or replaced.
+//! directory. Opening refuses a directory, a database or an SQLite side file (`state.db-wal`,
+//! `state.db-shm`, `state.db-journal`) that others may read or write, that another user owns,
+//! or (for the files) that is not a plain file. A damaged file is reported, never repaired or
+//! replaced.
 //!
 //! Tables: `node_identity` (the node's keys), `ca` (the mesh CA, on the CA node only),
 //! `membership` (the node's SVID and trust bundle), `invitations`, `members` (SVIDs the CA
@@ -12,7 +14,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +44,23 @@ pub enum StoreError {
         /// The command that fixes it.
         fix: String,
     },
+    /// A file or the directory of the store belongs to another user.
+    #[error(
+        "{path}: owned by uid {owner}, but x0t runs as uid {expected}; run `chown {expected} {path}` or run x0t as uid {owner}"
+    )]
+    WrongOwner {
+        /// The offending path.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The effective user ID of this process.
+        expected: u32,
+    },
+    /// Something other than a plain file (a symlink, a device, ...) where the store keeps a file.
+    #[error(
+        "{0}: not a regular file; x0t keeps its state in plain files and does not follow links here"
+    )]
+    NotRegularFile(PathBuf),
     /// No database where one is required.
     #[error("{0}: no x0t state here; run `x0t init --state-dir {1}` first")]
     Missing(PathBuf, String),
@@ -188,6 +207,45 @@ pub fn quick_check(conn: &Connection) -> rusqlite::Result<Option<String>> {
     }
 }
 
+/// SQLite's files next to the database: write-ahead log, shared-memory index, rollback journal.
+const SIDECARS: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// Refuses `path` if any of the `forbidden` mode bits is set (the fix is `chmod`) or if it is
+/// not owned by `euid`: its owner could change it at will, whatever its mode.
+fn check_private(
+    path: &Path,
+    meta: &fs::Metadata,
+    forbidden: u32,
+    chmod: &str,
+    euid: u32,
+) -> Result<(), StoreError> {
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & forbidden != 0 {
+        return Err(StoreError::InsecurePermissions {
+            path: path.to_owned(),
+            mode,
+            fix: format!("run `{chmod} {}`", path.display()),
+        });
+    }
+    if meta.uid() != euid {
+        return Err(StoreError::WrongOwner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            expected: euid,
+        });
+    }
+    Ok(())
+}
+
+/// [`check_private`] for a file of the store (not followed if it is a symlink): a plain file,
+/// 0600 or stricter, ours.
+fn check_private_file(path: &Path, meta: &fs::Metadata, euid: u32) -> Result<(), StoreError> {
+    if !meta.file_type().is_file() {
+        return Err(StoreError::NotRegularFile(path.to_owned()));
+    }
+    check_private(path, meta, 0o077, "chmod 600", euid)
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -209,6 +267,7 @@ impl StateStore {
 
     fn open_inner(dir: &Path, create: bool) -> Result<Self, StoreError> {
         let db_path = dir.join(DB_FILE);
+        let euid = rustix::process::geteuid().as_raw();
         match fs::metadata(dir) {
             Ok(meta) => {
                 if !meta.is_dir() {
@@ -217,14 +276,15 @@ impl StateStore {
                         source: io::Error::other("not a directory"),
                     });
                 }
-                let mode = meta.permissions().mode() & 0o7777;
-                if mode & 0o022 != 0 {
-                    return Err(StoreError::InsecurePermissions {
-                        path: dir.to_owned(),
-                        mode,
-                        fix: format!("run `chmod 700 {}`", dir.display()),
-                    });
+                // A directory that holds no store (say `/tmp`) is better answered with "no
+                // state here" than with advice to chmod it.
+                if !create
+                    && fs::symlink_metadata(&db_path)
+                        .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+                {
+                    return Err(StoreError::Missing(db_path, dir.display().to_string()));
                 }
+                check_private(dir, &meta, 0o077, "chmod 700", euid)?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                 fs::DirBuilder::new()
@@ -238,17 +298,8 @@ impl StateStore {
             }
             Err(e) => return Err(io_err(dir)(e)),
         }
-        match fs::metadata(&db_path) {
-            Ok(meta) => {
-                let mode = meta.permissions().mode() & 0o7777;
-                if mode & 0o077 != 0 {
-                    return Err(StoreError::InsecurePermissions {
-                        path: db_path.clone(),
-                        mode,
-                        fix: format!("run `chmod 600 {}`", db_path.display()),
-                    });
-                }
-            }
+        match fs::symlink_metadata(&db_path) {
+            Ok(meta) => check_private_file(&db_path, &meta, euid)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                 OpenOptions::new()
                     .write(true)
@@ -261,6 +312,17 @@ impl StateStore {
                 return Err(StoreError::Missing(db_path, dir.display().to_string()));
             }
             Err(e) => return Err(io_err(&db_path)(e)),
+        }
+
+        // SQLite's own files next to the database hold recent writes (the WAL) and its lock
+        // state: a crash leaves them behind, and SQLite opens whatever it finds.
+        for sidecar in SIDECARS {
+            let path = dir.join(format!("{DB_FILE}{sidecar}"));
+            match fs::symlink_metadata(&path) {
+                Ok(meta) => check_private_file(&path, &meta, euid)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
         }
 
         let corrupt = |e: rusqlite::Error| match e.sqlite_error_code() {
@@ -886,6 +948,133 @@ mod tests {
             }
         }
         chmod(&dir, 0o700);
+        StateStore::open_existing(&dir).unwrap();
+    }
+
+    /// `docs/security.md`: a state directory readable by others is refused, not only a writable
+    /// one (the database is 0600, but file names, the WAL and the API token are in there too).
+    #[test]
+    fn refuses_a_directory_readable_by_others() {
+        let (_tmp, dir) = state_dir();
+        drop(StateStore::open(&dir).unwrap());
+        for open_mode in [0o755, 0o750, 0o705, 0o710] {
+            chmod(&dir, open_mode);
+            for result in [StateStore::open(&dir), StateStore::open_existing(&dir)] {
+                match result {
+                    Err(StoreError::InsecurePermissions { path, mode, fix }) => {
+                        assert_eq!(path, dir);
+                        assert_eq!(mode, open_mode);
+                        assert_eq!(fix, format!("run `chmod 700 {}`", dir.display()));
+                    }
+                    other => {
+                        panic!("mode {open_mode:o}: expected InsecurePermissions, got {other:?}")
+                    }
+                }
+            }
+            assert_eq!(mode(&dir), open_mode, "opening must not change the mode");
+        }
+        chmod(&dir, 0o700);
+        StateStore::open_existing(&dir).unwrap();
+    }
+
+    /// Leaves `state.db-wal` and `state.db-shm` behind, as a crash (or a second connection that
+    /// is still open) does.
+    fn with_sidecars(dir: &Path) -> StateStore {
+        let keep = StateStore::open(dir).unwrap();
+        keep.set_meta("k", "v").unwrap();
+        for name in ["state.db-wal", "state.db-shm"] {
+            assert!(dir.join(name).exists(), "{name}");
+        }
+        keep
+    }
+
+    #[test]
+    fn refuses_wal_and_shm_files_readable_by_others() {
+        let (_tmp, dir) = state_dir();
+        let _open = with_sidecars(&dir);
+        for name in ["state.db-wal", "state.db-shm"] {
+            let path = dir.join(name);
+            chmod(&path, 0o644);
+            match StateStore::open_existing(&dir) {
+                Err(StoreError::InsecurePermissions {
+                    path: refused,
+                    mode,
+                    fix,
+                }) => {
+                    assert_eq!(refused, path);
+                    assert_eq!(mode, 0o644);
+                    assert_eq!(fix, format!("run `chmod 600 {}`", path.display()));
+                }
+                other => panic!("{name}: expected InsecurePermissions, got {other:?}"),
+            }
+            chmod(&path, 0o600);
+        }
+        StateStore::open_existing(&dir).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_symlink_in_place_of_the_wal() {
+        let (tmp, dir) = state_dir();
+        drop(StateStore::open(&dir).unwrap());
+        let elsewhere = tmp.path().join("elsewhere");
+        fs::write(&elsewhere, b"").unwrap();
+        chmod(&elsewhere, 0o600);
+        std::os::unix::fs::symlink(&elsewhere, dir.join("state.db-wal")).unwrap();
+        match StateStore::open_existing(&dir) {
+            Err(StoreError::NotRegularFile(path)) => assert_eq!(path, dir.join("state.db-wal")),
+            other => panic!("expected NotRegularFile, got {other:?}"),
+        }
+    }
+
+    /// Another user who owns a file in the state directory can change it at will, whatever its
+    /// mode: the directory, the database, the WAL and the shared-memory file must be ours.
+    #[test]
+    fn refuses_files_owned_by_another_user() {
+        let (_tmp, dir) = state_dir();
+        let _open = with_sidecars(&dir);
+        let me = rustix::process::geteuid().as_raw();
+        let stranger = me.wrapping_add(1);
+        for path in [
+            dir.clone(),
+            dir.join(DB_FILE),
+            dir.join("state.db-wal"),
+            dir.join("state.db-shm"),
+        ] {
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let check = if path == dir {
+                check_private(&path, &meta, 0o077, "chmod 700", stranger)
+            } else {
+                check_private(&path, &meta, 0o077, "chmod 600", stranger)
+            };
+            match check {
+                Err(StoreError::WrongOwner {
+                    path: refused,
+                    owner,
+                    expected,
+                }) => {
+                    assert_eq!(refused, path);
+                    assert_eq!(owner, me);
+                    assert_eq!(expected, stranger);
+                }
+                other => panic!("{}: expected WrongOwner, got {other:?}", path.display()),
+            }
+        }
+        // For real, where the test may give a file away (as root).
+        if me == 0 {
+            let wal = dir.join("state.db-wal");
+            std::os::unix::fs::chown(&wal, Some(65534), None).unwrap();
+            match StateStore::open_existing(&dir) {
+                Err(e @ StoreError::WrongOwner { .. }) => {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains("uid 65534") && text.contains("chown"),
+                        "{text}"
+                    );
+                }
+                other => panic!("expected WrongOwner, got {other:?}"),
+            }
+            std::os::unix::fs::chown(&wal, Some(0), None).unwrap();
+        }
         StateStore::open_existing(&dir).unwrap();
     }
 
