@@ -61,6 +61,10 @@ pub enum StoreError {
         "{0}: not a regular file; x0t keeps its state in plain files and does not follow links here"
     )]
     NotRegularFile(PathBuf),
+    /// The store holds no node identity where one is required (an invitation names the CA
+    /// node by its node ID).
+    #[error("{0}: this node has no identity yet; run `x0t init --state-dir {0}` first")]
+    NoNodeIdentity(String),
     /// No database where one is required.
     #[error("{0}: no x0t state here; run `x0t init --state-dir {1}` first")]
     Missing(PathBuf, String),
@@ -131,6 +135,32 @@ pub enum InvitationError {
     /// Past its expiry.
     #[error("invitation expired at unix time {0}")]
     Expired(u64),
+    /// The node that wants to redeem it is revoked.
+    #[error("the joining node is revoked")]
+    NodeRevoked,
+}
+
+/// How an invitation was redeemed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redemption {
+    /// The invitation's first use.
+    First,
+    /// The node that redeemed it before asks again while it is still valid (the CA's answer was
+    /// lost on the way): it gets another SVID for the same keys.
+    Repeated,
+}
+
+/// What the CA records about a node it issues an SVID to.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberRecord<'a> {
+    /// The node.
+    pub node: NodeId,
+    /// Its ML-DSA-65 public key.
+    pub mldsa_public_key: &'a [u8],
+    /// Its P-256 TLS public key (uncompressed point).
+    pub tls_point: &'a [u8],
+    /// `notAfter` of the SVID being issued (unix seconds).
+    pub not_after_unix: u64,
 }
 
 /// The node's place in a mesh: its SVID and what it trusts.
@@ -205,6 +235,34 @@ pub fn quick_check(conn: &Connection) -> rusqlite::Result<Option<String>> {
     } else {
         Ok(Some(findings.join("; ").replace('\n', "; ")))
     }
+}
+
+fn upsert_member(conn: &Connection, m: &MemberRecord<'_>, now_unix: u64) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO members (node_id, mldsa_public_key, tls_point, first_issued_at, last_issued_at, not_after)
+         VALUES (?1, ?2, ?3, ?4, ?4, ?5)
+         ON CONFLICT (node_id) DO UPDATE SET last_issued_at = excluded.last_issued_at,
+             not_after = excluded.not_after",
+        params![
+            m.node.to_string(),
+            m.mldsa_public_key,
+            m.tls_point,
+            to_i64(now_unix),
+            to_i64(m.not_after_unix)
+        ],
+    )?;
+    Ok(())
+}
+
+fn is_revoked(conn: &Connection, node: NodeId) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM revoked_nodes WHERE node_id = ?1",
+            params![node.to_string()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
 }
 
 /// SQLite's files next to the database: write-ahead log, shared-memory index, rollback journal.
@@ -581,14 +639,22 @@ impl StateStore {
         Ok(())
     }
 
-    /// Redeems an invitation for `node`, atomically: a token works once.
+    /// Redeems an invitation for `member.node` and records the member, in one transaction (one
+    /// fsync): a token admits one node.
+    ///
+    /// The same node may redeem it again while it is valid ([`Redemption::Repeated`]): if the
+    /// CA's answer to the first redemption was lost, the joiner retries with the same keys
+    /// (which the caller has checked, by the join proof, hash to `member.node`) and must get
+    /// its SVID rather than find its invitation burnt. Any other node is refused
+    /// ([`InvitationError::Used`]). A revoked node is refused and the invitation left unused.
     pub fn redeem_invitation(
         &mut self,
         id: &[u8; 16],
         secret: &[u8; 32],
-        node: NodeId,
+        member: &MemberRecord<'_>,
         now_unix: u64,
-    ) -> Result<Result<(), InvitationError>, StoreError> {
+    ) -> Result<Result<Redemption, InvitationError>, StoreError> {
+        let node = member.node.to_string();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -605,21 +671,31 @@ impl StateStore {
         if aws_lc_rs::constant_time::verify_slices_are_equal(&hash, &sha256(secret)).is_err() {
             return Ok(Err(InvitationError::BadSecret));
         }
-        if let Some(at) = used_at {
-            return Ok(Err(InvitationError::Used {
-                at: to_u64(at),
-                by: used_by.unwrap_or_default(),
-            }));
-        }
+        let redemption = match (used_at, used_by) {
+            (Some(_), Some(by)) if by == node => Redemption::Repeated,
+            (Some(at), by) => {
+                return Ok(Err(InvitationError::Used {
+                    at: to_u64(at),
+                    by: by.unwrap_or_default(),
+                }));
+            }
+            (None, _) => Redemption::First,
+        };
         if to_u64(expires_at) <= now_unix {
             return Ok(Err(InvitationError::Expired(to_u64(expires_at))));
         }
-        tx.execute(
-            "UPDATE invitations SET used_at = ?1, used_by = ?2 WHERE id = ?3",
-            params![to_i64(now_unix), node.to_string(), &id[..]],
-        )?;
+        if is_revoked(&tx, member.node)? {
+            return Ok(Err(InvitationError::NodeRevoked));
+        }
+        if redemption == Redemption::First {
+            tx.execute(
+                "UPDATE invitations SET used_at = ?1, used_by = ?2 WHERE id = ?3",
+                params![to_i64(now_unix), node, &id[..]],
+            )?;
+        }
+        upsert_member(&tx, member, now_unix)?;
         tx.commit()?;
-        Ok(Ok(()))
+        Ok(Ok(redemption))
     }
 
     /// All invitations, newest first.
@@ -652,23 +728,20 @@ impl StateStore {
         Ok(out)
     }
 
-    /// Records an SVID the CA issued to `node`.
+    /// Records an SVID the CA issues to `member.node` (a renewal; a join records it with
+    /// [`StateStore::redeem_invitation`]).
     pub fn record_member(
         &self,
-        node: NodeId,
-        mldsa_public_key: &[u8],
-        tls_point: &[u8],
+        member: &MemberRecord<'_>,
         now_unix: u64,
-        not_after_unix: u64,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO members (node_id, mldsa_public_key, tls_point, first_issued_at, last_issued_at, not_after)
-             VALUES (?1, ?2, ?3, ?4, ?4, ?5)
-             ON CONFLICT (node_id) DO UPDATE SET last_issued_at = excluded.last_issued_at,
-                 not_after = excluded.not_after",
-            params![node.to_string(), mldsa_public_key, tls_point, to_i64(now_unix), to_i64(not_after_unix)],
-        )?;
-        Ok(())
+        upsert_member(&self.conn, member, now_unix)
+    }
+
+    /// Whether the CA revoked `node` (on the CA node, whose `revoked_nodes` table is the source
+    /// of the signed lists).
+    pub fn is_revoked(&self, node: NodeId) -> Result<bool, StoreError> {
+        is_revoked(&self.conn, node)
     }
 
     /// Whether the CA issued an SVID to `node`.
@@ -1234,8 +1307,18 @@ mod tests {
         assert_eq!(store.meta("absent").unwrap(), None);
     }
 
+    /// A member row for `node` with placeholder keys (the store does not interpret them).
+    fn member(node: NodeId) -> MemberRecord<'static> {
+        MemberRecord {
+            node,
+            mldsa_public_key: &[7; 8],
+            tls_point: &[4; 65],
+            not_after_unix: NOW + 3600,
+        }
+    }
+
     #[test]
-    fn invitations_redeem_once() {
+    fn invitations_admit_one_node() {
         let (_tmp, dir) = state_dir();
         let mut store = StateStore::open(&dir).unwrap();
         let node = NodeId::from_bytes([1; 16]);
@@ -1246,33 +1329,32 @@ mod tests {
             store.add_invitation(id, &[0; 32], NOW, NOW + 600).is_err(),
             "IDs are unique"
         );
+        let mut redeem = |secret: &[u8; 32], id: &[u8; 16], node: NodeId, at: u64| {
+            store
+                .redeem_invitation(id, secret, &member(node), at)
+                .unwrap()
+        };
 
         assert_eq!(
-            store
-                .redeem_invitation(&id, &[0xbc; 32], node, NOW + 1)
-                .unwrap(),
+            redeem(&[0xbc; 32], &id, node, NOW + 1),
             Err(InvitationError::BadSecret)
         );
         assert_eq!(
-            store
-                .redeem_invitation(&[0xab; 16], &secret, node, NOW + 1)
-                .unwrap(),
+            redeem(&secret, &[0xab; 16], node, NOW + 1),
             Err(InvitationError::Unknown)
         );
+        assert_eq!(redeem(&secret, &id, node, NOW + 2), Ok(Redemption::First));
         assert_eq!(
-            store
-                .redeem_invitation(&id, &secret, node, NOW + 2)
-                .unwrap(),
-            Ok(())
-        );
-        assert_eq!(
-            store
-                .redeem_invitation(&id, &secret, other, NOW + 3)
-                .unwrap(),
+            redeem(&secret, &id, other, NOW + 3),
             Err(InvitationError::Used {
                 at: NOW + 2,
                 by: node.to_string()
             })
+        );
+        assert!(!store.is_member(other).unwrap());
+        assert!(
+            store.is_member(node).unwrap(),
+            "recorded with the redemption"
         );
         let listed = store.invitations().unwrap();
         assert_eq!(listed.len(), 1);
@@ -1280,6 +1362,64 @@ mod tests {
         assert_eq!(listed[0].expires_at, NOW + 600);
         assert_eq!(listed[0].used_at, Some(NOW + 2));
         assert_eq!(listed[0].used_by, Some(node.to_string()));
+    }
+
+    /// The CA redeemed the invitation but its answer never reached the joiner: the same node
+    /// asking again gets in, within the invitation's validity; nobody else does.
+    #[test]
+    fn the_same_node_may_redeem_again_while_the_invitation_is_valid() {
+        let (_tmp, dir) = state_dir();
+        let mut store = StateStore::open(&dir).unwrap();
+        let node = NodeId::from_bytes([1; 16]);
+        let (id, secret) = ([0xaa; 16], [0xbb; 32]);
+        store.add_invitation(id, &secret, NOW, NOW + 600).unwrap();
+        let mut redeem = |node: NodeId, secret: &[u8; 32], at: u64| {
+            store
+                .redeem_invitation(&id, secret, &member(node), at)
+                .unwrap()
+        };
+        assert_eq!(redeem(node, &secret, NOW + 1), Ok(Redemption::First));
+        assert_eq!(redeem(node, &secret, NOW + 5), Ok(Redemption::Repeated));
+        assert_eq!(
+            redeem(node, &[0xbc; 32], NOW + 6),
+            Err(InvitationError::BadSecret),
+            "the secret still has to match"
+        );
+        assert!(matches!(
+            redeem(NodeId::from_bytes([2; 16]), &secret, NOW + 7),
+            Err(InvitationError::Used { at, .. }) if at == NOW + 1
+        ));
+        assert_eq!(
+            redeem(node, &secret, NOW + 600),
+            Err(InvitationError::Expired(NOW + 600)),
+            "only within the invitation's validity"
+        );
+        let listed = store.invitations().unwrap();
+        assert_eq!(
+            listed[0].used_at,
+            Some(NOW + 1),
+            "first use is what is listed"
+        );
+    }
+
+    #[test]
+    fn revoked_nodes_cannot_redeem_and_leave_the_invitation_unused() {
+        let (_tmp, dir) = state_dir();
+        let mut store = StateStore::open(&dir).unwrap();
+        let node = NodeId::from_bytes([1; 16]);
+        store.revoke(&ca(), node, "test", NOW).unwrap().unwrap();
+        assert!(store.is_revoked(node).unwrap());
+        store
+            .add_invitation([1; 16], &[1; 32], NOW, NOW + 600)
+            .unwrap();
+        assert_eq!(
+            store
+                .redeem_invitation(&[1; 16], &[1; 32], &member(node), NOW + 1)
+                .unwrap(),
+            Err(InvitationError::NodeRevoked)
+        );
+        assert_eq!(store.invitations().unwrap()[0].used_at, None);
+        assert!(!store.is_member(node).unwrap());
     }
 
     #[test]
@@ -1292,15 +1432,15 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .redeem_invitation(&[1; 16], &[1; 32], node, NOW + 600)
+                .redeem_invitation(&[1; 16], &[1; 32], &member(node), NOW + 600)
                 .unwrap(),
             Err(InvitationError::Expired(NOW + 600))
         );
         assert_eq!(
             store
-                .redeem_invitation(&[1; 16], &[1; 32], node, NOW + 599)
+                .redeem_invitation(&[1; 16], &[1; 32], &member(node), NOW + 599)
                 .unwrap(),
-            Ok(()),
+            Ok(Redemption::First),
             "a refused redemption leaves the invitation usable"
         );
     }
@@ -1442,9 +1582,14 @@ mod tests {
         assert_eq!(listed[0].id, CRASH_ID);
         assert_eq!(
             store
-                .redeem_invitation(&CRASH_ID, &CRASH_SECRET, NodeId::from_bytes([1; 16]), NOW)
+                .redeem_invitation(
+                    &CRASH_ID,
+                    &CRASH_SECRET,
+                    &member(NodeId::from_bytes([1; 16])),
+                    NOW
+                )
                 .unwrap(),
-            Ok(())
+            Ok(Redemption::First)
         );
     }
 
