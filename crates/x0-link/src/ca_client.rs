@@ -245,15 +245,23 @@ pub async fn join(
 
     // 1. The CA node proves its ML-DSA key over this session. Nothing secret has been sent.
     let mut session = CaSession::open(conn.clone()).await?;
-    let proof = tokio::time::timeout(
+    let answer = tokio::time::timeout(
         ANSWER_TIMEOUT,
         session.ask(&ControlMessage::CaProofRequest, false),
     )
-    .await
-    .map_err(|_| "no proof within the time allowed".to_owned())
-    .and_then(|answer| answer.map_err(|e| failed(&conn, e).to_string()))
-    .and_then(|answer| verify_ca_proof(&server, token.ca_node, answer, &session.exporter));
-    if let Err(detail) = proof {
+    .await;
+    let answer = match answer {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => return Err(failed(&conn, e)),
+        Err(_) => {
+            session.close(close_code::PROTOCOL, b"no proof");
+            return Err(CaClientError::Protocol(
+                "the CA node did not prove itself in time; the invitation secret was not sent"
+                    .into(),
+            ));
+        }
+    };
+    if let Err(detail) = verify_ca_proof(&server, token.ca_node, answer, &session.exporter) {
         session.close(close_code::PROOF_OF_POSSESSION, b"not the CA node");
         return Err(CaClientError::NotTheCaNode { addr, detail });
     }
