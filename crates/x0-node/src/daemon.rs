@@ -41,8 +41,9 @@ use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tracing::{debug, error, info, warn};
-use x0_identity::authority::{accept_issued, handle_join, handle_renew, self_issue};
+use x0_identity::authority::{accept_issued, self_issue};
 use x0_identity::ca::CLOCK_SKEW_ALLOWANCE;
+use x0_identity::ca_service::{self, CaService};
 use x0_identity::proof::ProofRole;
 use x0_identity::svid::Role;
 use x0_identity::{MeshCa, MeshPrefix, NodeId, StateStore, TrustBundle, TrustDomain};
@@ -111,6 +112,9 @@ struct Shared {
     endpoint: LinkEndpoint,
     store: Arc<Mutex<StateStore>>,
     ca: Option<MeshCa>,
+    /// Joins and renewals on the CA node, on a store connection of their own (a join flood
+    /// never holds `store`, which routing and renewal take).
+    ca_service: Option<Arc<CaService>>,
     routing: Routing,
     dataplane: Arc<DataPlane>,
     ca_addr: Option<String>,
@@ -154,6 +158,11 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
     })?;
     refresh_ca_node_svid(&store)?;
     let ca = store.ca()?;
+    let ca_service = if ca.is_some() {
+        CaService::open(&config.state_dir, ca_service::DEFAULT_MAX_IN_FLIGHT)?
+    } else {
+        None
+    };
     let membership = store.membership()?.ok_or_else(|| {
         Exit::failure(
             "this node is not a member of any mesh yet: run `x0t join TOKEN` (or `x0t ca init` \
@@ -272,6 +281,7 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
         routing,
         dataplane,
         ca,
+        ca_service,
         ca_addr: membership.ca_addr.clone(),
         links: Mutex::new(HashMap::new()),
         trust_domain: td,
@@ -477,31 +487,26 @@ async fn serve_ca(shared: &Shared, req: CaRequest) {
             message: message.to_owned(),
         })
     };
-    let answer = match (&shared.ca, &req.request) {
-        (None, _) => refuse(
+    let answer = match &shared.ca_service {
+        None => refuse(
             RefusalCode::NotCa,
             "this node holds no CA key; joins and renewals go to the CA node",
         ),
-        (Some(ca), ControlMessage::JoinRequest(j)) => {
-            let mut store = lock(&shared.store);
-            handle_join(&mut store, ca, j, &req.exporter, now()).unwrap_or_else(|e| {
-                error!("join failed in the CA store: {e}");
-                refuse(RefusalCode::Internal, "CA storage error")
-            })
-        }
-        (Some(ca), ControlMessage::RenewRequest(r)) => {
-            let store = lock(&shared.store);
-            handle_renew(&store, ca, req.peer.as_ref(), r, &req.exporter, now()).unwrap_or_else(
-                |e| {
-                    error!("renewal failed in the CA store: {e}");
-                    refuse(RefusalCode::Internal, "CA storage error")
-                },
-            )
-        }
-        (Some(_), other) => refuse(
-            RefusalCode::Internal,
-            &format!("unexpected request {} on the CA service", other.name()),
-        ),
+        Some(service) => match service.admit() {
+            None => CaService::busy(),
+            Some(permit) => {
+                let (request, peer, exporter) =
+                    (req.request.clone(), req.peer.clone(), req.exporter);
+                tokio::task::spawn_blocking(move || {
+                    permit.handle(&request, peer.as_ref(), &exporter, now())
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    error!("CA request handler failed: {e}");
+                    refuse(RefusalCode::Internal, "CA request handler failed")
+                })
+            }
+        },
     };
     if let Err(e) = req.respond(&answer).await {
         debug!("CA answer not delivered: {e}");

@@ -47,8 +47,10 @@ impl Exit {
 impl From<StoreError> for Exit {
     fn from(e: StoreError) -> Self {
         let code = match &e {
-            StoreError::InsecurePermissions { .. } => NO_PERM,
-            StoreError::Missing(..) => NO_INPUT,
+            StoreError::InsecurePermissions { .. }
+            | StoreError::WrongOwner { .. }
+            | StoreError::NotRegularFile(..) => NO_PERM,
+            StoreError::Missing(..) | StoreError::NoNodeIdentity(..) => NO_INPUT,
             StoreError::Corrupt { .. } | StoreError::NewerSchema { .. } => DATA,
             _ => FAILURE,
         };

@@ -204,7 +204,7 @@ pub enum CaCommand {
 
 #[derive(Debug, Args)]
 pub struct JoinArgs {
-    /// Invitation token (`x0t1.…`), or `-` to read it from stdin.
+    /// Invitation token (`x0t2.…`), or `-` to read it from stdin.
     pub token: String,
     #[command(flatten)]
     pub state: StateDirArg,

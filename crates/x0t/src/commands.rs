@@ -515,6 +515,11 @@ fn join_error(token: &InvitationToken, e: CaClientError) -> Exit {
             RefusalCode::UnknownInvitation => {
                 "the CA does not know this invitation (wrong mesh, or the CA was re-created)".into()
             }
+            RefusalCode::Busy => format!(
+                "the CA node is busy with other joins; nothing was used up, try again in a few \
+                 seconds ({})",
+                r.message
+            ),
             _ => format!("the CA refused to admit this node: {}", r.message),
         },
         CaClientError::Link {

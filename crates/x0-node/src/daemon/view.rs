@@ -422,6 +422,54 @@ impl Collector for NodeCollector {
             None,
             get(&m.control_messages_malformed),
         )?;
+        // The CA service (the CA node only).
+        if let Some(ca) = &shared.ca_service {
+            let st = ca.stats();
+            encode_counters(
+                e,
+                "ca_joins",
+                "Joins answered with an SVID by this CA node (repeated: the node had redeemed its invitation before and its first answer was lost)",
+                None,
+                [
+                    (vec![("result", "issued".to_owned())], get(&st.joins_issued)),
+                    (
+                        vec![("result", "repeated".to_owned())],
+                        get(&st.joins_repeated),
+                    ),
+                ],
+            )?;
+            encode_counter(
+                e,
+                "ca_renewals",
+                "SVID renewals answered with an SVID by this CA node",
+                None,
+                get(&st.renewals_issued),
+            )?;
+            encode_counters(
+                e,
+                "ca_requests_refused",
+                "Join and renewal requests refused by this CA node, by reason (refused: bad proof, invitation, revoked; busy: too many in flight)",
+                None,
+                [
+                    (vec![("reason", "refused".to_owned())], get(&st.refused)),
+                    (vec![("reason", "busy".to_owned())], get(&st.refused_busy)),
+                ],
+            )?;
+            encode_counter(
+                e,
+                "ca_requests_failed",
+                "Join and renewal requests that failed in the CA store or in signing",
+                None,
+                get(&st.failed),
+            )?;
+            encode_gauge(
+                e,
+                "ca_requests_in_flight",
+                "Join and renewal requests being handled by this CA node",
+                None,
+                ca.in_flight() as f64,
+            )?;
+        }
         // Per link: the link table, measured by the routing sessions.
         let status = shared.routing.status();
         let linked: Vec<NodeId> = lock(&shared.links).keys().copied().collect();
