@@ -15,8 +15,10 @@
 //! Our own advert is re-originated at once (at most every `min_originate_interval`) when a link
 //! comes up or goes down, a link's quality class changes or its cost changes by more than
 //! `significant_cost_change`; smaller cost changes wait for the periodic refresh. If a neighbour
-//! sends us an advert of ours with a higher sequence number (from before a reboot), we jump past
-//! it and re-originate.
+//! sends us a validly signed advert of ours with a higher sequence number (from before a
+//! reboot), we jump past it and re-originate, within the same rate limit; one whose signature
+//! does not verify changes nothing. Sequence numbers never wrap: at `u64::MAX` origination stops
+//! ([`RouterEvent::SequenceExhausted`]).
 //!
 //! Routes: computed lazily, on the first query at least `spf_delay` after a topology change
 //! (coalescing bursts; a router nobody asks for routes never runs SPF), over the links both ends
@@ -95,6 +97,11 @@ pub enum RouterEvent {
     },
     /// The routing table was recomputed after a topology change.
     RoutesRecomputed,
+    /// Our advert sequence number reached `u64::MAX`: we cannot advertise any change of our
+    /// links any more. Reported once. Only an advert signed with our own key can get us there
+    /// (the key leaked, or the persisted number was edited); the way out is in
+    /// `docs/routing.md` ("Sequence numbers").
+    SequenceExhausted,
 }
 
 /// A forwarding decision.
@@ -187,6 +194,8 @@ pub struct Router {
     me: NodeId,
     auth: Box<dyn AdvertAuth + Send>,
     seq: u64,
+    /// Whether [`RouterEvent::SequenceExhausted`] was reported.
+    seq_exhausted: bool,
     links: BTreeMap<LinkId, Neighbor>,
     by_neighbor: BTreeMap<NodeId, LinkId>,
     lsdb: Lsdb,
@@ -241,6 +250,7 @@ impl Router {
             me,
             auth,
             seq: last_seq,
+            seq_exhausted: false,
             links: BTreeMap::new(),
             by_neighbor: BTreeMap::new(),
             lsdb: Lsdb::new(),
@@ -940,7 +950,17 @@ impl Router {
         self.originate_wanted = false;
         self.next_originate_allowed = now + self.cfg.min_originate_interval;
         self.refresh_at = now + self.cfg.advert_refresh;
-        self.seq += 1;
+        let Some(seq) = self.seq.checked_add(1) else {
+            // The sequence space is used up: nothing we could sign would supersede our last
+            // advert. Refuse (never wrap), say so once, and keep routing on what we have.
+            self.stats.own_seq_exhausted += 1;
+            if !self.seq_exhausted {
+                self.seq_exhausted = true;
+                self.events.push_back(RouterEvent::SequenceExhausted);
+            }
+            return;
+        };
+        self.seq = seq;
         let mut links: Vec<AdvertisedLink> = Vec::with_capacity(self.links.len());
         for n in self.links.values_mut() {
             let neighbor = n.session.neighbor();
@@ -1021,17 +1041,7 @@ impl Router {
             acknowledge(n, &origin, seq);
         }
         if origin == self.me {
-            let ours_differs = self
-                .lsdb
-                .get(&self.me)
-                .is_none_or(|e| e.stored.advert != advert);
-            if seq > self.seq || (seq == self.seq && ours_differs) {
-                // Ours from before a restart: jump past it and re-advertise the present.
-                self.seq = seq;
-                self.originate_wanted = true;
-                self.next_originate_allowed = now;
-                self.stats.own_seq_recovered += 1;
-            }
+            self.on_own_advert(&advert, seq);
             return;
         }
         if self.lsdb.seq_of(&origin).is_some_and(|ours| ours > seq) {
@@ -1080,6 +1090,40 @@ impl Router {
                 schedule_send(n, origin, seq, now);
             }
         }
+    }
+
+    /// An advert claiming to be ours. A copy of what we hold, or older, is only acknowledged.
+    /// A newer one (a higher number, or our current number with other contents) is ours from
+    /// before a restart *if its signature verifies*: we jump past it, within the origination
+    /// rate limit. Anything else is a forgery and changes nothing: without the check, a
+    /// neighbour could make us re-sign and flood at will, or push our number to `u64::MAX`.
+    fn on_own_advert(&mut self, advert: &Advert, seq: u64) {
+        let newer = seq > self.seq
+            || (seq == self.seq
+                && self
+                    .lsdb
+                    .get(&self.me)
+                    .is_some_and(|e| e.body().seq == seq && e.stored.advert != *advert));
+        if !newer {
+            return;
+        }
+        let me = self.me;
+        match self
+            .auth
+            .verify(&me, &advert.body, &advert.origin_key, &advert.signature)
+        {
+            Verdict::Valid => {}
+            _ => {
+                self.stats.rejected_own_forged += 1;
+                return;
+            }
+        }
+        // Ours from before a restart: the next advert goes past it. `next_originate_allowed`
+        // is left alone, so that replays cannot make us originate faster than
+        // `min_originate_interval`.
+        self.seq = self.seq.max(seq);
+        self.originate_wanted = true;
+        self.stats.own_seq_recovered += 1;
     }
 
     fn flush_floods(&mut self, now: Instant) {

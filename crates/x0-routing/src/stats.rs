@@ -37,8 +37,15 @@ pub struct RouterStats {
     pub rejected_bad_signature: u64,
     /// Adverts from origins we cannot authenticate (dropped).
     pub rejected_unknown_origin: u64,
-    /// Times a neighbour showed us our own advert with a higher sequence number.
+    /// Times a neighbour showed us a validly signed advert of our own with a higher sequence
+    /// number (or the same number and other contents): we jump past it.
     pub own_seq_recovered: u64,
+    /// Adverts claiming to be our own whose signature does not verify (dropped; they change
+    /// nothing).
+    pub rejected_own_forged: u64,
+    /// Originations refused because our sequence number reached `u64::MAX` (see
+    /// [`crate::RouterEvent::SequenceExhausted`]).
+    pub own_seq_exhausted: u64,
     /// Neighbours declared down after silence.
     pub neighbors_down_silent: u64,
     /// Neighbours whose link the caller reported down.
