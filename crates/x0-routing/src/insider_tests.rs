@@ -1,12 +1,14 @@
 //! Attacks by a member of the mesh, or by whoever controls a neighbour (issue 12): one router
 //! fed by hand-made neighbours, in virtual time.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use x0_wire::NodeId;
 use x0_wire::routing::{AdvertisedLink, Probe, RoutingMessage};
 
-use crate::auth::{AdvertAuth, InsecureDigestAuth};
+use crate::auth::{AdvertAuth, InsecureDigestAuth, Verdict};
 use crate::config::RouterConfig;
 use crate::router::{LinkId, Router, RouterEvent};
 use crate::time::Instant;
@@ -259,4 +261,154 @@ fn a_neighbour_cannot_make_us_originate_faster_than_min_originate_interval() {
         made <= bound,
         "{made} adverts originated in 1 s; min_originate_interval allows {bound}"
     );
+}
+
+// ---- item 4: signature verification at a limited rate --------------------------------------
+
+/// Counts the verifications it performs.
+struct CountingAuth {
+    inner: InsecureDigestAuth,
+    count: Arc<AtomicU64>,
+}
+
+impl AdvertAuth for CountingAuth {
+    fn sign(&mut self, body: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        self.inner.sign(body)
+    }
+
+    fn verify(&mut self, origin: &NodeId, body: &[u8], key: &[u8], signature: &[u8]) -> Verdict {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.inner.verify(origin, body, key, signature)
+    }
+}
+
+/// What one verification costs the routing task (ML-DSA-65 and an SVID chain, on a slow core).
+const VERIFY_COST: Duration = Duration::from_micros(100);
+
+/// Neighbour 2 sends `per_ms` adverts made by `make` every millisecond for `d`, while both
+/// neighbours probe every 100 ms. The router is one task that spends [`VERIFY_COST`] on each
+/// signature verification and handles datagrams in arrival order, each as soon as it is free
+/// (one queue, as in a shell without priorities). Returns the bench and the verifications.
+fn flood_while_probing(per_ms: u64, d: Duration, make: impl Fn(u64) -> Vec<u8>) -> (Bench, u64) {
+    let count = Arc::new(AtomicU64::new(0));
+    let auth = CountingAuth {
+        inner: InsecureDigestAuth::new(id(1), MESH_KEY),
+        count: count.clone(),
+    };
+    let mut b = Bench::new(RouterConfig::default(), 0, Box::new(auth));
+    b.connect(2);
+    b.connect(3);
+    b.run_for(Duration::from_millis(500));
+    let before = count.load(Ordering::Relaxed);
+    let start = b.now;
+    let mut busy = b.now;
+    let mut i = 0;
+    let ms_total = u64::try_from(d.as_millis()).unwrap();
+    for ms in 1..=ms_total {
+        let arrival = start + Duration::from_millis(ms);
+        let mut batch: Vec<(LinkId, Option<Vec<u8>>)> = Vec::new();
+        for _ in 0..per_ms {
+            batch.push((2, Some(make(i))));
+            i += 1;
+        }
+        if ms % 100 == 0 {
+            batch.push((3, None));
+            batch.push((2, None));
+        }
+        for (link, bytes) in batch {
+            b.now = arrival.max(busy);
+            if b.router.poll_timeout().is_some_and(|t| t <= b.now) {
+                b.router.handle_timeout(b.now);
+                b.drain();
+            }
+            let n = count.load(Ordering::Relaxed);
+            match bytes {
+                Some(bytes) => b.deliver(link, &bytes),
+                None => b.probe_from(link),
+            }
+            busy = b.now + VERIFY_COST * u32::try_from(count.load(Ordering::Relaxed) - n).unwrap();
+        }
+    }
+    let verifications = count.load(Ordering::Relaxed) - before;
+    (b, verifications)
+}
+
+#[test]
+fn a_flood_of_badly_signed_adverts_is_verified_within_budget_and_probes_keep_links_up() {
+    // 40 adverts per millisecond, each with a higher number and a bad signature: unchecked,
+    // 4 ms of verification per millisecond, and probes wait behind them.
+    let (b, verifications) = flood_while_probing(40, Duration::from_secs(1), |i| {
+        advert(id(9), 1000 + i, &[id(2)], MESH_KEY + 1)
+    });
+    assert_eq!(b.neighbors_down(), 0, "both neighbours stay up");
+    let cfg = RouterConfig::default();
+    // Each bad signature costs its sender `bad_signature_penalty` more tokens.
+    let per_bad = f64::from(cfg.bad_signature_penalty + 1);
+    let bound = ((f64::from(cfg.verify_burst) + f64::from(cfg.verify_rate_per_s)) / per_bad).ceil()
+        as u64
+        + 1;
+    assert!(
+        verifications <= bound,
+        "{verifications} verifications; the budget with penalties allows {bound}"
+    );
+    let s = b.router.stats();
+    assert_eq!(s.signature_verifications, verifications);
+    assert_eq!(s.neighbor_penalties, verifications);
+    assert_eq!(s.rejected_bad_signature, verifications);
+    assert_eq!(s.adverts_deferred, 40_000 - verifications);
+    assert_eq!(b.router.lsdb().seq_of(&id(9)), None);
+}
+
+#[test]
+fn a_flood_of_validly_signed_newer_adverts_is_verified_within_budget() {
+    // An insider re-signing its own advert with ever higher numbers (here: anyone with the
+    // simulation's key).
+    let (b, verifications) = flood_while_probing(40, Duration::from_secs(1), |i| {
+        advert(id(9), 1000 + i, &[id(2)], MESH_KEY)
+    });
+    assert_eq!(b.neighbors_down(), 0, "both neighbours stay up");
+    let cfg = RouterConfig::default();
+    let bound = u64::from(cfg.verify_burst) + u64::from(cfg.verify_rate_per_s) + 1;
+    assert!(
+        verifications <= bound,
+        "{verifications} verifications; the budget allows {bound}"
+    );
+    let s = b.router.stats();
+    assert_eq!(
+        s.neighbor_penalties, 0,
+        "valid signatures are not penalised"
+    );
+    assert_eq!(s.adverts_deferred, 40_000 - verifications);
+    assert!(b.router.lsdb().seq_of(&id(9)).is_some());
+}
+
+#[test]
+fn a_deferred_advert_is_not_acknowledged_so_the_sender_retransmits_it() {
+    let cfg = RouterConfig {
+        verify_burst: 1,
+        verify_rate_per_s: 1,
+        ..RouterConfig::default()
+    };
+    let mut b = Bench::new(cfg, 0, Box::new(InsecureDigestAuth::new(id(1), MESH_KEY)));
+    b.connect(2);
+    b.run_for(Duration::from_millis(200));
+    b.sent.clear();
+    let acked = |b: &Bench, origin: NodeId, seq: u64| {
+        b.sent.iter().any(|(_, bytes)| {
+            matches!(RoutingMessage::decode(bytes), Ok(RoutingMessage::AdvertAck(a))
+                if a.contains(&(origin, seq)))
+        })
+    };
+    b.deliver(2, &advert(id(8), 5, &[id(2)], MESH_KEY));
+    b.deliver(2, &advert(id(9), 5, &[id(2)], MESH_KEY));
+    assert_eq!(b.router.lsdb().seq_of(&id(8)), Some(5));
+    assert!(acked(&b, id(8), 5));
+    assert_eq!(b.router.lsdb().seq_of(&id(9)), None, "over budget");
+    assert!(!acked(&b, id(9), 5), "so not acknowledged");
+    assert_eq!(b.router.stats().adverts_deferred, 1);
+    // The retransmission a second later finds budget again.
+    b.run_for(Duration::from_secs(1));
+    b.deliver(2, &advert(id(9), 5, &[id(2)], MESH_KEY));
+    assert_eq!(b.router.lsdb().seq_of(&id(9)), Some(5));
+    assert!(acked(&b, id(9), 5));
 }

@@ -135,6 +135,10 @@ struct Neighbor {
     acks: Vec<(NodeId, u64)>,
     tokens: f64,
     refilled: Instant,
+    /// Signature verifications this neighbour may still cause (refilled at
+    /// `verify_rate_per_s`; negative after bad signatures).
+    verify_tokens: f64,
+    verify_refilled: Instant,
     advertised_cost: u32,
     advertised_class: QualityClass,
     /// When a cost-only change may next trigger an advert.
@@ -1034,24 +1038,27 @@ impl Router {
         self.stats.adverts_received += 1;
         let origin = body.origin;
         let seq = body.seq;
-        // Always acknowledge what we were sent, so the sender stops retransmitting.
         if let Some(n) = self.links.get_mut(&link) {
-            n.acks.push((origin, seq));
             // Implicit ack: the neighbour already has this version.
             acknowledge(n, &origin, seq);
         }
         if origin == self.me {
-            self.on_own_advert(&advert, seq);
+            if self.on_own_advert(now, link, &advert, seq) {
+                self.ack(link, origin, seq);
+            }
             return;
         }
         if self.lsdb.seq_of(&origin).is_some_and(|ours| ours > seq) {
+            self.ack(link, origin, seq);
             self.old_advert_counted(now, link, origin, seq);
             return;
         }
-        match self
-            .auth
-            .verify(&origin, &advert.body, &advert.origin_key, &advert.signature)
-        {
+        let Some(verdict) = self.verify_from(now, link, &origin, &advert) else {
+            return; // over the sender's budget: it retransmits
+        };
+        // Acknowledge what is settled, so the sender stops retransmitting it.
+        self.ack(link, origin, seq);
+        match verdict {
             Verdict::Valid => {}
             Verdict::BadSignature => {
                 self.stats.rejected_bad_signature += 1;
@@ -1097,7 +1104,10 @@ impl Router {
     /// before a restart *if its signature verifies*: we jump past it, within the origination
     /// rate limit. Anything else is a forgery and changes nothing: without the check, a
     /// neighbour could make us re-sign and flood at will, or push our number to `u64::MAX`.
-    fn on_own_advert(&mut self, advert: &Advert, seq: u64) {
+    ///
+    /// Returns whether the advert is settled (to be acknowledged): false when verifying it was
+    /// over the sender's budget.
+    fn on_own_advert(&mut self, now: Instant, link: LinkId, advert: &Advert, seq: u64) -> bool {
         let newer = seq > self.seq
             || (seq == self.seq
                 && self
@@ -1105,17 +1115,20 @@ impl Router {
                     .get(&self.me)
                     .is_some_and(|e| e.body().seq == seq && e.stored.advert != *advert));
         if !newer {
-            return;
+            return true;
         }
         let me = self.me;
-        match self
-            .auth
-            .verify(&me, &advert.body, &advert.origin_key, &advert.signature)
-        {
-            Verdict::Valid => {}
-            _ => {
+        match self.verify_from(now, link, &me, advert) {
+            None => return false,
+            Some(Verdict::Valid) => {}
+            Some(verdict) => {
                 self.stats.rejected_own_forged += 1;
-                return;
+                if verdict != Verdict::BadSignature {
+                    // Nobody but us signs our adverts: whatever the reason, it is a forgery
+                    // (a bad signature was charged already).
+                    self.penalise(link);
+                }
+                return true;
             }
         }
         // Ours from before a restart: the next advert goes past it. `next_originate_allowed`
@@ -1124,6 +1137,56 @@ impl Router {
         self.seq = self.seq.max(seq);
         self.originate_wanted = true;
         self.stats.own_seq_recovered += 1;
+        true
+    }
+
+    /// Verifies `advert` by `origin`, received on `link`, within that neighbour's budget of
+    /// verifications: `None` (and counted as deferred) when the budget is spent. A bad
+    /// signature costs the neighbour `bad_signature_penalty` more tokens.
+    fn verify_from(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        origin: &NodeId,
+        advert: &Advert,
+    ) -> Option<Verdict> {
+        let n = self.links.get_mut(&link)?;
+        let rate = f64::from(self.cfg.verify_rate_per_s);
+        let burst = f64::from(self.cfg.verify_burst);
+        let elapsed = now.saturating_since(n.verify_refilled).as_secs_f64();
+        n.verify_tokens = (n.verify_tokens + elapsed * rate).min(burst);
+        n.verify_refilled = now;
+        if n.verify_tokens < 1.0 {
+            self.stats.adverts_deferred += 1;
+            return None;
+        }
+        n.verify_tokens -= 1.0;
+        self.stats.signature_verifications += 1;
+        let verdict = self
+            .auth
+            .verify(origin, &advert.body, &advert.origin_key, &advert.signature);
+        if verdict == Verdict::BadSignature {
+            self.penalise(link);
+        }
+        Some(verdict)
+    }
+
+    /// Charges a neighbour that sent a bad signature: its verification budget shrinks (down to
+    /// `-verify_burst`, so that its adverts are ignored for a while).
+    fn penalise(&mut self, link: LinkId) {
+        if let Some(n) = self.links.get_mut(&link) {
+            let floor = -f64::from(self.cfg.verify_burst);
+            n.verify_tokens =
+                (n.verify_tokens - f64::from(self.cfg.bad_signature_penalty)).max(floor);
+            self.stats.neighbor_penalties += 1;
+        }
+    }
+
+    /// Queues an acknowledgement of `(origin, seq)` to the neighbour on `link`.
+    fn ack(&mut self, link: LinkId, origin: NodeId, seq: u64) {
+        if let Some(n) = self.links.get_mut(&link) {
+            n.acks.push((origin, seq));
+        }
     }
 
     fn flush_floods(&mut self, now: Instant) {
@@ -1277,6 +1340,8 @@ fn new_neighbor(cfg: &RouterConfig, neighbor: NodeId, now: Instant) -> Neighbor 
         acks: Vec::new(),
         tokens: f64::from(cfg.flood_rate_per_s),
         refilled: now,
+        verify_tokens: f64::from(cfg.verify_burst),
+        verify_refilled: now,
         advertised_cost: UNMEASURED_COST,
         advertised_class: QualityClass::Bad,
         cost_change_allowed: now,

@@ -35,6 +35,13 @@ pub struct RouterStats {
     pub rejected_stale: u64,
     /// Adverts whose signature does not verify (dropped).
     pub rejected_bad_signature: u64,
+    /// Signature verifications performed (each within its sender's budget).
+    pub signature_verifications: u64,
+    /// Adverts dropped unacknowledged because their sender's verification budget was spent
+    /// (`verify_rate_per_s`); the sender retransmits them.
+    pub adverts_deferred: u64,
+    /// Bad signatures charged to the neighbour that sent them (`bad_signature_penalty`).
+    pub neighbor_penalties: u64,
     /// Adverts from origins we cannot authenticate (dropped).
     pub rejected_unknown_origin: u64,
     /// Times a neighbour showed us a validly signed advert of our own with a higher sequence
