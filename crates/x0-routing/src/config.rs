@@ -49,6 +49,10 @@ pub struct RouterConfig {
     /// signatures has its adverts ignored for a while. Honest neighbours forward only adverts
     /// they verified, so they never pay it. Default 100.
     pub bad_signature_penalty: u32,
+    /// Most origins the link-state database holds (ours included). Adverts of new origins
+    /// beyond it are refused (`rejected_lsdb_full`). Default 16,384: above the largest mesh we
+    /// simulate (10,000), and ~100 MB of ML-DSA-signed adverts at worst.
+    pub max_origins: usize,
     /// Delay between a topology change and the SPF run that follows (coalesces bursts; fast
     /// reroute covers local failures meanwhile). Default 10 ms.
     pub spf_delay: Duration,
@@ -77,6 +81,7 @@ impl Default for RouterConfig {
             verify_rate_per_s: 1000,
             verify_burst: 2000,
             bad_signature_penalty: 100,
+            max_origins: 16_384,
             spf_delay: Duration::from_millis(10),
             k_paths: 2,
             frr_hold: Duration::from_secs(2),
@@ -113,6 +118,9 @@ impl RouterConfig {
         }
         if self.verify_rate_per_s == 0 || self.verify_burst == 0 {
             return err("verify_rate_per_s and verify_burst must be positive");
+        }
+        if self.max_origins == 0 {
+            return err("max_origins must be at least 1");
         }
         if self.k_paths == 0 {
             return err("k_paths must be at least 1");

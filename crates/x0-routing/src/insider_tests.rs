@@ -1,8 +1,9 @@
 //! Attacks by a member of the mesh, or by whoever controls a neighbour (issue 12): one router
 //! fed by hand-made neighbours, in virtual time.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use x0_wire::NodeId;
@@ -411,4 +412,129 @@ fn a_deferred_advert_is_not_acknowledged_so_the_sender_retransmits_it() {
     b.deliver(2, &advert(id(9), 5, &[id(2)], MESH_KEY));
     assert_eq!(b.router.lsdb().seq_of(&id(9)), Some(5));
     assert!(acked(&b, id(9), 5));
+}
+
+// ---- item 2: origins bound to admitted members ---------------------------------------------
+
+/// Who the test's mesh CA admitted and revoked.
+#[derive(Default)]
+struct Admission {
+    admitted: BTreeSet<NodeId>,
+    revoked: BTreeSet<NodeId>,
+    generation: u64,
+}
+
+/// The digest check plus admission, as the daemon's verifier does it with SVIDs.
+struct AdmittingAuth {
+    inner: InsecureDigestAuth,
+    admission: Arc<Mutex<Admission>>,
+}
+
+impl AdvertAuth for AdmittingAuth {
+    fn sign(&mut self, body: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        self.inner.sign(body)
+    }
+
+    fn verify(&mut self, origin: &NodeId, body: &[u8], key: &[u8], signature: &[u8]) -> Verdict {
+        let a = self.admission.lock().unwrap();
+        if a.revoked.contains(origin) {
+            Verdict::Revoked
+        } else if !a.admitted.contains(origin) {
+            Verdict::NotAdmitted
+        } else {
+            self.inner.verify(origin, body, key, signature)
+        }
+    }
+
+    fn admission_generation(&self) -> u64 {
+        self.admission.lock().unwrap().generation
+    }
+
+    fn admits(&mut self, origin: &NodeId) -> bool {
+        !self.admission.lock().unwrap().revoked.contains(origin)
+    }
+}
+
+/// A converged bench whose verifier admits nodes 1 to `admitted`.
+fn admitting_bench(cfg: RouterConfig, admitted: u8) -> (Bench, Arc<Mutex<Admission>>) {
+    let admission = Arc::new(Mutex::new(Admission {
+        admitted: (1..=admitted).map(id).collect(),
+        ..Admission::default()
+    }));
+    let auth = AdmittingAuth {
+        inner: InsecureDigestAuth::new(id(1), MESH_KEY),
+        admission: admission.clone(),
+    };
+    let mut b = Bench::new(cfg, 0, Box::new(auth));
+    b.connect(2);
+    b.connect(3);
+    b.run_for(Duration::from_millis(500));
+    (b, admission)
+}
+
+#[test]
+fn an_insider_cannot_mint_origins() {
+    let (mut b, _) = admitting_bench(RouterConfig::default(), 10);
+    // Validly signed adverts of 50 origins the CA never admitted.
+    for n in 100..150 {
+        b.deliver(2, &advert(id(n), 1, &[id(2)], MESH_KEY));
+    }
+    assert!((100..150).all(|n| b.router.lsdb().seq_of(&id(n)).is_none()));
+    assert_eq!(b.router.lsdb().len(), 1, "only our own advert");
+    let s = b.router.stats().clone();
+    assert!(s.rejected_not_admitted >= 1);
+    assert_eq!(s.rejected_not_admitted + s.adverts_deferred, 50);
+    assert_eq!(
+        s.neighbor_penalties, s.rejected_not_admitted,
+        "minting is penalised"
+    );
+    // The penalty wears off: an admitted origin's advert gets through again later.
+    b.run_for(Duration::from_secs(3));
+    b.deliver(2, &advert(id(5), 1, &[id(2)], MESH_KEY));
+    assert_eq!(b.router.lsdb().seq_of(&id(5)), Some(1));
+}
+
+#[test]
+fn the_database_holds_at_most_max_origins() {
+    let cfg = RouterConfig {
+        max_origins: 4,
+        ..RouterConfig::default()
+    };
+    let (mut b, _) = admitting_bench(cfg, 20);
+    for n in 4..11 {
+        b.deliver(2, &advert(id(n), 1, &[id(2)], MESH_KEY));
+    }
+    assert_eq!(b.router.lsdb().len(), 4, "ours and three others");
+    assert_eq!(b.router.stats().rejected_lsdb_full, 4);
+    assert_eq!(b.router.stats().neighbor_penalties, 0);
+    // Known origins still get their new versions.
+    b.deliver(2, &advert(id(4), 2, &[id(2)], MESH_KEY));
+    assert_eq!(b.router.lsdb().seq_of(&id(4)), Some(2));
+}
+
+#[test]
+fn a_revoked_origin_is_purged_and_its_adverts_refused_without_penalty() {
+    let (mut b, admission) = admitting_bench(RouterConfig::default(), 10);
+    for n in [4, 5] {
+        b.deliver(2, &advert(id(n), 1, &[id(2)], MESH_KEY));
+    }
+    assert_eq!(b.router.lsdb().len(), 3);
+    {
+        let mut a = admission.lock().unwrap();
+        a.revoked.insert(id(4));
+        a.generation += 1;
+    }
+    b.run_for(Duration::from_millis(100));
+    assert_eq!(b.router.lsdb().seq_of(&id(4)), None, "purged");
+    assert_eq!(b.router.lsdb().seq_of(&id(5)), Some(1), "kept");
+    assert_eq!(b.router.stats().origins_purged, 1);
+    // A neighbour that has not heard of the revocation yet forwards a newer version.
+    b.deliver(2, &advert(id(4), 2, &[id(2)], MESH_KEY));
+    assert_eq!(b.router.lsdb().seq_of(&id(4)), None);
+    assert_eq!(b.router.stats().rejected_revoked, 1);
+    assert_eq!(
+        b.router.stats().neighbor_penalties,
+        0,
+        "not the sender's fault"
+    );
 }

@@ -200,6 +200,8 @@ pub struct Router {
     seq: u64,
     /// Whether [`RouterEvent::SequenceExhausted`] was reported.
     seq_exhausted: bool,
+    /// The verifier's admission generation our database was last checked against.
+    admission_seen: u64,
     links: BTreeMap<LinkId, Neighbor>,
     by_neighbor: BTreeMap<NodeId, LinkId>,
     lsdb: Lsdb,
@@ -249,9 +251,11 @@ impl Router {
         now: Instant,
     ) -> Self {
         let refresh_at = now + cfg.advert_refresh;
+        let admission_seen = auth.admission_generation();
         Self {
             cfg,
             me,
+            admission_seen,
             auth,
             seq: last_seq,
             seq_exhausted: false,
@@ -530,8 +534,43 @@ impl Router {
         self.next_timeout = self.compute_timeout();
     }
 
+    /// Drops the adverts of origins that lost their admission, if the verifier says the
+    /// admitted set may have shrunk ([`AdvertAuth::admission_generation`]). Runs at every
+    /// [`Router::handle_timeout`]; a shell that just applied a revocation list may call it for
+    /// an immediate effect.
+    pub fn recheck_admission(&mut self, now: Instant) {
+        self.purge_unadmitted(now);
+        self.run(now);
+        self.next_timeout = self.compute_timeout();
+    }
+
+    fn purge_unadmitted(&mut self, now: Instant) {
+        let generation = self.auth.admission_generation();
+        if generation == self.admission_seen {
+            return;
+        }
+        self.admission_seen = generation;
+        let origins: Vec<NodeId> = self
+            .lsdb
+            .iter()
+            .map(|(o, _)| *o)
+            .filter(|o| *o != self.me)
+            .collect();
+        let mut purged = false;
+        for origin in origins {
+            if !self.auth.admits(&origin) && self.lsdb.remove(&origin) {
+                self.stats.origins_purged += 1;
+                purged = true;
+            }
+        }
+        if purged {
+            self.topology_changed(now);
+        }
+    }
+
     /// Runs everything due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.purge_unadmitted(now);
         // Silent neighbours.
         let dead: Vec<LinkId> = self
             .links
@@ -1053,6 +1092,11 @@ impl Router {
             self.old_advert_counted(now, link, origin, seq);
             return;
         }
+        if self.lsdb.get(&origin).is_none() && self.lsdb.len() >= self.cfg.max_origins {
+            self.ack(link, origin, seq);
+            self.stats.rejected_lsdb_full += 1;
+            return;
+        }
         let Some(verdict) = self.verify_from(now, link, &origin, &advert) else {
             return; // over the sender's budget: it retransmits
         };
@@ -1066,6 +1110,14 @@ impl Router {
             }
             Verdict::UnknownOrigin => {
                 self.stats.rejected_unknown_origin += 1;
+                return;
+            }
+            Verdict::NotAdmitted => {
+                self.stats.rejected_not_admitted += 1;
+                return;
+            }
+            Verdict::Revoked => {
+                self.stats.rejected_revoked += 1;
                 return;
             }
         }
@@ -1121,13 +1173,8 @@ impl Router {
         match self.verify_from(now, link, &me, advert) {
             None => return false,
             Some(Verdict::Valid) => {}
-            Some(verdict) => {
+            Some(_) => {
                 self.stats.rejected_own_forged += 1;
-                if verdict != Verdict::BadSignature {
-                    // Nobody but us signs our adverts: whatever the reason, it is a forgery
-                    // (a bad signature was charged already).
-                    self.penalise(link);
-                }
                 return true;
             }
         }
@@ -1141,8 +1188,9 @@ impl Router {
     }
 
     /// Verifies `advert` by `origin`, received on `link`, within that neighbour's budget of
-    /// verifications: `None` (and counted as deferred) when the budget is spent. A bad
-    /// signature costs the neighbour `bad_signature_penalty` more tokens.
+    /// verifications: `None` (and counted as deferred) when the budget is spent. A forgery (a
+    /// bad signature, or an origin the mesh CA never admitted) costs the neighbour
+    /// `bad_signature_penalty` more tokens.
     fn verify_from(
         &mut self,
         now: Instant,
@@ -1165,7 +1213,7 @@ impl Router {
         let verdict = self
             .auth
             .verify(origin, &advert.body, &advert.origin_key, &advert.signature);
-        if verdict == Verdict::BadSignature {
+        if matches!(verdict, Verdict::BadSignature | Verdict::NotAdmitted) {
             self.penalise(link);
         }
         Some(verdict)

@@ -44,6 +44,14 @@ pub struct RouterStats {
     pub neighbor_penalties: u64,
     /// Adverts from origins we cannot authenticate (dropped).
     pub rejected_unknown_origin: u64,
+    /// Adverts from origins the mesh CA never admitted (dropped; the sender is penalised).
+    pub rejected_not_admitted: u64,
+    /// Adverts from origins no longer admitted: revoked, or their SVID long expired (dropped).
+    pub rejected_revoked: u64,
+    /// Adverts of new origins refused because the database holds `max_origins` already.
+    pub rejected_lsdb_full: u64,
+    /// Origins whose advert was removed from the database because they lost their admission.
+    pub origins_purged: u64,
     /// Times a neighbour showed us a validly signed advert of our own with a higher sequence
     /// number (or the same number and other contents): we jump past it.
     pub own_seq_recovered: u64,
