@@ -13,8 +13,8 @@
 //! AdvertAck = count u16 | (origin [16] | seq u64) * count
 //! ```
 //!
-//! The advert body is what the origin signs; `origin_key` is opaque key material for the
-//! verifier (empty when the verifier already knows the key).
+//! The advert body is what the origin signs; `origin_key` is key material for the verifier: in
+//! the daemon an [`crate::origin::OriginCredential`] (the origin's SVID and ML-DSA-65 key).
 
 use crate::NodeId;
 use crate::codec::{DecodeError, Reader, Writer};
