@@ -1219,7 +1219,7 @@ impl Router {
         Some(verdict)
     }
 
-    /// Charges a neighbour that sent a bad signature: its verification budget shrinks (down to
+    /// Charges a neighbour that sent a forgery: its verification budget shrinks (down to
     /// `-verify_burst`, so that its adverts are ignored for a while).
     fn penalise(&mut self, link: LinkId) {
         if let Some(n) = self.links.get_mut(&link) {

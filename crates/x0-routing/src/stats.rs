@@ -40,7 +40,8 @@ pub struct RouterStats {
     /// Adverts dropped unacknowledged because their sender's verification budget was spent
     /// (`verify_rate_per_s`); the sender retransmits them.
     pub adverts_deferred: u64,
-    /// Bad signatures charged to the neighbour that sent them (`bad_signature_penalty`).
+    /// Forgeries (bad signatures, origins the mesh CA never admitted) charged to the neighbour
+    /// that sent them (`bad_signature_penalty`).
     pub neighbor_penalties: u64,
     /// Adverts from origins we cannot authenticate (dropped).
     pub rejected_unknown_origin: u64,
