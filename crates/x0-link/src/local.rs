@@ -71,6 +71,12 @@ impl LocalIdentity {
         *self.chains.write().unwrap_or_else(|e| e.into_inner()) = chains;
     }
 
+    /// Whether this node serves the CA service (it presents the CA certificate there: the CA
+    /// node).
+    pub fn serves_ca(&self) -> bool {
+        self.current().ca_service.is_some()
+    }
+
     /// The node's keys.
     pub fn keys(&self) -> &Arc<NodeKeys> {
         &self.keys

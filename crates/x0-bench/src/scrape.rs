@@ -19,13 +19,14 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
-use crate::bench::{Distribution, distribution, write_report};
-use crate::exit::{CmdResult, Exit};
-use crate::metrics::ProcessStats;
+use crate::report::{Distribution, distribution, write_report};
+use x0_node::exit::{CmdResult, Exit};
+use x0_node::metrics::ProcessStats;
 
 /// Goal: scraping every 100 ms adds at most this share of one core to the daemon.
 const TARGET_ADDED_CPU_PERCENT: f64 = 1.0;
 
+/// Arguments of `x0t bench metrics-scrape`.
 #[derive(Debug, Args)]
 pub struct ScrapeArgs {
     /// Seconds of each phase (idle baseline, then scraping).
@@ -200,6 +201,7 @@ fn cpu_seconds(pid: u32) -> Result<f64, Exit> {
     Ok(ProcessStats::read(Some(pid)).map_err(fail)?.cpu_seconds)
 }
 
+/// Runs `x0t bench metrics-scrape`.
 pub fn run(args: ScrapeArgs) -> CmdResult {
     if args.nodes < 2 || args.nodes > 16 {
         return Err(Exit::usage("--nodes must be between 2 and 16"));
@@ -347,7 +349,7 @@ pub fn run(args: ScrapeArgs) -> CmdResult {
                 "release"
             },
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            unix_time: crate::time::now_secs(),
+            unix_time: x0_node::time::now_secs(),
         })
     })?;
     drop(mesh);

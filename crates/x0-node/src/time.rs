@@ -4,10 +4,12 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use rustls_pki_types::UnixTime;
 
+/// The wall clock now.
 pub fn now() -> UnixTime {
     UnixTime::now()
 }
 
+/// The wall clock now, Unix seconds.
 pub fn now_secs() -> u64 {
     now().as_secs()
 }

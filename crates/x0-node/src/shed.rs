@@ -17,7 +17,7 @@ use std::time::Duration;
 use x0_identity::NodeId;
 
 /// The lowest limit shedding installs: 1 Mbit/s.
-pub const FLOOR_BYTES_PER_S: f64 = 125_000.0;
+pub(crate) const FLOOR_BYTES_PER_S: f64 = 125_000.0;
 /// The meter folds the bytes of each window this long into its average.
 const METER_WINDOW: Duration = Duration::from_millis(200);
 /// Weight of the latest window in the meter's average.
@@ -33,7 +33,7 @@ const MIN_BURST_BYTES: f64 = 64.0 * 1024.0;
 
 /// A token bucket in bytes.
 #[derive(Debug, Clone)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -43,7 +43,7 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket refilled at `rate` bytes/s (at least 1) holding `burst` bytes (at least
     /// one largest datagram's worth is sensible; at least 1).
-    pub fn new(rate: f64, burst: f64, now: Duration) -> Self {
+    pub(crate) fn new(rate: f64, burst: f64, now: Duration) -> Self {
         let rate = if rate.is_finite() { rate.max(1.0) } else { 1.0 };
         let burst = if burst.is_finite() {
             burst.max(1.0)
@@ -59,13 +59,13 @@ impl TokenBucket {
     }
 
     /// Refill rate, bytes/s.
-    pub fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.rate
     }
 
     /// Takes `bytes` if the bucket holds them; false (nothing taken) if not. Time that runs
     /// backwards adds nothing.
-    pub fn admit(&mut self, bytes: usize, now: Duration) -> bool {
+    pub(crate) fn admit(&mut self, bytes: usize, now: Duration) -> bool {
         let elapsed = now.saturating_sub(self.last);
         self.last = self.last.max(now);
         self.tokens = (self.tokens + elapsed.as_secs_f64() * self.rate).min(self.burst);
@@ -83,7 +83,7 @@ impl TokenBucket {
 /// (or the one in progress) when that is higher — a flood that began a moment ago is measured
 /// at its rate, not at the average's lag behind it.
 #[derive(Debug, Clone, Default)]
-pub struct TransitMeter {
+pub(crate) struct TransitMeter {
     window_start: Duration,
     window_bytes: u64,
     average: Option<f64>,
@@ -92,13 +92,13 @@ pub struct TransitMeter {
 
 impl TransitMeter {
     /// Counts `bytes` at `now`.
-    pub fn add(&mut self, bytes: usize, now: Duration) {
+    pub(crate) fn add(&mut self, bytes: usize, now: Duration) {
         self.fold(now);
         self.window_bytes += bytes as u64;
     }
 
     /// Bytes/s, recently (0 before any bytes).
-    pub fn rate(&mut self, now: Duration) -> f64 {
+    pub(crate) fn rate(&mut self, now: Duration) -> f64 {
         self.fold(now);
         let elapsed = now.saturating_sub(self.window_start);
         let partial = if elapsed >= METER_PARTIAL {
@@ -127,7 +127,7 @@ impl TransitMeter {
 
 /// A limit in force.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ShedLimit {
+pub(crate) struct ShedLimit {
     /// The neighbour whose transit is limited.
     pub node: NodeId,
     /// The limit, bytes/s.
@@ -145,14 +145,14 @@ struct Transit {
 
 /// Transit meters and limits of every neighbour.
 #[derive(Debug, Default)]
-pub struct Shedder {
+pub(crate) struct Shedder {
     neighbours: HashMap<NodeId, Transit>,
 }
 
 impl Shedder {
     /// A transit frame of `bytes` from `from`: metered, then admitted or (over its limit)
     /// refused and counted.
-    pub fn admit(&mut self, from: NodeId, bytes: usize, now: Duration) -> bool {
+    pub(crate) fn admit(&mut self, from: NodeId, bytes: usize, now: Duration) -> bool {
         let t = self.neighbours.entry(from).or_default();
         t.meter.add(bytes, now);
         let admitted = t
@@ -167,7 +167,12 @@ impl Shedder {
 
     /// Limits `node`'s transit to `(1 − share)` × its recent rate, at least
     /// [`FLOOR_BYTES_PER_S`]; replaces a limit already in force. `share` must be in (0, 1].
-    pub fn shed(&mut self, node: NodeId, share: f64, now: Duration) -> Result<ShedLimit, String> {
+    pub(crate) fn shed(
+        &mut self,
+        node: NodeId,
+        share: f64,
+        now: Duration,
+    ) -> Result<ShedLimit, String> {
         if !(share > 0.0 && share <= 1.0) {
             return Err(format!("share {share} is not in (0, 1]"));
         }
@@ -184,14 +189,14 @@ impl Shedder {
     }
 
     /// Lifts `node`'s limit; false if there was none.
-    pub fn restore(&mut self, node: NodeId) -> bool {
+    pub(crate) fn restore(&mut self, node: NodeId) -> bool {
         self.neighbours
             .get_mut(&node)
             .is_some_and(|t| t.limit.take().is_some())
     }
 
     /// The limits in force.
-    pub fn limits(&self) -> Vec<ShedLimit> {
+    pub(crate) fn limits(&self) -> Vec<ShedLimit> {
         let mut v: Vec<ShedLimit> = self
             .neighbours
             .iter()
@@ -208,7 +213,7 @@ impl Shedder {
     }
 
     /// Transit frames shed so far, per neighbour (neighbours that had any).
-    pub fn shed_frames(&self) -> HashMap<NodeId, u64> {
+    pub(crate) fn shed_frames(&self) -> HashMap<NodeId, u64> {
         self.neighbours
             .iter()
             .filter(|(_, t)| t.shed_frames > 0)

@@ -12,13 +12,14 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use x0_lab::{Lab, LabError, LabName, LabSpec, PreflightError, ProcessRecord, Topology};
 
-use crate::exit::{self, CmdResult, Exit};
+use x0_node::exit::{self, CmdResult, Exit};
 
 /// Service unavailable (EX_UNAVAILABLE): a tool or feature this machine or build lacks.
 pub const UNAVAILABLE: u8 = 69;
 /// Lab name used when `--name` is left out.
 pub const DEFAULT_LAB: &str = "x0t";
 
+/// `x0t lab …`.
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
     /// Create a lab: one network namespace per node, one veth pair per link.
@@ -35,6 +36,7 @@ pub enum LabCommand {
     Link(LabLinkArgs),
 }
 
+/// Which lab.
 #[derive(Debug, Args)]
 pub struct LabNameArg {
     /// Lab name (a-z, 0-9, _); namespaces are called `x0lab-<name>-<node>`.
@@ -42,6 +44,7 @@ pub struct LabNameArg {
     pub name: String,
 }
 
+/// Arguments of `x0t lab up`.
 #[derive(Debug, Args)]
 pub struct LabUpArgs {
     /// Number of nodes (optional with a topology file; must match it if given).
@@ -53,6 +56,7 @@ pub struct LabUpArgs {
     /// Initial loss on every link, percent, both directions.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub loss: u8,
+    /// The lab.
     #[command(flatten)]
     pub name: LabNameArg,
     /// Install static shortest-path routes between all lab addresses (kernel forwarding at
@@ -67,6 +71,7 @@ pub struct LabUpArgs {
     pub json: bool,
 }
 
+/// Arguments of `x0t lab exec`.
 #[derive(Debug, Args)]
 pub struct LabExecArgs {
     /// Node name (n0, n1, … or a name from the topology file) or index.
@@ -74,10 +79,12 @@ pub struct LabExecArgs {
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
+    /// The lab.
     #[command(flatten)]
     pub name: LabNameArg,
 }
 
+/// Arguments of `x0t lab down`.
 #[derive(Debug, Args)]
 pub struct LabDownArgs {
     /// Lab name.
@@ -91,6 +98,7 @@ pub struct LabDownArgs {
     pub json: bool,
 }
 
+/// Arguments of `x0t lab status`.
 #[derive(Debug, Args)]
 pub struct LabStatusArgs {
     /// Show this lab's nodes and links (default: list the labs).
@@ -101,6 +109,7 @@ pub struct LabStatusArgs {
     pub json: bool,
 }
 
+/// Arguments of `x0t lab loss`.
 #[derive(Debug, Args)]
 pub struct LabLossArgs {
     /// One end (the sender with --one-way).
@@ -113,16 +122,21 @@ pub struct LabLossArgs {
     /// Only packets from A to B.
     #[arg(long)]
     pub one_way: bool,
+    /// The lab.
     #[command(flatten)]
     pub name: LabNameArg,
 }
 
+/// An administrative link state.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum LinkState {
+    /// Set up.
     Up,
+    /// Set down.
     Down,
 }
 
+/// Arguments of `x0t lab link`.
 #[derive(Debug, Args)]
 pub struct LabLinkArgs {
     /// One end.
@@ -131,10 +145,12 @@ pub struct LabLinkArgs {
     pub b: String,
     /// up or down.
     pub state: LinkState,
+    /// The lab.
     #[command(flatten)]
     pub name: LabNameArg,
 }
 
+/// Runs `x0t lab …`.
 pub fn run(cmd: LabCommand) -> CmdResult {
     match cmd {
         LabCommand::Up(args) => up(args),

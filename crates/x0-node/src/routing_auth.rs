@@ -19,13 +19,13 @@ const CONTEXT: &[u8] = b"x0t/advert/v1\0";
 const KEY_LEN: usize = P256_POINT_LEN + MLDSA65_PUBLIC_KEY_LEN;
 
 /// ML-DSA-65 advert signing and verification for one node.
-pub struct MlDsaAdvertAuth {
+pub(crate) struct MlDsaAdvertAuth {
     keys: Arc<NodeKeys>,
     known: HashMap<NodeId, Vec<u8>>,
 }
 
 impl MlDsaAdvertAuth {
-    pub fn new(keys: Arc<NodeKeys>) -> Self {
+    pub(crate) fn new(keys: Arc<NodeKeys>) -> Self {
         Self {
             keys,
             known: HashMap::new(),

@@ -2,7 +2,7 @@
 //!
 //! A thin tokio shell around the link layer. Who owns what:
 //!
-//! * [`Shared`] (one per process) owns the link endpoint, the state store (behind a mutex; every
+//! * `Shared` (one per process) owns the link endpoint, the state store (behind a mutex; every
 //!   use is a short synchronous SQLite call, never held across an await), the CA when this is the
 //!   CA node, and the table of live links keyed by peer node ID.
 //! * The **accept loop** admits handshakes and completes each in its own task; links go into
@@ -11,16 +11,16 @@
 //!   backoff.
 //! * One **link task** per link reads its control stream (revocation lists) and writes what
 //!   other tasks queue for it; when the connection closes it leaves the table.
-//! * The **routing** task ([`crate::routing`]) runs the routing core over every link.
-//! * The **underlay watcher** ([`crate::netwatch`]) closes links whose interface or address
+//! * The **routing** task (`crate::routing`) runs the routing core over every link.
+//! * The **underlay watcher** (`crate::netwatch`) closes links whose interface or address
 //!   went away, the moment rtnetlink says so.
-//! * The **data plane** ([`crate::dataplane`]) owns the TUN device and the data socket.
+//! * The **data plane** (`crate::dataplane`) owns the TUN device and the data socket.
 //! * The **renewal** task renews the node's SVID at the configured fraction of its lifetime.
-//! * The **HTTP API** ([`crate::api`], listener bound in [`start`]) serves `/health`,
-//!   `/metrics` and `/v1/…` from this state through [`view`]; the daemon's tasks feed its event
+//! * The **HTTP API** ([`crate::api`], listener bound in `start`) serves `/health`,
+//!   `/metrics` and `/v1/…` from this state through `view`; the daemon's tasks feed its event
 //!   stream (`events`): links up and down here, routing changes through a forwarding task, and
 //!   health changes from the **health watcher**, which re-evaluates health every second.
-//! * The **self-healing loop** ([`crate::heal`]) runs on a thread of its own with its own
+//! * The **self-healing loop** (`crate::heal`) runs on a thread of its own with its own
 //!   connection to the state database (the knowledge base and the signed audit log); it reads
 //!   the routing status, the data plane's and eBPF's counters, and acts through the routing
 //!   task, the data plane and the diallers (a dialler wakes early when the loop restarts a link
@@ -54,8 +54,6 @@ use x0_wire::control::{RefusalCode, Refused};
 use x0_wire::{ControlMessage, RevocationList, SignedRevocationList};
 
 use crate::api::{self, ApiState, Event, EventKind};
-use crate::cli::UpArgs;
-use crate::commands::{META_ADVERTISE, refresh_ca_node_svid};
 use crate::config::{Config, PeerConfig};
 use crate::dataplane::{DataPlane, DataPlaneConfig};
 use crate::exit::{CmdResult, Exit};
@@ -65,6 +63,7 @@ use crate::logging;
 use crate::metrics::{DaemonMetrics, MetricsRegistry};
 use crate::netwatch;
 use crate::routing::{Routing, RoutingChange};
+use crate::state::{META_ADVERTISE, refresh_ca_node_svid};
 use crate::time::{now, now_secs, rfc3339};
 
 /// Close code for the losing half of two simultaneous links between the same pair.
@@ -73,8 +72,9 @@ const REVOCATION_POLL: Duration = Duration::from_millis(250);
 /// How often the health watcher re-evaluates health.
 const HEALTH_POLL: Duration = Duration::from_secs(1);
 
-pub fn run(args: UpArgs) -> CmdResult {
-    let config = Config::load(&args.config).map_err(|e| Exit::usage(e.to_string()))?;
+/// Runs the daemon configured by the file at `config` until it is told to stop (`x0t up`).
+pub fn run(config: &std::path::Path) -> CmdResult {
+    let config = Config::load(config).map_err(|e| Exit::usage(e.to_string()))?;
     logging::init_daemon(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -28,10 +28,10 @@ const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 
 /// Close code for a link whose underlay interface or address went away.
-pub const CLOSE_UNDERLAY_DOWN: u32 = 8;
+pub(crate) const CLOSE_UNDERLAY_DOWN: u32 = 8;
 
 /// The local IP addresses on interfaces that are up and running, with the interface name.
-pub fn usable_addresses() -> io::Result<HashMap<IpAddr, String>> {
+pub(crate) fn usable_addresses() -> io::Result<HashMap<IpAddr, String>> {
     let mut usable = HashMap::new();
     for ifa in getifaddrs().map_err(io::Error::from)? {
         let running = ifa
@@ -56,7 +56,7 @@ pub fn usable_addresses() -> io::Result<HashMap<IpAddr, String>> {
 /// The links to close, given each link's local address (`None`: no route to the peer any
 /// more): those without a route, and those whose local address is not on an interface that is
 /// up and running.
-pub fn dead_links(
+pub(crate) fn dead_links(
     links: &[(NodeId, Option<IpAddr>)],
     usable: &HashMap<IpAddr, String>,
 ) -> Vec<NodeId> {
@@ -79,7 +79,7 @@ pub fn dead_links(
 /// The local address traffic to `remote` leaves from, as the kernel's routing picks it now
 /// (a connected UDP socket sends nothing): `bind` is the endpoint's bound address (a specific
 /// address keeps it as the source). `None` when there is no route to `remote` at all.
-pub fn local_address_towards(bind: IpAddr, remote: std::net::SocketAddr) -> Option<IpAddr> {
+pub(crate) fn local_address_towards(bind: IpAddr, remote: std::net::SocketAddr) -> Option<IpAddr> {
     let bind = match (bind, remote) {
         (IpAddr::V4(b), std::net::SocketAddr::V6(_)) if b.is_unspecified() => {
             IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
@@ -93,7 +93,7 @@ pub fn local_address_towards(bind: IpAddr, remote: std::net::SocketAddr) -> Opti
 
 /// Runs until the netlink socket fails: calls `on_change` after each burst of link or address
 /// notifications.
-pub async fn watch(on_change: Arc<dyn Fn() + Send + Sync>) {
+pub(crate) async fn watch(on_change: Arc<dyn Fn() + Send + Sync>) {
     let socket = match open() {
         Ok(s) => s,
         Err(e) => {

@@ -5,10 +5,10 @@
 //!
 //! * **Owned metrics** (counters, gauges, histograms) that a component updates as things happen:
 //!   link setup times and closes, SVID renewals, `x0t_ebpf_enabled` ([`DaemonMetrics`]), route
-//!   computations ([`crate::routing::RoutingMetrics`]).
+//!   computations (`crate::routing::RoutingMetrics`).
 //! * **Collectors**, read at scrape time from the snapshot a component already keeps: the link
 //!   endpoint's counters, the router's counters and sessions, the data plane's
-//!   [`Counters`](crate::dataplane::Counters), and `/proc/self` ([`ProcessCollector`]). Nothing
+//!   `Counters`, and `/proc/self` ([`ProcessCollector`]). Nothing
 //!   is copied between scrapes, and a scrape costs a few lock-free loads, one short lock of the
 //!   data plane's counters, one read of `/proc/self/stat` and one listing of `/proc/self/fd`.
 //!

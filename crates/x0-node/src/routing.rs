@@ -54,17 +54,17 @@ use crate::routing_auth::MlDsaAdvertAuth;
 /// is well under this).
 const MAX_STREAM_MESSAGE: usize = 64 * 1024;
 /// Close code for a link whose neighbour stopped answering routing probes.
-pub const CLOSE_SILENT: u32 = 7;
+pub(crate) const CLOSE_SILENT: u32 = 7;
 /// Close code for a link the self-healing loop restarts.
-pub const CLOSE_RESTART: u32 = 8;
+pub(crate) const CLOSE_RESTART: u32 = 8;
 /// How long [`Routing::command`] waits for the routing task's answer.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// State-database key of the last advert sequence number.
-pub const META_ROUTING_SEQ: &str = "routing_seq";
+pub(crate) const META_ROUTING_SEQ: &str = "routing_seq";
 
 /// One destination's forwarding decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
+pub(crate) struct Route {
     /// The neighbour to hand packets to.
     pub next_hop: NodeId,
     /// The link to that neighbour.
@@ -77,7 +77,7 @@ pub struct Route {
 
 /// The routing table as last computed: destination node → route.
 #[derive(Debug, Default, Clone)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     /// Routes by destination.
     pub routes: HashMap<NodeId, Route>,
     /// Nodes in the link-state database (ourselves included).
@@ -94,7 +94,7 @@ pub struct RouteTable {
 
 /// One live routing session (a link whose neighbour answers probes), as last measured.
 #[derive(Debug, Clone)]
-pub struct SessionStatus {
+pub(crate) struct SessionStatus {
     /// The neighbour.
     pub peer: NodeId,
     /// Smoothed round-trip time; `None` until the first probe came back.
@@ -119,7 +119,7 @@ pub struct SessionStatus {
 
 /// One origin's entry in the link-state database.
 #[derive(Debug, Clone)]
-pub struct TopologyNode {
+pub(crate) struct TopologyNode {
     /// The node.
     pub id: NodeId,
     /// Its advert's sequence number.
@@ -130,7 +130,7 @@ pub struct TopologyNode {
 
 /// What the routing task publishes for observers after every round.
 #[derive(Debug, Clone, Default)]
-pub struct RoutingStatus {
+pub(crate) struct RoutingStatus {
     /// The router's counters.
     pub stats: RouterStats,
     /// Live sessions.
@@ -143,7 +143,7 @@ pub struct RoutingStatus {
 
 /// A change the self-healing loop asks of the routing task.
 #[derive(Debug, Clone, PartialEq)]
-pub enum RoutingCommand {
+pub(crate) enum RoutingCommand {
     /// Multiply the cost of our link to `neighbor` by `factor` (1 restores it).
     CostFactor {
         /// The neighbour.
@@ -174,7 +174,7 @@ pub enum RoutingCommand {
 
 /// A change observers may want to be told about (the API's event stream).
 #[derive(Debug, Clone, PartialEq)]
-pub enum RoutingChange {
+pub(crate) enum RoutingChange {
     /// A neighbour's routing session started.
     NeighborUp {
         /// The neighbour.
@@ -216,7 +216,7 @@ pub enum RoutingChange {
 /// Metrics the routing task updates itself (the router's counters are read from
 /// [`RoutingStatus`] at scrape time).
 #[derive(Debug, Clone)]
-pub struct RoutingMetrics {
+pub(crate) struct RoutingMetrics {
     /// Time to recompute the shortest-path tree and the forwarding table.
     pub spf_duration: Histogram,
     /// Forwarding-table entries that changed, appeared or were lost.
@@ -238,7 +238,7 @@ impl Default for RoutingMetrics {
 
 impl RoutingMetrics {
     /// Registers these metrics (names documented in `docs/metrics.md`).
-    pub fn register(&self, registry: &mut Registry) {
+    pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register_with_unit(
             "routing_spf_duration",
             "Time to recompute the shortest-path tree and the forwarding table after a topology change",
@@ -281,7 +281,7 @@ enum Input {
 
 /// Handle to the routing task.
 #[derive(Clone)]
-pub struct Routing {
+pub(crate) struct Routing {
     tx: mpsc::UnboundedSender<Input>,
     next_link: Arc<AtomicU64>,
     table: Arc<ArcSwap<RouteTable>>,
@@ -298,7 +298,11 @@ impl std::fmt::Debug for Routing {
 
 impl Routing {
     /// Starts the routing task for node `keys`, resuming the advert sequence from `store`.
-    pub fn start(cfg: RouterConfig, keys: Arc<NodeKeys>, store: Arc<Mutex<StateStore>>) -> Self {
+    pub(crate) fn start(
+        cfg: RouterConfig,
+        keys: Arc<NodeKeys>,
+        store: Arc<Mutex<StateStore>>,
+    ) -> Self {
         let last_seq = crate::daemon::lock(&store)
             .meta(META_ROUTING_SEQ)
             .ok()
@@ -349,42 +353,42 @@ impl Routing {
     }
 
     /// What the routing task published last (counters, sessions, topology).
-    pub fn status(&self) -> Arc<RoutingStatus> {
+    pub(crate) fn status(&self) -> Arc<RoutingStatus> {
         self.status.load_full()
     }
 
     /// A receiver of routing changes from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<RoutingChange> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<RoutingChange> {
         self.changes.subscribe()
     }
 
     /// The metrics the routing task updates.
-    pub fn metrics(&self) -> &RoutingMetrics {
+    pub(crate) fn metrics(&self) -> &RoutingMetrics {
         &self.metrics
     }
 
     /// The current routing table.
-    pub fn table(&self) -> Arc<RouteTable> {
+    pub(crate) fn table(&self) -> Arc<RouteTable> {
         self.table.load_full()
     }
 
     /// Asks for a path to `dst` node-disjoint from its primary, kept in every table published
     /// from now on (and its fast-reroute backup precomputed).
-    pub fn want_alternate(&self, dst: NodeId) {
+    pub(crate) fn want_alternate(&self, dst: NodeId) {
         let _ = self.tx.send(Input::WantAlternate(dst));
     }
 
     /// The destinations the self-healing prober samples now: their node-disjoint paths are
     /// kept in [`RouteTable::paths`] while they stay in the set (this replaces the previous
     /// set, so the work stays bounded by the prober's sample, whatever the mesh's size).
-    pub fn probe_paths(&self, dsts: std::collections::HashSet<NodeId>) {
+    pub(crate) fn probe_paths(&self, dsts: std::collections::HashSet<NodeId>) {
         let _ = self.tx.send(Input::ProbePaths(dsts));
     }
 
     /// Carries out a self-healing command in the routing task and waits for its answer: what
     /// was done, or why nothing was. Blocks the calling thread (at most [`COMMAND_TIMEOUT`]):
     /// call it from the self-healing thread, never from an async task.
-    pub fn command(&self, cmd: RoutingCommand) -> Result<&'static str, String> {
+    pub(crate) fn command(&self, cmd: RoutingCommand) -> Result<&'static str, String> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.tx
             .send(Input::Command(cmd, tx))
@@ -394,7 +398,7 @@ impl Routing {
     }
 
     /// Hands a new link to the router; it is reported down when the connection closes.
-    pub fn attach(&self, peer: NodeId, conn: &quinn::Connection) {
+    pub(crate) fn attach(&self, peer: NodeId, conn: &quinn::Connection) {
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
         let _ = self.tx.send(Input::Up {
             link,

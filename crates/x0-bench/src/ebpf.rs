@@ -31,7 +31,7 @@ use x0_telemetry::{
     UnderlayHook, XdpAttachMode,
 };
 
-use crate::exit::{self, CmdResult, Exit};
+use x0_node::exit::{self, CmdResult, Exit};
 
 /// Issue 5's goal: the programs cost less than 1 % of the throughput.
 const TARGET_PERCENT: f64 = 1.0;
@@ -91,6 +91,7 @@ impl Hook {
     }
 }
 
+/// Arguments of `x0t bench ebpf-overhead`.
 #[derive(Debug, Args)]
 pub struct EbpfOverheadArgs {
     /// Print the report as JSON on stdout.
@@ -659,6 +660,7 @@ fn schedule(pairs: u32) -> impl Iterator<Item = (u32, bool)> {
     })
 }
 
+/// Runs `x0t bench ebpf-overhead`.
 pub fn run(args: EbpfOverheadArgs) -> CmdResult {
     crate::lab::require_tools(&[("iperf3", "iperf3"), ("ss", "iproute2")])?;
     let name = LabName::new(&format!("ebpf{}", std::process::id())).map_err(fail)?;
@@ -745,7 +747,7 @@ pub fn run(args: EbpfOverheadArgs) -> CmdResult {
     if !teardown.errors.is_empty() {
         return Err(fail(format!("teardown: {}", teardown.errors.join("; "))));
     }
-    let (text, file) = crate::bench::write_report(&report, &args.out, "ebpf-overhead.json")?;
+    let (text, file) = crate::report::write_report(&report, &args.out, "ebpf-overhead.json")?;
     if args.json {
         println!("{text}");
     } else {

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::Args;
 use serde::Serialize;
 
-use crate::exit::{CmdResult, Exit};
+use x0_node::exit::{CmdResult, Exit};
 
 /// Packets per second of the generator.
 const RATE_PPS: u64 = 1000;
@@ -91,7 +91,7 @@ pub struct DemoSummary {
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> CmdResult {
     let summary = if args.lab {
-        crate::bench_failover::demo_in_lab(args.seconds)
+        crate::failover::demo_in_lab(args.seconds)
             .map_err(|e| Exit::failure(format!("demo --lab: {e}")))?
     } else {
         Demo::run(&args)?

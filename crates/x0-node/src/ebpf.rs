@@ -23,7 +23,7 @@ use crate::config::{EbpfHook, EbpfSection};
 use crate::metrics::{encode_counter, encode_counters};
 
 /// The attached programs.
-pub struct Ebpf {
+pub(crate) struct Ebpf {
     telemetry: Mutex<Telemetry>,
     interfaces: Vec<String>,
 }
@@ -40,7 +40,7 @@ impl Ebpf {
     /// Attaches the programs as `cfg` says, to `cfg.interfaces` or (when empty) to the
     /// underlay interfaces found for `listen`. `None`, with one log line saying why, when
     /// disabled or refused.
-    pub fn start(cfg: &EbpfSection, listen: IpAddr, tun_name: &str) -> Option<Arc<Self>> {
+    pub(crate) fn start(cfg: &EbpfSection, listen: IpAddr, tun_name: &str) -> Option<Arc<Self>> {
         if !cfg.enabled {
             return None;
         }
@@ -88,7 +88,7 @@ impl Ebpf {
     }
 
     /// Logs the totals (at shutdown).
-    pub fn log_totals(&self) {
+    pub(crate) fn log_totals(&self) {
         if let Some(s) = self.sample() {
             let (mut packets, mut bytes) = (0u64, 0u64);
             for i in &s.interfaces {
@@ -109,7 +109,7 @@ impl Ebpf {
     }
 
     /// A snapshot of the counters since the programs were attached.
-    pub fn sample(&self) -> Option<x0_telemetry::Sample> {
+    pub(crate) fn sample(&self) -> Option<x0_telemetry::Sample> {
         let t = self.telemetry.lock().unwrap_or_else(|p| p.into_inner());
         t.sample().ok()
     }
@@ -147,7 +147,7 @@ fn underlay_interfaces(listen: IpAddr, tun_name: &str) -> Vec<String> {
 
 /// Exports the counters at scrape time.
 #[derive(Debug)]
-pub struct EbpfCollector(pub Arc<Ebpf>);
+pub(crate) struct EbpfCollector(pub Arc<Ebpf>);
 
 impl Collector for EbpfCollector {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> fmt::Result {

@@ -32,7 +32,7 @@ use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 use x0_lab::{Lab, LabName, LabSpec, Shape, SpawnOptions, Topology};
 
-use crate::exit::{self, CmdResult, Exit};
+use x0_node::exit::{self, CmdResult, Exit};
 
 /// UDP port of the sink, on n2's overlay address.
 pub(crate) const SINK_PORT: u16 = 47_100;
@@ -51,6 +51,7 @@ const MAX_GAPS: usize = 10_000;
 /// Bytes per stream packet: sequence number, send time, padding.
 const PACKET_BYTES: usize = 64;
 
+/// How the primary path fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
@@ -76,6 +77,7 @@ impl Scenario {
     }
 }
 
+/// How the daemons and the stream are configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
@@ -108,6 +110,7 @@ impl Mode {
     }
 }
 
+/// Arguments of `x0t bench failover`.
 #[derive(Debug, Args)]
 pub struct FailoverArgs {
     /// Print the report as JSON on stdout.
@@ -218,6 +221,7 @@ pub(crate) struct SourceSummary {
     pub(crate) max_late_us: u64,
 }
 
+/// Runs the hidden `x0t bench udp-source`: a paced stream of sequenced UDP packets.
 pub fn udp_source(args: UdpSourceArgs) -> CmdResult {
     if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
         return Err(Exit::usage("--seconds must be in (0, 3600]"));
@@ -442,6 +446,7 @@ impl SinkState {
     }
 }
 
+/// Runs the hidden `x0t bench udp-sink`: receives such a stream and writes a summary.
 pub fn udp_sink(args: UdpSinkArgs) -> CmdResult {
     if !(args.seconds > 0.0 && args.seconds <= 86_400.0) {
         return Err(Exit::usage("--seconds must be in (0, 86400]"));
@@ -479,11 +484,13 @@ pub fn udp_sink(args: UdpSinkArgs) -> CmdResult {
 
 /// One event from a daemon's log after the fault.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct LogEvent {
-    pub(crate) node: &'static str,
+pub struct LogEvent {
+    /// The node whose log it is.
+    pub node: &'static str,
     /// Milliseconds after the fault was injected (log time stamps, one clock).
-    pub(crate) t_ms: f64,
-    pub(crate) line: String,
+    pub t_ms: f64,
+    /// The log line.
+    pub line: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1164,6 +1171,7 @@ fn analyse(a: AnalysisInput<'_>) -> RunResult {
     }
 }
 
+/// Runs `x0t bench failover`.
 pub fn run(args: FailoverArgs) -> CmdResult {
     crate::lab::require_tools(&[("ping", "iputils-ping"), ("kill", "procps")])?;
     let mut scenarios = args.scenarios.clone();
@@ -1275,7 +1283,7 @@ pub fn run(args: FailoverArgs) -> CmdResult {
             report.scenarios.push(row);
         }
     }
-    let (text, file) = crate::bench::write_report(&report, &args.out, "failover.json")?;
+    let (text, file) = crate::report::write_report(&report, &args.out, "failover.json")?;
     if args.json {
         println!("{text}");
     } else {

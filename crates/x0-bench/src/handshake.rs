@@ -1,5 +1,4 @@
-//! `x0t bench …`: figures measured with the project's own code, written as JSON under
-//! `bench-results/`.
+//! `x0t bench handshake`: real link setups on loopback with the project's link code.
 
 use std::io::IsTerminal as _;
 use std::path::Path;
@@ -14,45 +13,15 @@ use x0_link::{
     Accepted, KxPolicy, LinkConfig, LinkEndpoint, LinkMetrics, LocalIdentity, TrustState,
 };
 
-use crate::exit::{CmdResult, Exit};
-use crate::time::now;
+use x0_node::exit::{CmdResult, Exit};
+use x0_node::time::now;
+
+use crate::report::{Distribution, distribution, write_report};
 
 /// Design goal for the median link setup on loopback (design.md §6).
 const TARGET_MEDIAN_US: f64 = 1000.0;
 /// What the original design asked for.
 const SEED_TARGET_US: f64 = 2000.0;
-
-/// Summary of a sample of durations, microseconds.
-#[derive(Serialize)]
-pub(crate) struct Distribution {
-    count: usize,
-    pub(crate) median_us: f64,
-    p90_us: f64,
-    pub(crate) p99_us: f64,
-    min_us: f64,
-    max_us: f64,
-    mean_us: f64,
-}
-
-pub(crate) fn distribution(mut samples: Vec<f64>) -> Distribution {
-    samples.sort_by(f64::total_cmp);
-    let n = samples.len().max(1);
-    let pct = |p: f64| {
-        samples
-            .get(((n as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
-    Distribution {
-        count: samples.len(),
-        median_us: pct(0.5),
-        p90_us: pct(0.9),
-        p99_us: pct(0.99),
-        min_us: samples.first().copied().unwrap_or(0.0),
-        max_us: samples.last().copied().unwrap_or(0.0),
-        mean_us: samples.iter().sum::<f64>() / n as f64,
-    }
-}
 
 #[derive(Serialize)]
 struct HandshakeReport {
@@ -152,7 +121,8 @@ async fn run_dials(
     Ok(samples)
 }
 
-pub fn handshake(count: usize, json: bool, out: &Path) -> CmdResult {
+/// Runs `x0t bench handshake`: `count` link setups; the report goes to `out/handshake.json`.
+pub fn run(count: usize, json: bool, out: &Path) -> CmdResult {
     if count == 0 {
         return Err(Exit::usage("--count must be at least 1"));
     }
@@ -294,19 +264,4 @@ pub fn handshake(count: usize, json: bool, out: &Path) -> CmdResult {
         );
     }
     Ok(())
-}
-
-/// Writes a benchmark report as pretty JSON to `out/name` (creating `out`); returns the text
-/// (for `--json`) and the file's path.
-pub fn write_report(
-    report: &impl serde::Serialize,
-    out: &std::path::Path,
-    name: &str,
-) -> Result<(String, std::path::PathBuf), Exit> {
-    let text = serde_json::to_string_pretty(report).map_err(|e| Exit::failure(e.to_string()))?;
-    std::fs::create_dir_all(out).map_err(|e| Exit::failure(format!("{}: {e}", out.display())))?;
-    let file = out.join(name);
-    std::fs::write(&file, format!("{text}\n"))
-        .map_err(|e| Exit::failure(format!("{}: {e}", file.display())))?;
-    Ok((text, file))
 }

@@ -66,9 +66,9 @@ use crate::metrics::{encode_counter, encode_counters, encode_gauge, encode_gauge
 use crate::routing::{RouteTable, Routing, RoutingChange, RoutingCommand, RoutingStatus};
 
 /// Incidents and actions kept for the API (read back from the knowledge base after a write).
-pub const API_ROWS: usize = 200;
+pub(crate) const API_ROWS: usize = 200;
 /// A neighbour whose link stays down this long stops being sampled and is forgotten.
-pub const FORGET_DOWN_AFTER: Duration = Duration::from_secs(600);
+pub(crate) const FORGET_DOWN_AFTER: Duration = Duration::from_secs(600);
 /// Advertised quality class from which a link counts as impaired (3 = POOR, 4 = BAD).
 const IMPAIRED_CLASS: u8 = 3;
 /// The prober's targets are rebuilt at least this often (which destinations we send data to
@@ -79,7 +79,7 @@ const LAG_TICK: Duration = Duration::from_millis(100);
 
 /// What the heal thread publishes after every step.
 #[derive(Debug, Clone, Default)]
-pub struct HealView {
+pub(crate) struct HealView {
     /// The thread runs.
     pub running: bool,
     /// Act or observe.
@@ -120,7 +120,7 @@ struct HealCounters {
 }
 
 /// The loop's state as the API and `/metrics` see it.
-pub struct HealHandle {
+pub(crate) struct HealHandle {
     enabled: bool,
     error: Mutex<Option<String>>,
     view: ArcSwap<HealView>,
@@ -148,27 +148,27 @@ impl HealHandle {
     }
 
     /// A handle for a daemon whose loop is off (`heal.enabled = false`).
-    pub fn disabled() -> Arc<Self> {
+    pub(crate) fn disabled() -> Arc<Self> {
         Arc::new(Self::new(false))
     }
 
     /// The loop is configured on.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.enabled
     }
 
     /// Why the loop does not run, if it does not.
-    pub fn error(&self) -> Option<String> {
+    pub(crate) fn error(&self) -> Option<String> {
         lock(&self.error).clone()
     }
 
     /// What the thread published last.
-    pub fn view(&self) -> Arc<HealView> {
+    pub(crate) fn view(&self) -> Arc<HealView> {
         self.view.load_full()
     }
 
     /// The audit log's head and the verdict of the check at start.
-    pub fn audit(&self) -> Option<AuditHeadInfo> {
+    pub(crate) fn audit(&self) -> Option<AuditHeadInfo> {
         let view = self.view();
         view.running.then(|| AuditHeadInfo {
             entries: view.audit_entries,
@@ -188,7 +188,7 @@ enum HealInput {
 }
 
 /// What the daemon hands the loop to read and to act through.
-pub struct HealDeps {
+pub(crate) struct HealDeps {
     /// The routing task (sessions, topology, commands).
     pub routing: Routing,
     /// The data plane (drop counters, link rekeys).
@@ -209,7 +209,7 @@ impl fmt::Debug for HealDeps {
 }
 
 /// The loop, opened and restored at start, not yet running.
-pub struct Prepared {
+pub(crate) struct Prepared {
     healer: Healer,
     kb: KnowledgeBase,
     keys: Arc<NodeKeys>,
@@ -237,7 +237,7 @@ fn unix_ms() -> u64 {
 /// Opens the knowledge base in `state_dir`, builds the loop and restores what it learned
 /// before. On failure the daemon runs without the loop (the handle says why): a damaged
 /// knowledge base is reported, never repaired or replaced.
-pub fn prepare(
+pub(crate) fn prepare(
     cfg: &x0_heal::HealConfig,
     state_dir: &Path,
     keys: Arc<NodeKeys>,
@@ -298,14 +298,14 @@ fn open(
 
 /// The running loop: its input channel and thread.
 #[derive(Debug)]
-pub struct Running {
+pub(crate) struct Running {
     tx: mpsc::Sender<HealInput>,
     thread: JoinHandle<()>,
 }
 
 impl Running {
     /// Stops the thread after it stored what it holds; waits for it on a blocking thread.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.tx.send(HealInput::Stop);
         let thread = self.thread;
         let _ = tokio::time::timeout(
@@ -318,7 +318,7 @@ impl Running {
 
 impl Prepared {
     /// Starts the heal thread and its helper tasks (call inside the runtime).
-    pub fn start(self, deps: HealDeps) -> Result<Running, String> {
+    pub(crate) fn start(self, deps: HealDeps) -> Result<Running, String> {
         let (tx, rx) = mpsc::channel();
         spawn_forwarder(deps.routing.subscribe(), tx.clone());
         let lag = Arc::new(AtomicU64::new(0));
@@ -1016,7 +1016,7 @@ fn detail(k: &ActionKind) -> String {
 /// (close the QUIC connection; a link that is already down is redialled at once), link rekeys
 /// in the data plane, load shedding (a limit on the transit a neighbour sends through us) in
 /// the data plane, alerts as a log line and a counter.
-pub struct LocalBackend<'a> {
+pub(crate) struct LocalBackend<'a> {
     routing: &'a Routing,
     dataplane: &'a DataPlane,
     redial: &'a (dyn Fn(NodeId) -> bool + Send),
@@ -1126,7 +1126,7 @@ impl Executor for LocalBackend<'_> {
 }
 
 /// `x0t_heal_*` at scrape time.
-pub struct HealCollector {
+pub(crate) struct HealCollector {
     /// The loop's handle.
     pub handle: Arc<HealHandle>,
     /// The routing task (restrictions in force).

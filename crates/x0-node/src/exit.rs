@@ -18,11 +18,14 @@ pub const FAILURE: u8 = 1;
 /// A failed command: what to print and how to exit.
 #[derive(Debug)]
 pub struct Exit {
+    /// The exit code (one of the constants above).
     pub code: u8,
+    /// What to print.
     pub message: String,
 }
 
 impl Exit {
+    /// An error ending with `code`.
     pub fn new(code: u8, message: impl Into<String>) -> Self {
         Self {
             code,
@@ -30,10 +33,12 @@ impl Exit {
         }
     }
 
+    /// A usage or configuration error (64).
     pub fn usage(message: impl Into<String>) -> Self {
         Self::new(USAGE, message)
     }
 
+    /// Any other failure (1).
     pub fn failure(message: impl Into<String>) -> Self {
         Self::new(FAILURE, message)
     }
@@ -51,10 +56,5 @@ impl From<StoreError> for Exit {
     }
 }
 
-impl From<anyhow::Error> for Exit {
-    fn from(e: anyhow::Error) -> Self {
-        Self::failure(format!("{e:#}"))
-    }
-}
-
+/// What a command returns.
 pub type CmdResult = Result<(), Exit>;

@@ -84,7 +84,7 @@ const TICK: Duration = Duration::from_millis(20);
 
 /// Drop and traffic counters.
 #[derive(Debug, Default, Clone)]
-pub struct Counters {
+pub(crate) struct Counters {
     /// Packets read from TUN and sent into the mesh.
     pub tun_packets_sent: u64,
     /// Packets delivered to TUN.
@@ -228,7 +228,7 @@ struct State {
 }
 
 /// The data plane of one daemon.
-pub struct DataPlane {
+pub(crate) struct DataPlane {
     me: NodeId,
     my_address: Ipv6Addr,
     prefix: MeshPrefix,
@@ -262,7 +262,7 @@ impl std::fmt::Debug for DataPlane {
 
 /// How the data plane is set up.
 #[derive(Debug, Clone)]
-pub struct DataPlaneConfig {
+pub(crate) struct DataPlaneConfig {
     /// Open a TUN device (otherwise the node only relays).
     pub tun: bool,
     /// Its name.
@@ -308,7 +308,7 @@ impl AppPort {
 
 impl DataPlane {
     /// Binds the data socket, opens the TUN device, and starts the loops.
-    pub fn start(
+    pub(crate) fn start(
         cfg: &DataPlaneConfig,
         me: NodeId,
         prefix: MeshPrefix,
@@ -438,7 +438,7 @@ impl DataPlane {
     }
 
     /// The data socket's port.
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.udp
             .socket()
             .local_addr()
@@ -447,7 +447,7 @@ impl DataPlane {
     }
 
     /// Counters so far.
-    pub fn counters(&self) -> Counters {
+    pub(crate) fn counters(&self) -> Counters {
         let st = lock(&self.state);
         let mut c = st.counters.clone();
         c.shed_dropped = st.shed.shed_frames();
@@ -466,7 +466,12 @@ impl DataPlane {
     }
 
     /// A link came up: derive its keys and return what to announce to the neighbour.
-    pub fn attach(&self, peer: NodeId, conn: &quinn::Connection, dialer: bool) -> DataChannel {
+    pub(crate) fn attach(
+        &self,
+        peer: NodeId,
+        conn: &quinn::Connection,
+        dialer: bool,
+    ) -> DataChannel {
         let role = if dialer {
             TlsRole::Client
         } else {
@@ -504,7 +509,7 @@ impl DataPlane {
     }
 
     /// The neighbour announced its data channel.
-    pub fn peer_channel(&self, peer: NodeId, conn: &quinn::Connection, d: DataChannel) {
+    pub(crate) fn peer_channel(&self, peer: NodeId, conn: &quinn::Connection, d: DataChannel) {
         let mut st = lock(&self.state);
         if let Some(l) = st.links.get_mut(&peer)
             && l.conn.stable_id() == conn.stable_id()
@@ -522,7 +527,7 @@ impl DataPlane {
     /// link's TLS session, now (the self-healing loop's rekey; the neighbour derives it from
     /// the first frame under it). Refused while the generation of the previous rekey has not
     /// carried a frame yet. Returns the new generation.
-    pub fn rekey_link(&self, peer: NodeId) -> Result<u64, String> {
+    pub(crate) fn rekey_link(&self, peer: NodeId) -> Result<u64, String> {
         let now = self.now();
         let mut guard = lock(&self.state);
         let st = &mut *guard;
@@ -544,23 +549,23 @@ impl DataPlane {
 
     /// Limits the transit `peer` sends through us to `(1 − share)` of its recent rate (at
     /// least 1 Mbit/s; see [`crate::shed`]).
-    pub fn shed_load(&self, peer: NodeId, share: f64) -> Result<ShedLimit, String> {
+    pub(crate) fn shed_load(&self, peer: NodeId, share: f64) -> Result<ShedLimit, String> {
         let now = self.now();
         lock(&self.state).shed.shed(peer, share, now)
     }
 
     /// Lifts `peer`'s transit limit; false if there was none.
-    pub fn restore_load(&self, peer: NodeId) -> bool {
+    pub(crate) fn restore_load(&self, peer: NodeId) -> bool {
         lock(&self.state).shed.restore(peer)
     }
 
     /// Transit limits in force.
-    pub fn shed_limits(&self) -> Vec<ShedLimit> {
+    pub(crate) fn shed_limits(&self) -> Vec<ShedLimit> {
         lock(&self.state).shed.limits()
     }
 
     /// A link went away.
-    pub fn detach(&self, peer: NodeId, conn: &quinn::Connection) {
+    pub(crate) fn detach(&self, peer: NodeId, conn: &quinn::Connection) {
         let mut st = lock(&self.state);
         if st
             .links

@@ -14,9 +14,43 @@ use x0_sim::telemetry::{self, ControlTraffic, Telemetry, TelemetryConfig, Teleme
 use x0_sim::{Instance, Instant, Scenario};
 
 use self::canvas::{Canvas, fonts};
-use crate::cli::SimArgs;
-use crate::exit::{self, CmdResult, Exit};
+use x0_node::exit::{self, CmdResult, Exit};
 
+/// `x0t sim`: run a simulator scenario.
+#[derive(Debug, clap::Args)]
+pub struct SimArgs {
+    /// Scenario file (TOML; see docs/sim.md and scenarios/).
+    #[arg(long, value_name = "FILE")]
+    pub scenario: PathBuf,
+    /// Seed of the run (overrides the scenario's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Directory for the JSON report (and the plot and telemetry, if asked for).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Source/destination pairs sampled for forwarding checks.
+    #[arg(long, default_value_t = 2000)]
+    pub sample_pairs: usize,
+    /// Write a PNG timeline of the run (events, detect/reroute/converge, control traffic) to
+    /// `DIR/sim-<scenario>.png` (needs --out).
+    #[arg(long, requires = "out")]
+    pub plot: bool,
+    /// Write per-link and per-node telemetry with fault labels (links.csv, nodes.csv) to DIR,
+    /// or to the --out directory when DIR is left out.
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    pub telemetry: Option<Option<PathBuf>>,
+    /// Telemetry sampling interval, virtual time (e.g. "1s", "250ms").
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub telemetry_interval: std::time::Duration,
+    /// Links to sample in the telemetry [default: all up to 2,000 nodes, else 5,000].
+    #[arg(long, value_name = "N")]
+    pub telemetry_max_links: Option<usize>,
+}
+
+/// Runs a scenario and writes its report.
 pub fn run(args: SimArgs) -> CmdResult {
     let done = execute(&args, std::io::stderr().is_terminal())?;
     let text =

@@ -46,7 +46,7 @@ impl DataPlane {
     /// Sends `probes` (each to its destination through its relays); returns the IDs of those
     /// that could not be sent (no end-to-end session yet — its handshake is started — or no
     /// link to the first hop).
-    pub fn send_probes(&self, probes: &[ProbeSend]) -> Vec<u64> {
+    pub(crate) fn send_probes(&self, probes: &[ProbeSend]) -> Vec<u64> {
         let now = self.now();
         let table = self.routing.table();
         let mut out = Out::default();
@@ -79,12 +79,12 @@ impl DataPlane {
     }
 
     /// Answers to our probes since the last call: probe ID and round-trip time.
-    pub fn take_probe_replies(&self) -> Vec<(u64, Duration)> {
+    pub(crate) fn take_probe_replies(&self) -> Vec<(u64, Duration)> {
         std::mem::take(&mut lock(&self.state).probes.answers)
     }
 
     /// Destinations we sent data to recently.
-    pub fn active_destinations(&self) -> Vec<NodeId> {
+    pub(crate) fn active_destinations(&self) -> Vec<NodeId> {
         let now = self.now();
         lock(&self.state)
             .sessions

@@ -1,7 +1,7 @@
 //! `x0t bench heal`: how fast the self-healing loop notices a fault and end-to-end delivery
 //! comes back, measured with real daemons in network namespaces.
 //!
-//! Each run builds the ring of [`crate::bench_failover`] (`n0–n1–n2–n3–n0`, one daemon per
+//! Each run builds the ring of [`crate::failover`] (`n0–n1–n2–n3–n0`, one daemon per
 //! namespace, the self-healing loop on in mode `act`, the eBPF TC counters on and the
 //! machine-wide tracepoints off), after the loops' warm-up: the source S is n0, the
 //! destination D is n2, the primary relay R1 is whichever of n1/n3 n0 routes through when
@@ -40,7 +40,7 @@
 //!   anything but the faulted element (all of them in `healthy-baseline`).
 //!
 //! `--sim` runs the same scenarios in the simulator (`bench_heal_sim`, not part of this tree
-//! yet): its rows go through [`sim_report`] into `heal-sim.json`.
+//! yet): its rows go through `sim_report` into `heal-sim.json`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -48,11 +48,11 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use crate::api::{ActionInfo, IncidentInfo};
-use crate::bench_failover::{
+use crate::failover::{
     self as fo, FINE_BUCKET, LogEvent, RATE_PPS, Ring, RunError, SinkSummary, SourceSummary,
 };
-use crate::exit::{self, CmdResult, Exit};
+use x0_node::api::{ActionInfo, IncidentInfo};
+use x0_node::exit::{self, CmdResult, Exit};
 
 /// Seconds of stream before the fault.
 const PRE_FAULT_S: f64 = 3.0;
@@ -269,7 +269,7 @@ pub struct ScenarioRow {
     pub failed_runs: Vec<FailedRun>,
     /// With `--sim`: the simulator's own record of the scenario.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sim: Option<crate::bench_heal_sim::SimScenarioResult>,
+    pub sim: Option<crate::heal_sim::SimScenarioResult>,
 }
 
 /// A run without a measurement.
@@ -500,7 +500,7 @@ fn cores() -> usize {
 
 /// Writes the report and prints it (JSON or table).
 fn finish(report: &Report, args: &HealArgs, file_name: &str) -> CmdResult {
-    let (text, file) = crate::bench::write_report(report, &args.out, file_name)?;
+    let (text, file) = crate::report::write_report(report, &args.out, file_name)?;
     if args.json {
         println!("{text}");
     } else {
@@ -520,18 +520,18 @@ fn finish(report: &Report, args: &HealArgs, file_name: &str) -> CmdResult {
     Ok(())
 }
 
-/// `--sim`: the same scenarios in the simulator ([`crate::bench_heal_sim`]), written to
+/// `--sim`: the same scenarios in the simulator ([`crate::heal_sim`]), written to
 /// `heal-sim.json`.
 fn run_sim(args: &HealArgs, scenarios: &[HealScenario]) -> CmdResult {
     let seed = args.seed.unwrap_or(1);
-    let cfg = crate::bench_heal_sim::SimHealConfig {
+    let cfg = crate::heal_sim::SimHealConfig {
         nodes: usize::try_from(args.nodes).unwrap_or(usize::MAX),
         seed,
         scenarios: scenarios.iter().map(|s| s.name().to_owned()).collect(),
         baseline_seconds: u64::from(args.baseline_seconds),
         progress: true,
     };
-    let results = crate::bench_heal_sim::run(&cfg, &mut |msg| progress(msg))
+    let results = crate::heal_sim::run(&cfg, &mut |msg| progress(msg))
         .map_err(|e| Exit::new(exit::USAGE, format!("x0t bench heal --sim: {e}")))?;
     let rows = results.into_iter().filter_map(sim_row).collect();
     finish(&sim_report(rows, args.nodes, seed), args, "heal-sim.json")
@@ -539,7 +539,7 @@ fn run_sim(args: &HealArgs, scenarios: &[HealScenario]) -> CmdResult {
 
 /// A simulated scenario's result as a report row, judged against the same targets as the
 /// lab's.
-fn sim_row(r: crate::bench_heal_sim::SimScenarioResult) -> Option<ScenarioRow> {
+fn sim_row(r: crate::heal_sim::SimScenarioResult) -> Option<ScenarioRow> {
     let scenario = HealScenario::value_variants()
         .iter()
         .copied()
@@ -678,7 +678,7 @@ fn table(report: &Report) -> String {
         "self-healing, {} ({} nodes), {} run(s) per scenario:\n",
         report.mode, report.nodes, report.runs_per_scenario
     );
-    out.push_str(&crate::ctl::table(
+    out.push_str(&x0_node::text::table(
         &[
             "scenario",
             "detect ms",
@@ -821,7 +821,7 @@ pub fn false_positive_actions(
 }
 
 /// Delivery of the stream in fine bins: packets delivered on time per bin of
-/// [`FINE_BUCKET`] sequence numbers, and the bins' send times.
+/// `FINE_BUCKET` sequence numbers, and the bins' send times.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// On-time packets per bin, only bins wholly inside the stream.
@@ -834,7 +834,7 @@ pub struct Delivery {
 
 impl Delivery {
     /// From the source's and sink's summaries.
-    pub fn of(src: &SourceSummary, sink: &SinkSummary) -> Self {
+    pub(crate) fn of(src: &SourceSummary, sink: &SinkSummary) -> Self {
         let whole = usize::try_from(src.attempted / FINE_BUCKET).unwrap_or(usize::MAX);
         let bins = (0..whole)
             .map(|k| {
@@ -901,7 +901,7 @@ impl Delivery {
 
 /// Changes of the next hop towards `dst_id` in `events` (n0's log lines after the fault),
 /// from `initial`, up to `until_ms` after the fault.
-pub fn route_changes(
+pub(crate) fn route_changes(
     events: &[LogEvent],
     dst_id: &str,
     initial: Option<&str>,
@@ -939,7 +939,7 @@ fn api_call(
     path: &str,
     body: Option<&str>,
 ) -> Result<(u16, String), String> {
-    let url = format!("http://{}{path}", crate::config::DEFAULT_API_LISTEN);
+    let url = format!("http://{}{path}", x0_node::config::DEFAULT_API_LISTEN);
     let mut argv = vec![
         "curl",
         "-sS",
@@ -1487,21 +1487,23 @@ mod tests {
         );
     }
 
+    /// `x0t bench heal`'s arguments on their own.
+    #[derive(Debug, clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: HealArgs,
+    }
+
     #[test]
     fn arguments_parse_with_their_defaults() {
-        let cli = crate::cli::Cli::try_parse_from(["x0t", "bench", "heal"]).unwrap();
-        let crate::cli::Command::Bench(crate::cli::BenchCommand::Heal(a)) = cli.command else {
-            panic!("not bench heal");
-        };
+        let a = Cmd::try_parse_from(["heal"]).unwrap().args;
         assert_eq!(a.scenarios.len(), 7);
         assert_eq!(
             (a.runs, a.baseline_seconds, a.nodes, a.sim),
             (1, 300, 1200, false)
         );
         assert_eq!(a.out, PathBuf::from("bench-results"));
-        let cli = crate::cli::Cli::try_parse_from([
-            "x0t",
-            "bench",
+        let a = Cmd::try_parse_from([
             "heal",
             "--scenarios",
             "link-down,flapping-link",
@@ -1516,10 +1518,8 @@ mod tests {
             "7",
             "--json",
         ])
-        .unwrap();
-        let crate::cli::Command::Bench(crate::cli::BenchCommand::Heal(a)) = cli.command else {
-            panic!("not bench heal");
-        };
+        .unwrap()
+        .args;
         assert_eq!(
             a.scenarios,
             vec![HealScenario::LinkDown, HealScenario::FlappingLink]
@@ -1534,9 +1534,9 @@ mod tests {
             &["--runs", "0"],
             &["--baseline-seconds", "5"],
         ] {
-            let mut argv = vec!["x0t", "bench", "heal"];
+            let mut argv = vec!["heal"];
             argv.extend_from_slice(bad);
-            assert!(crate::cli::Cli::try_parse_from(argv).is_err(), "{bad:?}");
+            assert!(Cmd::try_parse_from(argv).is_err(), "{bad:?}");
         }
         // More nodes than the simulator half takes: refused, naming the limit.
         let e = run(HealArgs {

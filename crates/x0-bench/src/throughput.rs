@@ -22,8 +22,9 @@ use serde::Serialize;
 use x0_lab::process::{CLOCK_TICKS_PER_SECOND, ProcStat};
 use x0_lab::{Lab, LabName, LabSpec, Shape, SpawnOptions, Topology};
 
-use crate::exit::{self, CmdResult, Exit};
+use x0_node::exit::{self, CmdResult, Exit};
 
+/// A system measured side by side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum System {
@@ -40,6 +41,7 @@ pub enum System {
 }
 
 impl System {
+    /// Its name in reports.
     pub fn name(self) -> &'static str {
         match self {
             System::Raw => "raw",
@@ -78,6 +80,7 @@ impl System {
     }
 }
 
+/// Arguments of `x0t bench throughput`.
 #[derive(Debug, Args)]
 pub struct ThroughputArgs {
     /// Print the report as JSON on stdout.
@@ -779,6 +782,7 @@ fn run_case(
     Ok(())
 }
 
+/// Runs `x0t bench throughput`.
 pub fn run(args: ThroughputArgs) -> CmdResult {
     crate::lab::require_tools(&[("iperf3", "iperf3"), ("ping", "iputils-ping")])?;
     let mut systems = args.systems.clone();
@@ -853,7 +857,7 @@ pub fn run(args: ThroughputArgs) -> CmdResult {
         }
     }
     finish(&mut report, &args);
-    let (text, file) = crate::bench::write_report(&report, &args.out, "throughput.json")?;
+    let (text, file) = crate::report::write_report(&report, &args.out, "throughput.json")?;
     if args.json {
         println!("{text}");
     } else {
