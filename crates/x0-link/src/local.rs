@@ -87,6 +87,16 @@ impl LocalIdentity {
         self.keys.node_id()
     }
 
+    /// The current SVID, DER.
+    pub fn svid_der(&self) -> Vec<u8> {
+        self.current()
+            .link
+            .cert
+            .first()
+            .map(|c| c.to_vec())
+            .unwrap_or_default()
+    }
+
     fn current(&self) -> Chains {
         self.chains
             .read()
@@ -115,5 +125,12 @@ impl ResolvesClientCert for LocalIdentity {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+/// Adverts carry the SVID in force when they are signed (renewals included).
+impl x0_identity::advert::SvidSource for LocalIdentity {
+    fn current_svid(&self) -> Vec<u8> {
+        self.svid_der()
     }
 }

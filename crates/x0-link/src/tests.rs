@@ -1587,3 +1587,43 @@ async fn delayed_sends_raise_the_rtt_and_dropped_sends_keep_a_link_from_forming(
     );
     assert!(!drop.asked.lock().unwrap().is_empty());
 }
+
+#[test]
+fn advert_signatures_carry_the_current_svid_and_follow_the_revocations() {
+    use x0_identity::advert::{AdvertSigner, OriginError, OriginVerifier};
+
+    let mesh = Mesh::new();
+    let keys = Arc::new(NodeKeys::generate().unwrap());
+    let first = mesh.issue(&keys);
+    let identity = LocalIdentity::new(keys.clone(), first.clone(), None).unwrap();
+    assert_eq!(identity.svid_der(), first);
+    let trust = TrustState::new(mesh.bundle.clone(), Arc::new(LinkMetrics::default()));
+    let signer = AdvertSigner::new(keys.clone(), identity.clone());
+    let mut verifier = OriginVerifier::new(mesh.bundle.clone(), trust.clone());
+    let now = UnixTime::now();
+    let (cred, sig) = signer.sign(b"body");
+    assert_eq!(
+        verifier.verify(now, &keys.node_id(), b"body", &cred, &sig),
+        Ok(())
+    );
+    // A renewal shows in the next advert.
+    let renewed = mesh.issue_at(&keys, unix_now(), 2 * HOUR);
+    identity.set_svid(renewed.clone(), None);
+    let (cred2, sig2) = signer.sign(b"body");
+    assert!(cred2.windows(renewed.len()).any(|w| w == renewed));
+    assert_eq!(
+        verifier.verify(now, &keys.node_id(), b"body", &cred2, &sig2),
+        Ok(())
+    );
+    // So does a revocation.
+    let generation = verifier.generation();
+    trust
+        .apply_revocations(&mesh.revocations(1, &[keys.node_id()]))
+        .unwrap();
+    assert_ne!(verifier.generation(), generation);
+    assert!(!verifier.admits(&keys.node_id()));
+    assert_eq!(
+        verifier.verify(now, &keys.node_id(), b"body", &cred2, &sig2),
+        Err(OriginError::Revoked)
+    );
+}

@@ -150,6 +150,17 @@ impl TrustState {
     }
 }
 
+/// Advert origins are checked against the same revocations as links.
+impl x0_identity::advert::RevocationView for TrustState {
+    fn is_revoked(&self, node: &NodeId) -> bool {
+        self.snapshot().is_revoked(*node)
+    }
+
+    fn revocation_serial(&self) -> u64 {
+        self.snapshot().revocation_serial
+    }
+}
+
 fn check_sizes(
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
