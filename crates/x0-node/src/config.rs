@@ -608,6 +608,13 @@ impl Config {
                     .into(),
             );
         }
+        if fi.faults.len() > crate::fault::MAX_FAULTS {
+            return Err(format!(
+                "key `danger_fault_injection.faults`: at most {} faults, got {}",
+                crate::fault::MAX_FAULTS,
+                fi.faults.len()
+            ));
+        }
         for (i, f) in fi.faults.iter().enumerate() {
             crate::fault::Fault::try_from(f).map_err(|e| {
                 format!(
@@ -787,6 +794,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("enabled = true"), "{e}");
+        let many = vec!["{ kind = \"blackhole\" }"; crate::fault::MAX_FAULTS + 1].join(", ");
+        let e = Config::parse(&format!(
+            "state_dir = \"/x\"\n[danger_fault_injection]\nenabled = true\nfaults = [{many}]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("danger_fault_injection.faults") && e.contains("at most 64"),
+            "{e}"
+        );
     }
 
     #[test]

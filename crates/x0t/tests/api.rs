@@ -394,7 +394,8 @@ fn every_endpoint_answers_with_its_shape_and_events_report_a_joining_peer() {
     let spec = oas3::from_json(&doc.body).unwrap();
     spec.validate_version().unwrap();
     let paths: Vec<String> = spec.paths.unwrap().keys().cloned().collect();
-    assert_eq!(paths.len(), 13, "{paths:?}");
+    assert_eq!(paths.len(), 14, "{paths:?}");
+    assert!(paths.iter().any(|p| p == "/openapi.json"), "{paths:?}");
     // `/v1/faults/{id}` only takes DELETE (tests/fault.rs).
     for p in paths
         .iter()
@@ -503,13 +504,28 @@ fn bad_requests_get_4xx_answers_and_the_daemon_keeps_serving() {
         .as_bytes(),
     );
     assert_eq!(r.status, 413);
-    // Huge headers.
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("65536"),
+        "{}",
+        r.body
+    );
+    // Huge headers: hyper answers on its own, with the JSON body every error has.
     let big = "x".repeat(20 * 1024);
     let r = raw(
         &api,
         format!("GET /health HTTP/1.1\r\nHost: {api}\r\nX-Big: {big}\r\n\r\n").as_bytes(),
     );
     assert_eq!(r.status, 431);
+    assert!(
+        r.head.contains("content-type: application/json"),
+        "{}",
+        r.head
+    );
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("16384"),
+        "{}",
+        r.body
+    );
     // Bad queries.
     assert_eq!(get(&api, "/v1/routes?dst=not-a-node").status, 400);
     assert_eq!(get(&api, "/v1/routes?dst=%zz").status, 400);
@@ -517,6 +533,45 @@ fn bad_requests_get_4xx_answers_and_the_daemon_keeps_serving() {
     // Not HTTP at all.
     let r = raw(&api, b"\x16\x03\x01\x00\xa5garbage\r\n\r\n");
     assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an HTTP/1.1 request")
+    );
+    // A good request, then garbage on the same connection: the first answer is untouched.
+    let r = raw(
+        &api,
+        format!("GET /health HTTP/1.1\r\nHost: {api}\r\n\r\nGARBAGE\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("\"live\":true")
+            && r.body.ends_with("request (bad request line or header)\"}"),
+        "{}",
+        r.body
+    );
+    // A web page posting a "simple" form to the API (no JSON content type, or another origin).
+    let r = request(
+        &api,
+        "POST",
+        "/v1/faults",
+        &[("Content-Type", "text/plain")],
+        "{\"kind\":\"blackhole\"}",
+    );
+    assert_eq!(r.status, 415, "{}", r.body);
+    let r = request(
+        &api,
+        "POST",
+        "/v1/faults",
+        &[
+            ("Content-Type", "application/json"),
+            ("Origin", "http://evil.example"),
+        ],
+        "{\"kind\":\"blackhole\"}",
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.json()["error"].as_str().unwrap().contains("cross-origin"));
     // A page from another origin (DNS rebinding) cannot read the unauthenticated API.
     let r = raw(
         &api,
