@@ -690,6 +690,73 @@ fn a_non_loopback_api_needs_a_token() {
     assert!(stderr(&o).contains("chmod 600"), "{}", stderr(&o));
 }
 
+/// Runs `x0t up` and waits for it to exit; panics (after killing it) if it is still running
+/// after 20 s.
+fn up_must_fail(cfg: &Path) -> std::process::Output {
+    let mut child = x0t()
+        .args(["up", "--config", s(cfg)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + T;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!("x0t up kept running:\n{}", stderr(&o));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_daemon_whose_api_address_is_taken_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    ca_node(&a, &[]);
+    // Something else holds the port, on every address.
+    let taken = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for (name, extra) in [
+        (
+            "loopback",
+            format!("\n[api]\nlisten = \"127.0.0.1:{port}\"\n"),
+        ),
+        (
+            "token",
+            format!("\n[api]\nlisten = \"0.0.0.0:{port}\"\ntoken_file = \"api-token\"\n"),
+        ),
+        (
+            "loopback-token",
+            format!("\n[api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"api-token\"\n"),
+        ),
+    ] {
+        let cfg = config(dir.path(), name, &a, &[], &extra);
+        let o = up_must_fail(&cfg);
+        assert_eq!(o.status.code(), Some(69), "{name}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!(":{port}"))
+                && err.contains("`api.listen`")
+                && err.contains("in use"),
+            "{name}: {err}"
+        );
+    }
+    // The default address taken (by this test, or by whoever holds it already): the same.
+    let _default = TcpListener::bind("127.0.0.1:5471");
+    let cfg = config(dir.path(), "default", &a, &[], "\n[api]\nenabled = true\n");
+    let o = up_must_fail(&cfg);
+    assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`api.listen` is not set; 127.0.0.1:5471 is its default"),
+        "{}",
+        stderr(&o)
+    );
+    drop(taken);
+}
+
 #[test]
 fn cli_commands_read_a_running_daemon_and_fail_cleanly_without_one() {
     let dir = tempfile::tempdir().unwrap();
