@@ -973,3 +973,59 @@ fn ebpf_telemetry_is_exported_when_permitted_and_reported_off_when_not() {
         assert!(doc.contains(name), "{name} is not in docs/metrics.md");
     }
 }
+
+/// A stand-in daemon API that answers every request on one connection with `body` (JSON).
+fn fake_api(body: String) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn peer_supplied_text_cannot_drive_the_terminal() {
+    // A peer's QUIC close reason, as the daemon reports it in `last_error`: an escape sequence
+    // that clears the screen and retitles the window, a fake line, a right-to-left override.
+    let reason = "closed by peer: bye\u{1b}[2J\u{1b}]0;owned\u{7}\nPEER  fake-row\u{202e}";
+    let peers = serde_json::json!([{
+        "node_id": "00112233445566778899aabbccddeeff",
+        "addr": "127.0.0.1:7101",
+        "configured": true,
+        "linked": false,
+        "overlay_addr": null,
+        "last_error": reason,
+        "dial_failures": 3,
+    }]);
+    let api = fake_api(peers.to_string());
+    let o = run(&["peers", "--api", &api]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        !out.chars()
+            .any(|c| c != '\n' && (c.is_control() || c == '\u{202e}')),
+        "{out:?}"
+    );
+    assert!(
+        out.contains(r"bye\u{1b}[2J\u{1b}]0;owned\u{7}\u{a}PEER"),
+        "{out}"
+    );
+    // The JSON keeps the text as it is (escaped as JSON).
+    let api = fake_api(peers.to_string());
+    let v = run_json(&["peers", "--api", &api, "--json"]);
+    assert_eq!(v[0]["last_error"], reason);
+}
