@@ -157,7 +157,7 @@ impl HealScenario {
 }
 
 /// The route changes `flapping-link` may cause: before the loop calls the link flapping it has
-/// seen at most `detect.flap_transitions` up/down transitions, each moving n0's route at most
+/// seen at most `heal.detect.flap_transitions` up/down transitions, each moving n0's route at most
 /// once; excluding the link (held `plan.hold_base_ms` = 30 s, longer than the flapping)
 /// moves it once more.
 pub fn flap_route_change_bound() -> u32 {
@@ -483,7 +483,7 @@ fn notes() -> Vec<String> {
             .into(),
         format!(
             "route_changes: changes of n0's next hop to n2 in its log after the fault; \
-             flapping-link bound = detect.flap_transitions + 1 = {}",
+             flapping-link bound = heal.detect.flap_transitions + 1 = {}",
             flap_route_change_bound()
         ),
         "with --runs > 1: detect_ms and recover_ms are medians, route_changes and \

@@ -335,8 +335,9 @@ impl DataPlane {
                 .build_sync()
                 .map_err(|e| {
                     format!(
-                        "cannot open the TUN device {:?}: {e} (needs CAP_NET_ADMIN and /dev/net/tun; \
-                         set `tun.enabled = false` to run as a relay only)",
+                        "cannot open the TUN device {:?}: {e} (needs CAP_NET_ADMIN, /dev/net/tun \
+                         and a name no other daemon holds, `dataplane.tun_name`; or \
+                         `dataplane.tun = false` to run without it, as a relay only)",
                         cfg.tun_name
                     )
                 })?;

@@ -1255,7 +1255,8 @@ impl Collector for HealCollector {
             e,
             "heal_actions_rate_limited",
             "Times an action was held back because the action-rate token bucket was empty \
-             (plan.action_burst, plan.action_refill_ms); it is planned again when a token is due",
+             (heal.plan.action_burst, heal.plan.action_refill_ms); it is planned again when a token is \
+             due",
             None,
             view.rate_limited,
         )?;
