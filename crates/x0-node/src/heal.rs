@@ -54,7 +54,7 @@ use tracing::{debug, error, info, warn};
 use x0_heal::{
     Action, ActionKind, ActionResult, Cause, DownCause, DropCounters, Executor, Healer,
     HealthState, Instant, KernelCounters, KnowledgeBase, LinkRef, LinkSample, LinkState, Mode,
-    ProbeSend, ProbeTarget, Prober, ProcessStats, Record, Resolution, Sample, Topology,
+    ProbeSend, ProbeTarget, Prober, Problem, ProcessStats, Record, Resolution, Sample, Topology,
 };
 use x0_identity::{NodeId, NodeKeys};
 
@@ -1215,7 +1215,21 @@ impl Collector for HealCollector {
             ]
             .map(|(k, n)| (vec![("kind", k.to_owned())], n as f64)),
         )?;
-        let c = lock(&self.handle.counters).clone();
+        // Every problem, kind and result from the start, at zero until it happens: an alert
+        // on one gets 0, not "no data". Actions in the daemon's mode; results in act mode.
+        let mut c = lock(&self.handle.counters).clone();
+        for p in Problem::ALL {
+            c.incidents.entry(p.as_str()).or_default();
+        }
+        let mode = view.mode.unwrap_or(Mode::Act);
+        for kind in ActionKind::NAMES {
+            c.actions.entry((kind, mode.as_str())).or_default();
+            if mode == Mode::Act {
+                for result in ["done", "failed"] {
+                    c.results.entry((kind, result)).or_default();
+                }
+            }
+        }
         encode_counters(
             e,
             "heal_incidents",

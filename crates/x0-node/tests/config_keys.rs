@@ -400,3 +400,206 @@ fn the_probe_tells_keys_from_non_keys() {
         ]
     );
 }
+
+/// A bound from docs/configuration.md's "allowed" column.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    value: f64,
+    inclusive: bool,
+}
+
+/// What a cell of the "allowed" column says about a number.
+#[derive(Debug, Clone, Copy)]
+struct Allowed {
+    lo: Option<Bound>,
+    hi: Option<Bound>,
+    /// A float (written with a decimal point, or an open interval).
+    float: bool,
+    /// No upper bound: the cell is `≥ …`, `> …` or `any`.
+    unbounded: bool,
+}
+
+/// The numeric bounds a cell states: `lo–hi`, `≥ lo`, `> lo`, `(a, b]` and the like,
+/// `` `other`–hi ``, `` ≥ `other` ``, `any`; `None` when it is not about a number alone (a
+/// list, a name, a length) or adds a condition (`…, < idle timeout`).
+fn bounds(cell: &str) -> Option<Allowed> {
+    // Thousands separators out, then the first clause.
+    let mut text = String::new();
+    let chars: Vec<char> = cell.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        let between_digits = i > 0
+            && chars[i - 1].is_ascii_digit()
+            && chars.get(i + 1).is_some_and(char::is_ascii_digit)
+            && chars.get(i + 4).is_none_or(|c| !c.is_ascii_digit());
+        if !(*c == ',' && between_digits) {
+            text.push(*c);
+        }
+    }
+    let text = text.trim();
+    let num = |s: &str| s.trim().parse::<f64>().ok();
+    let relative =
+        |s: &str| s.starts_with('`') && s.ends_with('`') && !s[1..s.len() - 1].contains('`');
+    let side = |s: &str, inclusive: bool| -> Option<Option<Bound>> {
+        match num(s) {
+            Some(value) => Some(Some(Bound { value, inclusive })),
+            None if relative(s.trim()) => Some(None),
+            None => None,
+        }
+    };
+    if text == "any" {
+        return Some(Allowed {
+            lo: None,
+            hi: None,
+            float: false,
+            unbounded: true,
+        });
+    }
+    if let Some(interval) = text.strip_prefix(['(', '['])
+        && let Some((a, rest)) = interval.split_once(", ")
+        && let Some(b) = rest.strip_suffix([')', ']'])
+    {
+        return Some(Allowed {
+            lo: side(a, text.starts_with('['))?,
+            hi: side(b, text.ends_with(']'))?,
+            float: true,
+            unbounded: false,
+        });
+    }
+    for (prefix, inclusive) in [("≥ ", true), ("> ", false)] {
+        if let Some(lo) = text.strip_prefix(prefix) {
+            return Some(Allowed {
+                lo: side(lo, inclusive)?,
+                hi: None,
+                float: num(lo).is_some() && lo.contains('.'),
+                unbounded: true,
+            });
+        }
+    }
+    let (lo, hi) = text.split_once('–')?;
+    Some(Allowed {
+        lo: side(lo, true)?,
+        hi: side(hi, true)?,
+        float: [lo, hi].iter().any(|s| num(s).is_some() && s.contains('.')),
+        unbounded: false,
+    })
+}
+
+/// What the parser says to `key = value`: `Ok` when it accepts it, `Err` with the message
+/// when it refuses it naming `key` (a refusal that names another key is acceptance of this
+/// one: the documented ranges hold with the other keys at their defaults).
+fn verdict(key: &str, value: f64, float: bool) -> Result<(), String> {
+    let path = segments(key);
+    let literal = |float: bool| {
+        if float {
+            format!("{value:?}")
+        } else {
+            format!("{}", value as i64)
+        }
+    };
+    let mut text = format!(
+        "state_dir = \"/x\"\n{}",
+        toml_setting(&path, &literal(float), "")
+    );
+    let mut result = Config::parse(&text);
+    if let Err(e) = &result
+        && !float
+        && e.contains("invalid type: integer")
+    {
+        text = format!(
+            "state_dir = \"/x\"\n{}",
+            toml_setting(&path, &literal(true), "")
+        );
+        result = Config::parse(&text);
+    }
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.contains(&format!("`{key}`")) => Err(e),
+        Err(_) => Ok(()),
+    }
+}
+
+#[test]
+fn the_documented_ranges_are_the_enforced_ones() {
+    let doc = std::fs::read_to_string(root().join("docs/configuration.md")).unwrap();
+    // One table: a blank line would end it and print the rest as text.
+    let lines: Vec<&str> = doc.lines().collect();
+    for pair in lines.windows(2) {
+        assert!(
+            !pair[1].starts_with("| `") || pair[0].starts_with('|'),
+            "docs/configuration.md: a table row without its table: {}",
+            pair[1]
+        );
+    }
+    let mut checked = 0;
+    let mut wrong = Vec::new();
+    for line in doc.lines() {
+        let cells: Vec<&str> = line.split(" | ").collect();
+        let Some(key) = cells
+            .first()
+            .and_then(|c| c.strip_prefix("| `"))
+            .and_then(|c| c.strip_suffix('`'))
+        else {
+            continue;
+        };
+        if key.starts_with('[') || key.contains("[]") || cells.len() < 3 {
+            continue;
+        }
+        let Some(Allowed {
+            lo,
+            hi,
+            float,
+            unbounded,
+        }) = bounds(cells[1])
+        else {
+            continue;
+        };
+        let step = if float { 1e-3 } else { 1.0 };
+        let mut expect = |value: f64, accepted: bool| {
+            let v = verdict(key, value, float);
+            if v.is_ok() != accepted {
+                wrong.push(format!(
+                    "{key} = {value}: documented {}, but {}",
+                    if accepted { "allowed" } else { "refused" },
+                    match v {
+                        Ok(()) => "accepted".to_owned(),
+                        Err(e) => format!("refused: {e}"),
+                    }
+                ));
+            }
+        };
+        if let Some(b) = lo {
+            checked += 1;
+            if b.inclusive {
+                expect(b.value, true);
+                expect(b.value - step, false);
+            } else {
+                expect(b.value, false);
+                expect(b.value + step, true);
+            }
+        }
+        match hi {
+            Some(b) => {
+                checked += 1;
+                if b.inclusive {
+                    expect(b.value, true);
+                    expect(b.value + step, false);
+                } else {
+                    expect(b.value, false);
+                    expect(b.value - step, true);
+                }
+            }
+            // No upper bound documented: none enforced either (up to 10^9).
+            None if unbounded => expect(1e9, true),
+            None => {}
+        }
+    }
+    assert!(
+        checked > 40,
+        "only {checked} bounds found in docs/configuration.md"
+    );
+    assert!(
+        wrong.is_empty(),
+        "docs/configuration.md and the parser disagree:\n{}",
+        wrong.join("\n")
+    );
+}

@@ -366,6 +366,30 @@ fn every_endpoint_answers_with_its_shape_and_events_report_a_joining_peer() {
             "{name} is not documented in docs/metrics.md"
         );
     }
+    // And the other way round: every metric docs/metrics.md lists is served (the eBPF
+    // counters once the programs are attached, which needs root: tested apart).
+    for name in docs
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `x0t_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|n| format!("x0t_{n}"))
+        .filter(|n| n == "x0t_ebpf_enabled" || !n.starts_with("x0t_ebpf_"))
+    {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "docs/metrics.md lists {name}, which the daemon does not serve:\n{text}"
+        );
+    }
+    // Counters of events that have not happened yet are there, at zero.
+    for series in [
+        "x0t_links_closed_total{cause=\"idle_timeout\"} 0",
+        "x0t_svid_renewals_total{result=\"error\"} 0",
+        "x0t_heal_incidents_total{problem=\"black_hole\"} 0",
+        "x0t_heal_actions_total{kind=\"quarantine_node\",mode=\"act\"} 0",
+        "x0t_heal_action_results_total{kind=\"restart_link\",result=\"failed\"} 0",
+    ] {
+        assert!(text.contains(series), "no {series} in:\n{text}");
+    }
     match promtool_check(&text) {
         Some((ok, out)) => assert!(ok, "promtool check metrics:\n{out}\n{text}"),
         None => {
