@@ -206,3 +206,56 @@ fn ci_runs_the_readme_install_and_test_commands() {
         }
     }
 }
+
+#[test]
+fn every_repository_path_the_docs_name_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut docs = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap().flatten() {
+        docs.push(entry.path());
+    }
+    let mut missing = Vec::new();
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).unwrap();
+        // Leave out example output (```text blocks): it may name files of the reader's own.
+        let mut in_output = false;
+        let prose: String = text
+            .lines()
+            .filter(|l| {
+                if l.starts_with("```") {
+                    in_output = *l == "```text";
+                    return false;
+                }
+                !in_output
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        for token in prose.split(|c: char| c.is_whitespace() || "`()[]<>\"',;".contains(c)) {
+            let path = token.trim_end_matches(['.', ':']);
+            let ours = [
+                "crates/",
+                "docs/",
+                "deploy/",
+                "examples/",
+                "scenarios/",
+                "fuzz/",
+                ".ci/",
+            ]
+            .iter()
+            .any(|p| path.starts_with(p));
+            if ours
+                && !path.contains(['*', '{', '…'])
+                && !root
+                    .join(path.split('#').next().unwrap_or_default())
+                    .exists()
+            {
+                missing.push(format!("{}: {path}", doc.display()));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "paths the docs name that do not exist:\n{}",
+        missing.join("\n")
+    );
+}
