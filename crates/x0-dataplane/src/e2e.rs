@@ -18,12 +18,26 @@
 //! [`E2eConfig::initial_rto`], doubling up to [`E2eConfig::max_rto`]). Time is the caller's
 //! `now`; the session never reads a clock.
 //!
-//! ## Roles and collisions
+//! ## Who may start a handshake
 //!
-//! Either side may start ([`E2eSession::initiate`]); it becomes the TLS client. When both start
-//! at once, the node with the lower node ID keeps its client handshake and ignores the peer's;
-//! the higher one drops its own and answers as server. The outcome depends only on the two
-//! IDs.
+//! Overlay sources are not authenticated, so a new handshake from the peer is answered only
+//! once it has proven that it receives what is sent to the node it claims to be: its first
+//! message gets a stateless **retry** with a cookie, and the client sends its stream again with
+//! the cookie ([`HandshakeMessage`]; cookies are issued and checked by
+//! [`crate::sessions::SessionTable`], through which sessions receive handshake messages).
+//!
+//! ## Concurrent handshakes and collisions
+//!
+//! A session holds the **current** handshake (its keys are installed), at most one handshake
+//! of **ours** (client) and at most one of **theirs** (server). A running handshake replaces
+//! the current keys only once it has authenticated the peer; then the other running one is
+//! dropped. A failing handshake drops only itself: the current keys keep working. A newer
+//! cookie-validated handshake of the peer replaces the peer's older running one (only the peer,
+//! or a relay on its path, can pass the cookie check). When both start at once
+//! ([`E2eSession::initiate`] makes this node the TLS client), the node with the lower node ID
+//! keeps its client handshake and ignores the peer's; the higher one answers the peer's and
+//! parks its own (sends nothing) until one of the two authenticates, resuming it if the
+//! peer's fails. The outcome depends only on the two IDs.
 //!
 //! ## Keys and epochs
 //!
@@ -38,7 +52,9 @@
 //!
 //! Rekeying is a fresh handshake (new ephemeral X25519MLKEM768 shares, so each epoch has forward
 //! secrecy of its own), started by [`E2eSession::handle_timeout`] when the send key reaches
-//! [`Limits::rekey_after_time`] (120 s) or [`Limits::rekey_after_packets`] (2^32).
+//! [`Limits::rekey_after_time`] (120 s) or [`Limits::rekey_after_packets`] (2^32), unless the
+//! session is idle ([`E2eConfig::idle_timeout`]: nothing sealed or opened for 180 s), in which
+//! case its keys run out and its table frees it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, LazyLock};
@@ -422,6 +438,8 @@ pub struct E2eStats {
     pub answered: u64,
     /// Handshakes completed.
     pub completed: u64,
+    /// Handshakes completed while keys were already in place: rekeys.
+    pub rekeys: u64,
     /// Handshakes failed.
     pub failed: u64,
     /// Retransmission timer firings.
@@ -446,6 +464,7 @@ impl E2eStats {
         self.initiated += other.initiated;
         self.answered += other.answered;
         self.completed += other.completed;
+        self.rekeys += other.rekeys;
         self.failed += other.failed;
         self.retransmits += other.retransmits;
         self.ignored += other.ignored;
@@ -1031,6 +1050,9 @@ impl E2eSession {
         }
         hs.pending.clear();
         hs.parked = false;
+        if self.epoch.is_some() {
+            self.stats.rekeys += 1;
+        }
         self.epoch = Some(hs.epoch);
         self.peer_index = hs.peer_index;
         self.retry_at = None;

@@ -774,7 +774,7 @@ mod tests {
         });
         let stats = [w.nodes[0].table.stats(), w.nodes[1].table.stats()];
         assert!(
-            stats.iter().all(|s| s.handshakes.completed >= 4),
+            stats.iter().all(|s| s.handshakes.rekeys >= 3),
             "rekeyed three times: {stats:?}"
         );
         assert!(stats.iter().all(|s| s.retries_sent > 1000), "{stats:?}");
