@@ -914,19 +914,14 @@ impl E2eSession {
         if msg.data.is_empty() || self.completed.contains(&msg.handshake_id) {
             return Ok(self.ignore());
         }
-        let valid = msg
-            .cookie
-            .is_some_and(|c| cookies.check(self.peer, msg.handshake_id, &c, now));
-        if !valid {
-            // Only a message at least as long as the retry is answered: no amplification.
-            if len < RETRY_LEN {
-                return Ok(self.ignore());
+        match cookies.admit(self.peer, msg, len, now) {
+            Ok(()) => {}
+            Err(Some(retry)) => {
+                self.stats.retries_sent += 1;
+                return Ok(Handled::Retry(retry));
             }
-            self.stats.retries_sent += 1;
-            let cookie = cookies.issue(self.peer, msg.handshake_id, now);
-            return Ok(Handled::Retry(
-                HandshakeMessage::retry(msg, cookie).encode(),
-            ));
+            // Too short to be answered without amplification.
+            Err(None) => return Ok(self.ignore()),
         }
         // Both started: the lower node ID keeps its client handshake and ignores the peer's;
         // the higher one answers and parks its own until one of the two authenticates. The

@@ -85,6 +85,29 @@ impl CookieJar {
         self.mac(peer, handshake_id, Self::period(now))
     }
 
+    /// Checks the cookie of `msg`, a client message of `len` bytes from `peer` that would
+    /// start a handshake: `Ok(())` if valid, else the retry to answer with (`None`: too short
+    /// to be answered without amplification).
+    pub(crate) fn admit(
+        &self,
+        peer: NodeId,
+        msg: &HandshakeMessage<'_>,
+        len: usize,
+        now: Duration,
+    ) -> Result<(), Option<Vec<u8>>> {
+        if msg
+            .cookie
+            .is_some_and(|c| self.check(peer, msg.handshake_id, &c, now))
+        {
+            return Ok(());
+        }
+        if len < RETRY_LEN {
+            return Err(None);
+        }
+        let cookie = self.issue(peer, msg.handshake_id, now);
+        Err(Some(HandshakeMessage::retry(msg, cookie).encode()))
+    }
+
     /// Whether `cookie` was issued for `peer`'s handshake `handshake_id` in this period or the
     /// previous one.
     pub(crate) fn check(
@@ -371,19 +394,16 @@ impl<S: BorrowMut<E2eSession>> SessionTable<S> {
             self.stats.unmatched += 1;
             return Ok(HandshakeOutcome::Dropped);
         }
-        let valid = msg
-            .cookie
-            .is_some_and(|c| self.cookies.check(source, msg.handshake_id, &c, now));
-        if !valid {
-            if payload.len() < RETRY_LEN {
+        match self.cookies.admit(source, &msg, payload.len(), now) {
+            Ok(()) => {}
+            Err(Some(retry)) => {
+                self.stats.retries_sent += 1;
+                return Ok(HandshakeOutcome::Reply(retry));
+            }
+            Err(None) => {
                 self.stats.unmatched += 1;
                 return Ok(HandshakeOutcome::Dropped);
             }
-            self.stats.retries_sent += 1;
-            let cookie = self.cookies.issue(source, msg.handshake_id, now);
-            return Ok(HandshakeOutcome::Reply(
-                HandshakeMessage::retry(&msg, cookie).encode(),
-            ));
         }
         // The source receives what we send to it: admit it, within the limits.
         let pending = self.entries.values().filter(|e| e.pending()).count();
