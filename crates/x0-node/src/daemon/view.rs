@@ -771,6 +771,50 @@ impl Collector for NodeCollector {
             None,
             c.e2e_rekeys,
         )?;
+        let t = &c.e2e_table;
+        encode_gauges(
+            e,
+            "e2e_sessions",
+            "End-to-end sessions held, by state",
+            None,
+            [
+                ("established", t.established),
+                ("pending", t.pending),
+                (
+                    "other",
+                    t.sessions.saturating_sub(t.established + t.pending),
+                ),
+            ]
+            .map(|(s, v)| (vec![("state", s.to_owned())], v as f64)),
+        )?;
+        encode_counters(
+            e,
+            "e2e_handshake_messages_refused",
+            "End-to-end handshake messages answered without creating state, or dropped, by reason",
+            None,
+            [
+                ("retry_sent", t.retries_sent),
+                ("unmatched", t.unmatched),
+                ("malformed", t.malformed),
+                ("ignored", t.handshakes.ignored),
+                ("collision", t.handshakes.collisions),
+            ]
+            .map(|(r, v)| (vec![("reason", r.to_owned())], v)),
+        )?;
+        encode_counters(
+            e,
+            "e2e_sessions_removed",
+            "End-to-end sessions refused, evicted or aged out, by reason",
+            None,
+            [
+                ("refused_full", t.refused_full),
+                ("evicted_pending", t.evicted_pending),
+                ("evicted_idle", t.evicted_idle),
+                ("expired_idle", t.expired_idle),
+                ("expired_stale", t.expired_stale),
+            ]
+            .map(|(r, v)| (vec![("reason", r.to_owned())], v)),
+        )?;
         let mut shed: Vec<(&NodeId, &u64)> = c.shed_dropped.iter().collect();
         shed.sort();
         encode_counters(
