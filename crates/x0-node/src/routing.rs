@@ -25,9 +25,12 @@
 //! ([`x0_routing::Restrictions`]); a link restart closes the link's QUIC connection here, and
 //! the dialler links again.
 //!
-//! Adverts are signed with the node's ML-DSA-65 key ([`crate::routing_auth`]). The router's
-//! advert sequence number is stored in the state database after each change, so a restarted
-//! node continues above its last advert (and the router also recovers it from its neighbours).
+//! Adverts are signed and verified by [`x0_identity::advert::MlDsaAdvertAuth`]: signed with the
+//! node's ML-DSA-65 key, carrying its current SVID (it follows renewals), and counted only from
+//! origins the mesh CA admitted and did not revoke (the trust state's revocation list, which
+//! the daemon updates in place). The router's advert sequence number is stored in the state
+//! database after each change, so a restarted node continues above its last advert (and the
+//! router also recovers it from its neighbours).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,15 +43,14 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::{broadcast, mpsc};
-use tracing::{debug, info, warn};
-use x0_identity::{NodeId, NodeKeys, StateStore};
+use tracing::{debug, error, info, warn};
+use x0_identity::advert::{MlDsaAdvertAuth, OriginVerifierStats};
+use x0_identity::{NodeId, StateStore};
 use x0_routing::{
     DownCause, Instant, LinkId, QualityClass, Restrictions, Router, RouterConfig, RouterEvent,
     RouterStats,
 };
 use x0_wire::routing::AdvertisedLink;
-
-use crate::routing_auth::MlDsaAdvertAuth;
 
 /// Largest routing message accepted on a stream (an advert with 255 links, key and signature
 /// is well under this).
@@ -139,6 +141,9 @@ pub(crate) struct RoutingStatus {
     pub topology: Arc<Vec<TopologyNode>>,
     /// Restrictions the self-healing loop placed on routing.
     pub restrictions: Restrictions,
+    /// Our advert sequence number reached `u64::MAX`: we cannot advertise changes any more
+    /// (`docs/routing.md`, "Sequence numbers").
+    pub seq_exhausted: bool,
 }
 
 /// A change the self-healing loop asks of the routing task.
@@ -277,6 +282,8 @@ enum Input {
         RoutingCommand,
         std::sync::mpsc::SyncSender<Result<&'static str, String>>,
     ),
+    /// A newer revocation list was applied: drop the adverts of origins no longer admitted.
+    RecheckAdmission,
 }
 
 /// Handle to the routing task.
@@ -288,6 +295,7 @@ pub(crate) struct Routing {
     status: Arc<ArcSwap<RoutingStatus>>,
     changes: broadcast::Sender<RoutingChange>,
     metrics: RoutingMetrics,
+    origins: Arc<OriginVerifierStats>,
 }
 
 impl std::fmt::Debug for Routing {
@@ -297,10 +305,12 @@ impl std::fmt::Debug for Routing {
 }
 
 impl Routing {
-    /// Starts the routing task for node `keys`, resuming the advert sequence from `store`.
+    /// Starts the routing task for node `me`, whose adverts `auth` signs and verifies,
+    /// resuming the advert sequence from `store`.
     pub(crate) fn start(
         cfg: RouterConfig,
-        keys: Arc<NodeKeys>,
+        me: NodeId,
+        auth: MlDsaAdvertAuth,
         store: Arc<Mutex<StateStore>>,
     ) -> Self {
         let last_seq = crate::daemon::lock(&store)
@@ -315,14 +325,8 @@ impl Routing {
         let (changes, _) = broadcast::channel(256);
         let metrics = RoutingMetrics::default();
         let clock = Clock::new();
-        let me = keys.node_id();
-        let router = Router::new(
-            cfg,
-            me,
-            Box::new(MlDsaAdvertAuth::new(keys)),
-            last_seq,
-            clock.now(),
-        );
+        let origins = auth.stats();
+        let router = Router::new(cfg, me, Box::new(auth), last_seq, clock.now());
         tokio::spawn(
             Task {
                 router,
@@ -339,6 +343,7 @@ impl Routing {
                 topology_digest: None,
                 changes: changes.clone(),
                 metrics: metrics.clone(),
+                seq_exhausted: false,
             }
             .run(),
         );
@@ -349,7 +354,19 @@ impl Routing {
             status,
             changes,
             metrics,
+            origins,
         }
+    }
+
+    /// The advert verifier's counters (credential checks, its cache, refusals by reason).
+    pub(crate) fn origin_stats(&self) -> &OriginVerifierStats {
+        &self.origins
+    }
+
+    /// A newer revocation list was applied: the router drops the adverts of origins it revokes
+    /// now rather than at its next timer.
+    pub(crate) fn recheck_admission(&self) {
+        let _ = self.tx.send(Input::RecheckAdmission);
     }
 
     /// What the routing task published last (counters, sessions, topology).
@@ -476,6 +493,8 @@ struct Task {
     topology_digest: Option<u64>,
     changes: broadcast::Sender<RoutingChange>,
     metrics: RoutingMetrics,
+    /// The router reported [`RouterEvent::SequenceExhausted`].
+    seq_exhausted: bool,
 }
 
 impl Task {
@@ -552,6 +571,7 @@ impl Task {
                 info!(command = ?cmd, answer = ?answer, "self-healing routing command");
                 let _ = reply.try_send(answer);
             }
+            Input::RecheckAdmission => self.router.recheck_admission(now),
         }
     }
 
@@ -661,6 +681,14 @@ impl Task {
                     }
                 }
                 RouterEvent::RoutesRecomputed => recomputed = true,
+                RouterEvent::SequenceExhausted => {
+                    self.seq_exhausted = true;
+                    error!(
+                        seq = self.router.own_seq(),
+                        "this node's advert sequence number is exhausted: it can no longer \
+                         advertise changes of its links; see docs/routing.md, \"Sequence numbers\""
+                    );
+                }
                 _ => {}
             }
         }
@@ -721,6 +749,7 @@ impl Task {
             sessions,
             topology: self.topology.clone(),
             restrictions: self.router.restrictions().clone(),
+            seq_exhausted: self.seq_exhausted,
         }));
     }
 
