@@ -695,6 +695,32 @@ impl Collector for NodeCollector {
             ]
             .map(|(r, v)| (vec![("reason", r.to_owned())], v)),
         )?;
+        // The shell's bounded queues.
+        let q = shared.routing.shell_stats();
+        encode_counters(
+            e,
+            "routing_input_dropped",
+            "Routing inputs dropped because their bounded queue was full, by kind (probe, ack, \
+             advert: a link's queues, datagrams only; link: a new link the routing task could \
+             not take, closed; request: data-plane and self-healing requests)",
+            None,
+            [
+                ("probe", &q.probes_dropped),
+                ("ack", &q.acks_dropped),
+                ("advert", &q.adverts_dropped),
+                ("link", &q.links_refused),
+                ("request", &q.requests_dropped),
+            ]
+            .map(|(k, v)| (vec![("kind", k.to_owned())], get(v))),
+        )?;
+        encode_counter(
+            e,
+            "routing_output_dropped",
+            "Routing messages not sent because their link's stream queue was full (the router \
+             retransmits adverts)",
+            None,
+            get(&q.streams_unsent),
+        )?;
         // The advert verifier: origin credentials against the mesh CA.
         let o = shared.routing.origin_stats();
         encode_counter(
