@@ -41,6 +41,7 @@ use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tracing::{debug, error, info, warn};
+use x0_identity::advert::{AdvertSigner, MlDsaAdvertAuth, OriginVerifier};
 use x0_identity::authority::{accept_issued, self_issue};
 use x0_identity::ca::CLOCK_SKEW_ALLOWANCE;
 use x0_identity::ca_service::{self, CaService};
@@ -233,7 +234,20 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
         "x0t up"
     );
     let store = Arc::new(Mutex::new(store));
-    let routing = Routing::start(config.router_config(), keys.clone(), store.clone());
+    let router_config = config.router_config();
+    // Adverts carry the SVID in force (the identity is renewed in place) and are checked
+    // against the mesh CA and the live revocation list (the trust state applies new lists in
+    // place; the bundle itself never changes while the daemon runs).
+    let advert_auth = MlDsaAdvertAuth::new(
+        AdvertSigner::new(keys.clone(), endpoint.identity().clone()),
+        OriginVerifier::new(
+            endpoint.trust().snapshot().bundle.clone(),
+            endpoint.trust().clone(),
+        )
+        .with_max_cached(router_config.max_origins),
+        Arc::new(now),
+    );
+    let routing = Routing::start(router_config, keys.node_id(), advert_auth, store.clone());
     let daemon_metrics = DaemonMetrics::default();
     daemon_metrics
         .svid_expiry
@@ -820,6 +834,8 @@ fn handle_revocations(shared: &Shared, signed: &SignedRevocationList, from: Opti
         error!("cannot store the revocation list: {e}");
     }
     info!(serial = list.serial, newly_revoked = ?newly, from = ?from, "revocation list applied");
+    // Revoked origins leave the link-state database now, not at the router's next timer.
+    shared.routing.recheck_admission();
     if newly.contains(&shared.node_id) {
         error!("this node has been revoked by the mesh CA; its links will be refused");
     }

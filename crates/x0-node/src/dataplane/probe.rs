@@ -106,7 +106,12 @@ impl DataPlane {
         now: Duration,
         out: &mut Out,
     ) -> bool {
-        let session = st.session(&self.e2e, self.me, dst);
+        let Ok(session) = st
+            .sessions
+            .get_or_insert_with(now, dst, super::Session::new)
+        else {
+            return false;
+        };
         if session.e2e.is_established() {
             return true;
         }
