@@ -1425,13 +1425,17 @@ mod tests {
         );
     }
 
-    /// A probe round showing `relay` as a black hole towards `dst` (a disjoint path via
-    /// `other` works, and `relay` answers its own probes).
+    /// A probe round showing `relay` as a black hole towards `dst` and towards a second
+    /// destination, `dst + 100` (corroboration: a disjoint path via `other` works to each, and
+    /// `relay` answers its own probes).
     fn black_hole_round(h: &mut Healer, at: u64, relay: u8, other: u8, dst: u8) {
+        let second = dst + 100;
         for (dst, relays, ok) in [
             (relay, vec![], true),
             (dst, vec![other], true),
             (dst, vec![relay], false),
+            (second, vec![other], true),
+            (second, vec![relay], false),
         ] {
             h.handle_sample(
                 t(at),

@@ -93,6 +93,9 @@ struct Faults {
     crashed: BTreeSet<u8>,
     crash_seen_at: Option<u64>,
     blackhole: BTreeSet<u8>,
+    /// A lying destination and the relay it frames: it answers only the probes that avoid
+    /// that relay (it sees which neighbour hands it each probe).
+    liar: Option<(u8, u8)>,
 }
 
 struct World {
@@ -235,6 +238,13 @@ impl World {
         if relays
             .iter()
             .any(|r| !self.alive(*r) || self.faults.blackhole.contains(r))
+        {
+            return None;
+        }
+        if self
+            .faults
+            .liar
+            .is_some_and(|(liar, framed)| dst == liar && relays.contains(&framed))
         {
             return None;
         }
@@ -771,6 +781,44 @@ fn a_black_hole_relay_is_quarantined() {
             | ActionKind::RestartLink { .. }
     )));
     assert!(w.exec.quarantined.contains(&n(B)));
+}
+
+/// Issue 12: a malicious destination that answers only the probes avoiding an honest relay
+/// must not get that relay quarantined. D answers nothing that comes through B; its other
+/// path (via C) answers. X, the other destination behind B, is answered through B: nothing
+/// corroborates D's word. (Before corroboration B was quarantined 0.9 s after the lie began.)
+#[test]
+fn a_destination_that_lies_about_a_relay_does_not_get_it_quarantined() {
+    let (w, _) = scenario(
+        "lying-destination",
+        HealConfig::default(),
+        120_000,
+        Cause::Node(n(B)),
+        D,
+        |w| {
+            if w.t == FAULT_MS {
+                w.faults.liar = Some((D, B));
+            }
+        },
+    );
+    assert!(
+        !w.exec.quarantined.contains(&n(B)),
+        "the framed relay was quarantined: {:?}",
+        w.actions
+    );
+    assert!(
+        w.actions.iter().all(|(_, a)| a.kind.target() != Some(n(B))),
+        "an action against the framed relay: {:?}",
+        w.actions
+    );
+    // What is seen: an incident about B that is not confident enough to act on.
+    let about_b = w.records.iter().find_map(|(_, r)| match r {
+        Record::IncidentOpened {
+            cause, confidence, ..
+        } if *cause == Cause::Node(n(B)) => Some(*confidence),
+        _ => None,
+    });
+    assert!(about_b.is_some_and(|c| c < HealConfig::default().incidents.act_confidence));
 }
 
 #[test]
