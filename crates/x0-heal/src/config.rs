@@ -65,7 +65,8 @@ pub struct ProbeConfig {
     /// A probe round every this many ms: one probe along each path of each sampled
     /// destination. Default 200.
     pub interval_ms: u64,
-    /// A probe unanswered this long is lost, ms. Default 500.
+    /// A probe whose answer did not come back this long after the probe left is lost, ms
+    /// (the daemon may hold a probe up to one `interval_ms` before sending it). Default 500.
     pub timeout_ms: u64,
     /// Destinations probed per round from the rotation, besides those we send traffic to.
     /// Default 8.

@@ -670,13 +670,19 @@ impl HealLoop {
             prober.set_targets(now, probe_targets(&table, &active));
             self.probe_table = Some((table.clone(), now));
         }
-        for (id, rtt) in self.deps.dataplane.take_probe_replies() {
+        // Answers first, then the deadlines: an answer is judged by the round trip the data
+        // plane measured, however late this thread collects it.
+        let (answers, failed) = self.deps.dataplane.take_probe_results();
+        for (id, rtt) in answers {
             prober.handle_reply(now, id, rtt);
+        }
+        for id in failed {
+            prober.cancel(id);
         }
         prober.handle_timeout(now);
         let sends: Vec<ProbeSend> = std::iter::from_fn(|| prober.poll_transmit()).collect();
         if !sends.is_empty() {
-            for id in self.deps.dataplane.send_probes(&sends) {
+            for id in self.deps.dataplane.send_probes(&sends, prober.spread()) {
                 prober.cancel(id);
             }
         }
