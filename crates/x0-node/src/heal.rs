@@ -611,21 +611,9 @@ impl HealLoop {
                 self.healer.forget_link(now, n.link.id);
             }
         }
-        // Frames the loop itself had shed are not a symptom.
-        let mut by_reason: Vec<(String, u64)> = counters
-            .drops
-            .iter()
-            .filter(|(r, _)| **r != "shed_load")
-            .map(|(r, v)| ((*r).to_owned(), *v))
-            .collect();
-        by_reason.sort();
-        self.healer.handle_sample(
-            now,
-            Sample::Drops(DropCounters {
-                link: None,
-                by_reason,
-            }),
-        );
+        // Node-wide drops are evidence about this node only for the reasons that measure it.
+        self.healer
+            .handle_sample(now, drops_sample(&counters.drops));
         if let Some(k) = self.deps.ebpf.as_ref().and_then(|e| e.sample()) {
             self.healer.handle_sample(
                 now,
@@ -871,6 +859,58 @@ impl HealLoop {
             }
         }
     }
+}
+
+/// Whether data-plane drops of `reason` say something about this node, and are fed to the
+/// loop (node-wide, they become evidence of `local_pressure`).
+///
+/// Not those that follow from a link, a route or another node: frames with no route or no
+/// link (a link went down, a route is moving), frames for a link that was just closed or
+/// rekeyed, expired hop limits, traffic to or from a peer whose end-to-end session is not
+/// up, the transit an injected black hole drops, what the loop itself shed, probe answers
+/// that could not go back. Their causes are seen where they are (link samples, end-to-end
+/// probes, the black-hole detector), and counting them here blamed this node for them: the
+/// drops of a link closed under a latency spike (the late frames of the closed link) and of
+/// an injected black hole raised `local_pressure` alerts at the ends of the faulted link and
+/// at the faulted relay. Every other reason — this node failing to write, send, buffer or
+/// seal, and malformed, forged or replayed input, which points at an attack or a bug — is.
+pub(crate) fn drop_is_about_this_node(reason: &str) -> bool {
+    !DROPS_ABOUT_OTHERS.contains(&reason)
+}
+
+/// The drop reasons [`drop_is_about_this_node`] leaves out.
+const DROPS_ABOUT_OTHERS: &[&str] = &[
+    "no_route",
+    "relay_no_route",
+    "no_link",
+    "link_not_ready",
+    "link_unknown_index",
+    "link_unknown_epoch",
+    "hop_limit",
+    "no_session",
+    "e2e_no_session",
+    "e2e_handshake",
+    "e2e_handshake_failed",
+    "e2e_queue_full",
+    "fault_blackhole",
+    "shed_load",
+    "probe_reply_unsent",
+    "probe_stray_reply",
+];
+
+/// The loop's sample of the data plane's drops: node-wide, by reason, the reasons about this
+/// node only.
+fn drops_sample(drops: &HashMap<&'static str, u64>) -> Sample {
+    let mut by_reason: Vec<(String, u64)> = drops
+        .iter()
+        .filter(|(r, _)| drop_is_about_this_node(r))
+        .map(|(r, v)| ((*r).to_owned(), *v))
+        .collect();
+    by_reason.sort();
+    Sample::Drops(DropCounters {
+        link: None,
+        by_reason,
+    })
 }
 
 /// The loop's topology: links both ends advertise, and our live sessions to neighbours whose
@@ -1313,6 +1353,115 @@ mod tests {
             class: x0_routing::QualityClass::Excellent,
             cost: 10,
             probe_interval: Duration::from_millis(100),
+        }
+    }
+
+    /// Drops that follow from a link, a route or another node are not this node's pressure:
+    /// a second of them at 1,200/s (the late frames of a link closed under a latency spike,
+    /// the transit an injected black hole drops, frames with no route while it moves) raised
+    /// a `local_pressure` alert at the ends of the faulted link and at the faulted relay in
+    /// `x0t bench heal`. The same rate of this node's own failures (TUN writes) does.
+    #[test]
+    fn drops_caused_elsewhere_are_not_local_pressure() {
+        let run = |reason: &'static str| -> Vec<Record> {
+            let cfg = x0_heal::HealConfig::default();
+            let mut h = Healer::new(cfg, n(1), Instant::ZERO).unwrap();
+            let mut total = 0u64;
+            let mut records = Vec::new();
+            for i in 0..120u64 {
+                let now = Instant::from_millis(i * 500);
+                // Quiet for the warm-up, then 1,200 drops a second.
+                if i >= 60 {
+                    total += 600;
+                }
+                let drops = HashMap::from([(reason, total), ("tun_malformed", 0)]);
+                h.handle_sample(now, drops_sample(&drops));
+                h.handle_timeout(now);
+                records.extend(std::iter::from_fn(|| h.poll_record()));
+            }
+            records
+        };
+        let local = |records: &[Record]| {
+            records.iter().any(|r| {
+                matches!(
+                    r,
+                    Record::IncidentOpened {
+                        problem: x0_heal::Problem::LocalPressure,
+                        ..
+                    }
+                )
+            })
+        };
+        for reason in [
+            "link_unknown_index",
+            "fault_blackhole",
+            "no_route",
+            "no_link",
+        ] {
+            assert!(!local(&run(reason)), "{reason}");
+        }
+        assert!(local(&run("tun_write")));
+    }
+
+    /// Every drop reason the data plane counts was classified on purpose: a new one must be
+    /// added to `DROPS_ABOUT_OTHERS` or to the list here.
+    #[test]
+    fn every_drop_reason_is_classified() {
+        const ABOUT_THIS_NODE: &[&str] = &[
+            "buffer",
+            "tun_write",
+            "send_failed",
+            "link_seal",
+            "e2e_seal",
+            "no_tun",
+            "app_send",
+            "e2e_session_refused",
+            "tun_malformed",
+            "tun_too_big",
+            "tun_foreign_source",
+            "tun_ipv4",
+            "tun_not_overlay",
+            "link_malformed",
+            "overlay_malformed",
+            "overlay_kind_unsupported",
+            "inner_malformed",
+            "inner_spoofed",
+            "control_malformed",
+            "link_auth",
+            "link_replay",
+            "e2e_auth",
+            "e2e_replay",
+        ];
+        let sources = [
+            include_str!("dataplane.rs"),
+            include_str!("dataplane/probe.rs"),
+        ];
+        let mut found = BTreeSet::new();
+        for src in sources {
+            for (i, _) in src.match_indices('"') {
+                let rest = &src[i + 1..];
+                let Some(end) = rest.find('"') else { continue };
+                let word = &rest[..end];
+                let before = &src[..i];
+                let counted = before.ends_with("drop(")
+                    || before.ends_with("drop_n(")
+                    || before.trim_end().ends_with('{') && before.contains("drop(if");
+                if counted && word.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    found.insert(word.to_owned());
+                }
+            }
+        }
+        assert!(found.len() > 20, "{found:?}");
+        for reason in &found {
+            assert!(
+                ABOUT_THIS_NODE.contains(&reason.as_str())
+                    || DROPS_ABOUT_OTHERS.contains(&reason.as_str()),
+                "drop reason {reason:?} is not classified"
+            );
+            assert_eq!(
+                drop_is_about_this_node(reason),
+                ABOUT_THIS_NODE.contains(&reason.as_str())
+            );
         }
     }
 
