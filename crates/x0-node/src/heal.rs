@@ -11,7 +11,8 @@
 //!   the topology changed) into the thread's channel, so that a link going down is a sample at
 //!   once, not at the next round.
 //! * A **lag probe** task measures how late the async runtime's timer ticks fire (the
-//!   `loop_lag_ms` of the process sample).
+//!   `loop_lag_ms` of the process sample: the latest tick's delay; and `loop_stall_ms`: the
+//!   longest since the previous round, which explains RTTs inflated by a stall).
 //! * A **verifier** thread checks the whole audit chain once at start (read-only connection)
 //!   and publishes the verdict; nothing is ever rewritten.
 //! * [`HealHandle`] (shared with the API and `/metrics`) holds what the thread publishes after
@@ -74,8 +75,9 @@ const IMPAIRED_CLASS: u8 = 3;
 /// The prober's targets are rebuilt at least this often (which destinations we send data to
 /// changes without routing changing).
 const PROBE_TARGETS_EVERY: Duration = Duration::from_secs(1);
-/// How often the lag probe ticks.
-const LAG_TICK: Duration = Duration::from_millis(100);
+/// How often the lag probe ticks: often enough that a stall of the runtime longer than this
+/// shows (nearly) whole in the longest delay.
+const LAG_TICK: Duration = Duration::from_millis(10);
 
 /// What the heal thread publishes after every step.
 #[derive(Debug, Clone, Default)]
@@ -321,7 +323,7 @@ impl Prepared {
     pub(crate) fn start(self, deps: HealDeps) -> Result<Running, String> {
         let (tx, rx) = mpsc::channel();
         spawn_forwarder(deps.routing.subscribe(), tx.clone());
-        let lag = Arc::new(AtomicU64::new(0));
+        let lag = Arc::new(RuntimeLag::default());
         tokio::spawn(lag_probe(lag.clone()));
         spawn_verifier(self.db.clone(), self.keys.clone(), self.handle.clone());
         let cores = std::thread::available_parallelism()
@@ -392,17 +394,38 @@ fn spawn_forwarder(
     });
 }
 
-/// Measures how late the runtime's timer ticks fire (µs, the latest tick).
-async fn lag_probe(lag: Arc<AtomicU64>) {
+/// How late the runtime's timer ticks fire, µs: the latest tick's delay, and the longest
+/// since it was last read (a stall).
+#[derive(Debug, Default)]
+struct RuntimeLag {
+    latest: AtomicU64,
+    longest: AtomicU64,
+}
+
+impl RuntimeLag {
+    fn record(&self, late: Duration) {
+        let us = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
+        self.latest.store(us, Ordering::Relaxed);
+        self.longest.fetch_max(us, Ordering::Relaxed);
+    }
+
+    fn latest_ms(&self) -> f64 {
+        self.latest.load(Ordering::Relaxed) as f64 / 1e3
+    }
+
+    /// The longest delay since the previous call, ms.
+    fn take_longest_ms(&self) -> f64 {
+        self.longest.swap(0, Ordering::Relaxed) as f64 / 1e3
+    }
+}
+
+/// Measures how late the runtime's timer ticks fire.
+async fn lag_probe(lag: Arc<RuntimeLag>) {
     let mut tick = tokio::time::interval(LAG_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let scheduled = tick.tick().await;
-        let late = tokio::time::Instant::now().saturating_duration_since(scheduled);
-        lag.store(
-            u64::try_from(late.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        lag.record(tokio::time::Instant::now().saturating_duration_since(scheduled));
     }
 }
 
@@ -459,7 +482,7 @@ struct HealLoop {
     link_ids: HashMap<NodeId, u64>,
     /// What the topology was last built from: the LSDB snapshot and our live sessions.
     topology_key: Option<(usize, BTreeSet<NodeId>)>,
-    lag: Arc<AtomicU64>,
+    lag: Arc<RuntimeLag>,
     cores: u32,
     /// The end-to-end prober (`heal.probe.enabled`).
     prober: Option<Prober>,
@@ -569,6 +592,9 @@ impl HealLoop {
 
     /// One round of samples: every neighbour, the data plane, eBPF, the process.
     fn sample_round(&mut self, now: Instant) {
+        // One batch: the loop judges the round whole (links degraded together point at this
+        // node; a stall of this node explains RTTs measured meanwhile).
+        let mut round = Vec::new();
         let status = self.deps.routing.status();
         let control = (self.deps.rx_bytes)();
         let counters = self.deps.dataplane.counters();
@@ -586,7 +612,7 @@ impl HealLoop {
             self.neighbours
                 .insert(s.peer, Neighbour { link, down: None });
             let sample = self.link_sample(link, s, rx(&s.peer));
-            self.healer.handle_sample(now, Sample::Link(sample));
+            round.push(Sample::Link(sample));
         }
         let mut forget = Vec::new();
         for (peer, n) in &mut self.neighbours {
@@ -602,38 +628,31 @@ impl HealLoop {
                 forget.push(*peer);
                 continue;
             }
-            self.healer
-                .handle_sample(now, Sample::Link(LinkSample::down(n.link, cause)));
+            round.push(Sample::Link(LinkSample::down(n.link, cause)));
         }
+        // Node-wide drops are evidence about this node only for the reasons that measure it.
+        round.push(drops_sample(&counters.drops));
+        if let Some(k) = self.deps.ebpf.as_ref().and_then(|e| e.sample()) {
+            round.push(Sample::Kernel(KernelCounters {
+                drops: k.drops_total(),
+                retransmits: k.tcp_retransmits_total(),
+            }));
+        }
+        if let Ok(p) = crate::metrics::ProcessStats::read(None) {
+            round.push(Sample::Process(ProcessStats {
+                cpu_time_ms: (p.cpu_seconds * 1e3) as u64,
+                cores: self.cores,
+                rss_bytes: p.resident_bytes,
+                loop_lag_ms: Some(self.lag.latest_ms()),
+                loop_stall_ms: Some(self.lag.take_longest_ms()),
+            }));
+        }
+        self.healer.handle_samples(now, round);
         for peer in forget {
             if let Some(n) = self.neighbours.remove(&peer) {
                 info!(peer = %peer, "self-healing forgets a neighbour whose link stayed down");
                 self.healer.forget_link(now, n.link.id);
             }
-        }
-        // Node-wide drops are evidence about this node only for the reasons that measure it.
-        self.healer
-            .handle_sample(now, drops_sample(&counters.drops));
-        if let Some(k) = self.deps.ebpf.as_ref().and_then(|e| e.sample()) {
-            self.healer.handle_sample(
-                now,
-                Sample::Kernel(KernelCounters {
-                    drops: k.drops_total(),
-                    retransmits: k.tcp_retransmits_total(),
-                }),
-            );
-        }
-        if let Ok(p) = crate::metrics::ProcessStats::read(None) {
-            let lag_us = self.lag.load(Ordering::Relaxed);
-            self.healer.handle_sample(
-                now,
-                Sample::Process(ProcessStats {
-                    cpu_time_ms: (p.cpu_seconds * 1e3) as u64,
-                    cores: self.cores,
-                    rss_bytes: p.resident_bytes,
-                    loop_lag_ms: Some(lag_us as f64 / 1e3),
-                }),
-            );
         }
         self.sync_topology(now, &status);
     }
