@@ -637,6 +637,33 @@ impl Healer {
         self.restrictions.values()
     }
 
+    /// Suspected black holes that need corroboration, with the nodes behind each: relays of
+    /// open `black_hole` incidents not yet confident enough to act on (one destination
+    /// implicates them, or several that one other node explains), and their other
+    /// neighbours in the topology. Hand them to [`crate::Prober::corroborate`]: probes to the
+    /// nodes behind a relay, through it, give evidence with nothing in common but the relay.
+    pub fn corroboration_wanted(&self) -> Vec<(NodeId, Vec<NodeId>)> {
+        self.correlator
+            .open()
+            .filter(|i| {
+                i.problem == Problem::BlackHole && i.confidence < self.cfg.incidents.act_confidence
+            })
+            .filter_map(|i| match i.cause {
+                Cause::Node(relay) => Some(relay),
+                _ => None,
+            })
+            .map(|relay| {
+                let behind = self
+                    .topology
+                    .neighbors(&relay)
+                    .filter(|n| **n != self.me)
+                    .copied()
+                    .collect();
+                (relay, behind)
+            })
+            .collect()
+    }
+
     /// The latest planned actions, with the mode they were planned in.
     pub fn planned(&self) -> impl Iterator<Item = &(Mode, Action)> {
         self.planned.iter()

@@ -47,6 +47,12 @@ const MAX_OUTSTANDING: usize = 4096;
 const MAX_RELAYS: usize = 15;
 /// Most paths kept per destination (current and recently used).
 const MAX_PATHS: usize = 8;
+/// Most suspected relays whose corroboration is sought at once.
+const MAX_FOCUS: usize = 8;
+/// Most destinations behind one suspected relay probed for its corroboration.
+const MAX_BEHIND: usize = 16;
+/// How long corroboration is sought after it was last asked for.
+const FOCUS_FOR: Duration = Duration::from_secs(10);
 
 /// One destination as routing sees it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +86,13 @@ struct Pending {
     relays: Vec<NodeId>,
     on_route: bool,
     due: Instant,
+}
+
+/// A suspected relay whose corroboration is sought ([`Prober::corroborate`]).
+#[derive(Debug, Clone)]
+struct Focus {
+    behind: Vec<NodeId>,
+    until: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -120,6 +133,7 @@ pub struct Prober {
     transmit: VecDeque<ProbeSend>,
     results: VecDeque<PathProbe>,
     stats: ProbeStats,
+    focus: BTreeMap<NodeId, Focus>,
 }
 
 /// The first hop of a path to `dst` through `relays`.
@@ -142,7 +156,38 @@ impl Prober {
             transmit: VecDeque::new(),
             results: VecDeque::new(),
             stats: ProbeStats::default(),
+            focus: BTreeMap::new(),
         }
+    }
+
+    /// Seeks corroboration about `relay`, a suspected black hole that one destination alone
+    /// implicates (the black-hole detector needs a second, independent one before it blames
+    /// a relay, and a rotating sample may take long to come by it): for the next 10 s, every
+    /// round also probes the nodes `behind` it (its other neighbours, from the topology),
+    /// along their paths and, when `relay` is our neighbour, through it. Their evidence has
+    /// nothing in common but `relay`. At most 8 relays and 16 nodes behind each.
+    pub fn corroborate(
+        &mut self,
+        now: Instant,
+        relay: NodeId,
+        behind: impl IntoIterator<Item = NodeId>,
+    ) {
+        let behind: Vec<NodeId> = behind
+            .into_iter()
+            .filter(|n| *n != relay)
+            .take(MAX_BEHIND)
+            .collect();
+        self.focus.retain(|_, f| f.until > now);
+        if !self.focus.contains_key(&relay) && self.focus.len() >= MAX_FOCUS {
+            return;
+        }
+        self.focus.insert(
+            relay,
+            Focus {
+                behind,
+                until: now + FOCUS_FOR,
+            },
+        );
     }
 
     /// Replaces the targets. A destination that is gone is dropped (its outstanding probes
@@ -247,6 +292,36 @@ impl Prober {
             .filter(|(d, t)| !t.active || !sampled.contains(d))
             .map(|(d, _)| *d)
             .collect();
+        // Destinations behind suspected relays, with the path through the relay (when it is
+        // our neighbour) that their routing paths may not take.
+        self.focus.retain(|_, f| f.until > now);
+        let mut through: BTreeMap<NodeId, Vec<NodeId>> = BTreeMap::new();
+        let mut focused = 0;
+        for (relay, f) in &self.focus {
+            let neighbour = self
+                .targets
+                .get(relay)
+                .is_some_and(|t| t.route_first_hop == Some(*relay));
+            for dst in &f.behind {
+                if focused >= self.cfg.destinations.max(2) {
+                    break;
+                }
+                if !self.targets.contains_key(dst) {
+                    continue;
+                }
+                if !sampled.contains(dst) {
+                    sampled.push(*dst);
+                    focused += 1;
+                }
+                if neighbour {
+                    through.entry(*dst).or_insert_with(|| vec![*relay]);
+                }
+            }
+        }
+        let others: Vec<NodeId> = others
+            .into_iter()
+            .filter(|d| !sampled.contains(d))
+            .collect();
         if !others.is_empty() {
             let dwell = u64::from(self.cfg.dwell_rounds.max(1));
             if self.round.is_multiple_of(dwell) {
@@ -273,6 +348,11 @@ impl Prober {
             }
             if slow {
                 paths.extend(t.former.keys().map(|p| (p.clone(), false)));
+            }
+            if let Some(p) = through.get(dst)
+                && !paths.iter().any(|(q, _)| q == p)
+            {
+                paths.push((p.clone(), false));
             }
             for (relays, on_route) in paths {
                 let id = self.next_id;
@@ -536,6 +616,48 @@ mod tests {
             seen.extend(dsts);
         }
         assert_eq!(seen.len(), 7, "every destination was sampled");
+    }
+
+    #[test]
+    fn corroboration_probes_the_nodes_behind_a_suspect_through_it() {
+        let cfg = ProbeConfig {
+            destinations: 1,
+            ..ProbeConfig::default()
+        };
+        let mut p = Prober::new(cfg, t(0));
+        // Relay 1 is our neighbour; 20 and 21 are behind it, reached via 2 by routing.
+        let mut targets: Vec<ProbeTarget> = vec![
+            target(1, &[&[]], Some(1), false),
+            target(9, &[&[1], &[2]], Some(1), true),
+        ];
+        for d in [20, 21, 22, 23] {
+            targets.push(target(d, &[&[2]], Some(2), false));
+        }
+        p.set_targets(t(0), targets);
+        p.corroborate(t(0), n(1), [n(20), n(21), n(1)]);
+        p.handle_timeout(t(0));
+        let s = sends(&mut p);
+        for d in [20, 21] {
+            assert!(
+                s.iter().any(|x| x.dst == n(d) && x.relays == vec![n(1)]),
+                "{s:?}"
+            );
+            assert!(
+                s.iter().any(|x| x.dst == n(d) && x.relays == vec![n(2)]),
+                "{s:?}"
+            );
+            assert!(p.sampled().contains(&n(d)));
+        }
+        // Ten seconds later, if not asked again, it stops.
+        let mut late = Vec::new();
+        for r in 0..60 {
+            p.handle_timeout(t(200 + r * 200));
+            late = sends(&mut p);
+        }
+        assert!(
+            late.iter().all(|x| x.relays != vec![n(1)] || x.dst == n(9)),
+            "{late:?}"
+        );
     }
 
     #[test]

@@ -104,6 +104,8 @@ pub(crate) struct HealView {
     pub audit_head: Option<(u64, [u8; 32])>,
     /// Times an action was held back because the action-rate bucket was empty.
     pub rate_limited: u64,
+    /// Link RTT symptoms a stall of this node's runtime explained (left out).
+    pub explained_by_stall: u64,
 }
 
 /// Counters for `/metrics`.
@@ -703,6 +705,10 @@ impl HealLoop {
         while let Some(r) = prober.poll_result() {
             self.healer.handle_sample(now, Sample::Probe(r));
         }
+        // A relay one destination implicates: probe the nodes behind it, through it.
+        for (relay, behind) in self.healer.corroboration_wanted() {
+            prober.corroborate(now, relay, behind);
+        }
     }
 
     /// Hands the loop the topology when the link-state database or our sessions changed.
@@ -856,6 +862,7 @@ impl HealLoop {
             audit_entries,
             audit_head,
             rate_limited: self.healer.stats().rate_limited,
+            explained_by_stall: self.healer.stats().explained_by_lag,
         }));
     }
 
@@ -1323,6 +1330,14 @@ impl Collector for HealCollector {
              (plan.action_burst, plan.action_refill_ms); it is planned again when a token is due",
             None,
             view.rate_limited,
+        )?;
+        encode_counter(
+            e,
+            "heal_rtt_explained_by_stall",
+            "Link RTT anomalies left out because a stall of this node's own runtime at the time \
+             explains them (the RTT includes the time this node took to read the answer)",
+            None,
+            view.explained_by_stall,
         )?;
         encode_counter(
             e,
