@@ -211,6 +211,8 @@ struct Session {
     redundant_seen: bool,
     /// When data was last sent to this peer.
     last_data: Option<Duration>,
+    /// Lengths of the packets recently sent to this peer (probes are padded to one of them).
+    sizes: x0_dataplane::control::SizeProfile,
 }
 
 impl Session {
@@ -222,6 +224,7 @@ impl Session {
             alternate_requested: false,
             redundant_seen: false,
             last_data: None,
+            sizes: Default::default(),
         }
     }
 }
@@ -755,7 +758,15 @@ impl DataPlane {
         } else {
             None
         };
-        self.send_data(st, table, node, buf, n, now, redundant, path, out);
+        // Probes held for this destination go out beside this packet, before or after it.
+        let (held, before) = self.held_for(st, node);
+        if before {
+            self.send_held_now(st, table, held, now, out);
+            self.send_data(st, table, node, buf, n, now, redundant, path, out);
+        } else {
+            self.send_data(st, table, node, buf, n, now, redundant, path, out);
+            self.send_held_now(st, table, held, now, out);
+        }
     }
 
     /// Balanced mode: the path of the flow with hash `hash` to `node`, or `None` for the
@@ -837,6 +848,8 @@ impl DataPlane {
             return st.counters.drop("no_session");
         };
         session.last_data = Some(now);
+        session.sizes.record(n);
+        st.probes.sizes.record(n);
         if let Err(e) = session.e2e.seal(now, &overlay, &mut pb) {
             debug!(dst = %node, "end-to-end seal failed: {e}");
             return st.counters.drop("e2e_seal");
@@ -904,14 +917,7 @@ impl DataPlane {
     }
 
     fn overlay_header(&self, table: &RouteTable, kind: OverlayKind, dst: NodeId) -> OverlayHeader {
-        let mut h = OverlayHeader::new(kind, self.me, dst);
-        if let Some(route) = table.routes.get(&dst)
-            && let Some(path) = &route.path
-            && path.len() > 1
-        {
-            h.path = ExplicitPath::new(&path[1..], 0).ok();
-        }
-        h
+        routed_header(self.me, table, kind, dst)
     }
 
     /// Seals the overlay frame in `pb` for the next hop toward its destination and queues it.
@@ -1214,6 +1220,11 @@ impl DataPlane {
                 if !epoch_before || session.e2e.has_pending() {
                     self.flush_session(st, table, source, now, out);
                 }
+                // A control message travels as data: only its first byte, inside the
+                // end-to-end AEAD, tells it from an IP packet.
+                if x0_dataplane::control::is_control(pb.data()) {
+                    return self.handle_control(st, table, source, pb.data(), now, out);
+                }
                 let Ok(inner) = packet::parse(pb.data()) else {
                     return st.counters.drop("inner_malformed");
                 };
@@ -1233,7 +1244,6 @@ impl DataPlane {
                     (None, None) => st.counters.drop("no_tun"),
                 }
             }
-            OverlayKind::E2eControl => self.handle_control(st, table, &overlay, pb, now, out),
             _ => st.counters.drop("overlay_kind_unsupported"),
         }
     }
@@ -1253,6 +1263,7 @@ impl DataPlane {
                 for node in st.sessions.handle_timeout(now) {
                     self.flush_session(&mut st, &table, node, now, &mut out);
                 }
+                self.send_due_probes(&mut st, &table, now, &mut out);
             }
             self.flush(&mut out);
         }
@@ -1410,6 +1421,19 @@ impl State {
         }
         self.addresses_of = Some(table.clone());
     }
+}
+
+/// The overlay header of a frame from `me` to `dst` on its route: no explicit path, except
+/// the route's own while it is a fast-reroute backup.
+fn routed_header(me: NodeId, table: &RouteTable, kind: OverlayKind, dst: NodeId) -> OverlayHeader {
+    let mut h = OverlayHeader::new(kind, me, dst);
+    if let Some(route) = table.routes.get(&dst)
+        && let Some(path) = &route.path
+        && path.len() > 1
+    {
+        h.path = ExplicitPath::new(&path[1..], 0).ok();
+    }
+    h
 }
 
 /// Whether `addr` lies in `net/len` (families must match).
