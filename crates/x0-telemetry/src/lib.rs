@@ -149,9 +149,10 @@ pub struct TelemetryConfig {
     pub hook: UnderlayHook,
     /// Attach the drop, retransmit and TCP state tracepoints (needs kernel BTF, Linux ≥ 5.17).
     pub tracepoints: bool,
-    /// Most (interface, direction, peer, protocol) flows the underlay counter tracks; later ones
-    /// are counted in [`InterfaceSample::flow_table_full`]. Also the most peers tracked for
-    /// retransmits.
+    /// Most (interface, direction, peer, protocol) flows the underlay counter tracks in its
+    /// table, besides the first four flows of each CPU, which it keeps in per-CPU slots; later
+    /// ones are counted in [`InterfaceSample::flow_table_full`]. Also the most peers tracked
+    /// for retransmits.
     pub max_flows: u32,
 }
 
