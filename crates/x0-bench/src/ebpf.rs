@@ -10,7 +10,7 @@
 //! a "with" run and detached after it; loading and verifying them is outside the timed part.
 //!
 //! Three figures come out, each per pair and then as the mean of the pairs with its 95 %
-//! interval ([`paired`]):
+//! interval (the `paired` module):
 //!
 //! * **The programs' share of the traffic's CPU cost**, the direct one. During the "with" runs
 //!   the kernel's BPF run-time statistics are on ([`RunTimeStats`]: `BPF_ENABLE_STATS`, held
