@@ -56,6 +56,15 @@ pub enum CaClientError {
         /// What it failed to prove.
         detail: String,
     },
+    /// The server at the CA address is not the CA node this node joined: its SVID names
+    /// another node, or it could not prove the CA node's ML-DSA-65 key. No renewal was asked.
+    #[error("the node at {addr} is not this mesh's CA node: {detail}; no renewal was requested")]
+    NotOurCaNode {
+        /// Where.
+        addr: SocketAddr,
+        /// What it failed to prove.
+        detail: String,
+    },
     /// The request was sent but no answer came back. The CA may have admitted this node:
     /// joining again with the same token and the same keys (the same state directory) gets
     /// the SVID.
@@ -310,7 +319,16 @@ fn timeout() -> LinkError {
 
 /// Renews this node's SVID at the CA node `ca_addr`, authenticating with the current SVID and an
 /// ML-DSA proof of possession.
-pub async fn renew(endpoint: &LinkEndpoint, ca_addr: SocketAddr) -> Result<Issued, CaClientError> {
+///
+/// With `ca_node` (recorded when the node joined), the server must be that node: its SVID must
+/// name it and it must prove its ML-DSA-65 key over this session before the renewal request is
+/// sent, so a member that took over the CA address cannot answer renewals (with a stale SVID,
+/// a refusal, or an old revocation list) in the CA's name.
+pub async fn renew(
+    endpoint: &LinkEndpoint,
+    ca_addr: SocketAddr,
+    ca_node: Option<NodeId>,
+) -> Result<Issued, CaClientError> {
     let recorder = KxRecorder::new();
     let link_err = |source| CaClientError::Link {
         addr: ca_addr,
@@ -325,6 +343,32 @@ pub async fn renew(endpoint: &LinkEndpoint, ca_addr: SocketAddr) -> Result<Issue
         .map_err(link_err)?;
     let keys = endpoint.identity().keys().clone();
     let mut session = CaSession::open(conn.clone()).await?;
+    if let Some(ca_node) = ca_node {
+        let not_ca = |session: &CaSession, detail: String| {
+            session.close(close_code::PROOF_OF_POSSESSION, b"not the CA node");
+            CaClientError::NotOurCaNode {
+                addr: ca_addr,
+                detail,
+            }
+        };
+        let server = verifier
+            .verified()
+            .ok_or_else(|| CaClientError::Protocol("no verified server certificate".into()))?;
+        if server.node_id != ca_node {
+            let detail = format!("it presented the SVID of {}", server.node_id);
+            return Err(not_ca(&session, detail));
+        }
+        let answer = tokio::time::timeout(
+            ANSWER_TIMEOUT,
+            session.ask(&ControlMessage::CaProofRequest, false),
+        )
+        .await
+        .map_err(|_| CaClientError::Protocol("the CA node did not prove itself in time".into()))?
+        .map_err(|e| failed(&conn, e))?;
+        if let Err(detail) = verify_ca_proof(&server, ca_node, answer, &session.exporter) {
+            return Err(not_ca(&session, detail));
+        }
+    }
     let t = link_transcript(ProofRole::Renewer, &session.exporter, keys.node_id());
     let request = ControlMessage::RenewRequest(RenewRequest {
         mldsa_public_key: keys.mldsa_public_key().to_vec(),

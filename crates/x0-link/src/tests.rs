@@ -1239,9 +1239,12 @@ async fn renewal_issues_a_fresh_svid_and_is_refused_after_revocation() {
     let mut ca = CaNode::start(&mesh);
     let member = mesh.node(LinkConfig::default());
 
-    let issued = bounded("renewal", ca_client::renew(&member.ep, ca.node.addr))
-        .await
-        .unwrap();
+    let issued = bounded(
+        "renewal",
+        ca_client::renew(&member.ep, ca.node.addr, Some(ca.node.id())),
+    )
+    .await
+    .unwrap();
     assert_eq!(issued.trust_domain, TD);
     assert_eq!(issued.bundle_der, vec![mesh.ca.cert_der().to_vec()]);
     let renewed = mesh
@@ -1268,16 +1271,22 @@ async fn renewal_issues_a_fresh_svid_and_is_refused_after_revocation() {
         .revoke(&mesh.ca, member.id(), "test", unix_now())
         .unwrap()
         .unwrap();
-    let err = bounded("renewal", ca_client::renew(&member.ep, ca.node.addr))
-        .await
-        .expect_err("a revoked node renewed");
+    let err = bounded(
+        "renewal",
+        ca_client::renew(&member.ep, ca.node.addr, Some(ca.node.id())),
+    )
+    .await
+    .expect_err("a revoked node renewed");
     assert_eq!(err.refusal(), Some(RefusalCode::Revoked), "{err}");
 
     // Once the CA node's link layer knows, the handshake itself is refused.
     ca.node.ep.trust().apply_revocations(&signed).unwrap();
-    let err = bounded("renewal", ca_client::renew(&member.ep, ca.node.addr))
-        .await
-        .expect_err("a revoked node renewed");
+    let err = bounded(
+        "renewal",
+        ca_client::renew(&member.ep, ca.node.addr, Some(ca.node.id())),
+    )
+    .await
+    .expect_err("a revoked node renewed");
     match &err {
         CaClientError::Link { source, .. } => {
             assert_eq!(source.reason(), FailureReason::Revoked, "{source}");
@@ -1285,6 +1294,60 @@ async fn renewal_issues_a_fresh_svid_and_is_refused_after_revocation() {
         other => panic!("expected a link refusal, got {other}"),
     }
     assert!(ca.node.failures(FailureReason::Revoked) >= 1);
+}
+
+/// A member that took over the CA address (presenting its own SVID and the public CA
+/// certificate) is not asked for a renewal: the renewing node checks the server is the CA node
+/// it joined through, and that node's ML-DSA-65 proof, before sending anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_at_the_ca_address_is_not_asked_for_renewals() {
+    let mesh = Mesh::new();
+    let ca = CaNode::start(&mesh);
+    let member = mesh.node(LinkConfig::default());
+    let rogue_keys = Arc::new(NodeKeys::generate().unwrap());
+    let rogue_svid = mesh.issue(&rogue_keys);
+    let (rogue, harvest) = pretender(&mesh, rogue_keys.clone(), rogue_svid);
+
+    let err = bounded(
+        "renewal",
+        ca_client::renew(&member.ep, rogue.addr, Some(ca.node.id())),
+    )
+    .await
+    .expect_err("renewed at a member that is not the CA node");
+    match &err {
+        CaClientError::NotOurCaNode { detail, .. } => {
+            assert!(
+                detail.contains(&rogue_keys.node_id().to_string()),
+                "{detail}"
+            );
+        }
+        other => panic!("expected NotOurCaNode, got {other}"),
+    }
+    assert!(
+        harvest.seen().is_empty(),
+        "the rogue was asked {:?}",
+        harvest.seen()
+    );
+
+    // Holding the CA node's TLS key and SVID without its ML-DSA-65 key is not enough either.
+    let stolen = NodeKeys::from_stored(
+        ca.node.keys.tls_pkcs8_der(),
+        NodeKeys::generate().unwrap().mldsa_seed(),
+    )
+    .unwrap();
+    let (thief, harvest) = pretender(&mesh, Arc::new(stolen), mesh.issue(&ca.node.keys));
+    let err = bounded(
+        "renewal",
+        ca_client::renew(&member.ep, thief.addr, Some(ca.node.id())),
+    )
+    .await
+    .expect_err("renewed at a node without the CA node's ML-DSA-65 key");
+    assert!(matches!(err, CaClientError::NotOurCaNode { .. }), "{err}");
+    assert!(
+        harvest.seen().is_empty(),
+        "the thief was asked {:?}",
+        harvest.seen()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

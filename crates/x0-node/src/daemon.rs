@@ -65,7 +65,7 @@ use crate::logging;
 use crate::metrics::{DaemonMetrics, MetricsRegistry};
 use crate::netwatch;
 use crate::routing::{Routing, RoutingChange};
-use crate::state::{META_ADVERTISE, refresh_ca_node_svid};
+use crate::state::{META_ADVERTISE, joined_ca_node, refresh_ca_node_svid};
 use crate::time::{now, now_secs, rfc3339};
 
 /// Close code for the losing half of two simultaneous links between the same pair.
@@ -119,6 +119,8 @@ struct Shared {
     routing: Routing,
     dataplane: Arc<DataPlane>,
     ca_addr: Option<String>,
+    /// The CA node this node joined through: renewals are asked of it only.
+    ca_node: Option<NodeId>,
     links: Mutex<HashMap<NodeId, LinkEntry>>,
     trust_domain: TrustDomain,
     local_addr: SocketAddr,
@@ -175,6 +177,13 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
             "this node's SVID expired at {}; it must join again with a new invitation",
             rfc3339(membership.not_after_unix)
         )));
+    }
+    let ca_node = joined_ca_node(&store)?;
+    if ca.is_none() && ca_node.is_none() {
+        warn!(
+            "this node's state names no CA node (it joined before that was recorded): renewals \
+             accept any member answering at the CA address; join again to pin the CA node"
+        );
     }
     let api = start_api(&config)?;
     let bundle = TrustBundle::from_pem(membership.trust_domain.clone(), &membership.bundle_pem)
@@ -302,6 +311,7 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
         ca,
         ca_service,
         ca_addr: membership.ca_addr.clone(),
+        ca_node,
         links: Mutex::new(HashMap::new()),
         trust_domain: td,
         local_addr: local,
@@ -937,7 +947,7 @@ async fn renew_once(shared: &Shared) -> Result<u64, String> {
         let addr = resolve(&ca_addr)
             .await
             .ok_or_else(|| format!("cannot resolve the CA address {ca_addr}"))?;
-        let issued = ca_client::renew(&shared.endpoint, addr)
+        let issued = ca_client::renew(&shared.endpoint, addr, shared.ca_node)
             .await
             .map_err(|e| e.to_string())?;
         let store = lock(&shared.store);

@@ -12,6 +12,15 @@ use crate::time::{now, now_secs};
 pub const META_TRUST_DOMAIN: &str = "trust_domain";
 /// Key in `meta` recording the address the CA node's daemon advertises.
 pub const META_ADVERTISE: &str = "advertise_addr";
+/// Key in `meta` recording the node ID of the CA node this node joined through (from the
+/// invitation): renewals are asked of that node only.
+pub const META_CA_NODE: &str = "ca_node";
+
+/// The CA node this node joined through, if recorded (nodes that joined before it was recorded
+/// have none, and renew with any member answering at the CA address).
+pub fn joined_ca_node(store: &StateStore) -> Result<Option<x0_wire::NodeId>, Exit> {
+    Ok(store.meta(META_CA_NODE)?.and_then(|s| s.parse().ok()))
+}
 
 /// The trust domain this node belongs to: from its SVID, its CA, or `init --trust-domain`.
 pub fn node_trust_domain(store: &StateStore) -> Result<Option<TrustDomain>, Exit> {

@@ -20,7 +20,9 @@ use crate::cli::{
     KnowledgeArgs,
 };
 use x0_node::exit::{self, CmdResult, Exit};
-use x0_node::state::{META_ADVERTISE, META_TRUST_DOMAIN, node_trust_domain, refresh_ca_node_svid};
+use x0_node::state::{
+    META_ADVERTISE, META_CA_NODE, META_TRUST_DOMAIN, node_trust_domain, refresh_ca_node_svid,
+};
 use x0_node::time::{now, now_secs, rfc3339};
 
 pub fn run(cmd: Command) -> CmdResult {
@@ -597,6 +599,7 @@ fn join(args: JoinArgs) -> CmdResult {
         other => Exit::failure(other.to_string()),
     })?;
     store.set_meta(META_TRUST_DOMAIN, membership.trust_domain.as_str())?;
+    store.set_meta(META_CA_NODE, &token.ca_node.to_string())?;
     debug_assert!(
         issued
             .bundle_der
