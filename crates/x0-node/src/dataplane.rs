@@ -74,6 +74,9 @@ enum Unreachable {
 
 /// Balanced mode leaves out paths that cost more than this many times the cheapest.
 const BALANCED_MAX_COST_RATIO: u64 = 8;
+/// How long a request for a destination's alternate paths may go unanswered before it is
+/// sent again (the routing task's bounded queue may have dropped it).
+const ALTERNATE_RETRY: Duration = Duration::from_secs(1);
 /// Frames read from the data socket before what they produced is flushed.
 const RX_BUDGET: usize = 128;
 /// Packets the kernel queues for us on the TUN device (its default, 500, drops bursts of a
@@ -205,8 +208,10 @@ struct Session {
     queue: VecDeque<Vec<u8>>,
     /// Sequence number of the next redundant packet.
     redundant_seq: u32,
-    /// Whether the routing task was asked for an alternate path to this peer.
-    alternate_requested: bool,
+    /// When the routing task was last asked for this peer's alternate paths (the request can
+    /// be dropped when the routing task's queue is full: it is asked again after
+    /// [`ALTERNATE_RETRY`] while the paths have not come).
+    alternate_asked: Option<Duration>,
     /// Whether a second copy of a redundant packet from this peer was seen (logged once).
     redundant_seen: bool,
     /// When data was last sent to this peer.
@@ -216,12 +221,23 @@ struct Session {
 }
 
 impl Session {
+    /// Whether to ask the routing task (again) for this peer's alternate paths at `now`.
+    fn ask_alternate(&mut self, now: Duration) -> bool {
+        let due = self
+            .alternate_asked
+            .is_none_or(|at| now.saturating_sub(at) >= ALTERNATE_RETRY);
+        if due {
+            self.alternate_asked = Some(now);
+        }
+        due
+    }
+
     fn new(e2e: E2eSession) -> Self {
         Self {
             e2e,
             queue: VecDeque::new(),
             redundant_seq: 0,
-            alternate_requested: false,
+            alternate_asked: None,
             redundant_seen: false,
             last_data: None,
             sizes: Default::default(),
@@ -783,10 +799,10 @@ impl DataPlane {
         hash: u64,
     ) -> Option<&'t [NodeId]> {
         let Some(paths) = table.paths.get(&node) else {
+            let now = self.now();
             if let Some(s) = st.sessions.get_mut(&node)
-                && !s.alternate_requested
+                && s.ask_alternate(now)
             {
-                s.alternate_requested = true;
                 self.routing.want_alternate(node);
             }
             return None;
@@ -873,8 +889,7 @@ impl DataPlane {
                     second_header = Some((second, len));
                 }
                 _ => {
-                    if !session.alternate_requested {
-                        session.alternate_requested = true;
+                    if session.ask_alternate(now) {
                         self.routing.want_alternate(node);
                     }
                 }
