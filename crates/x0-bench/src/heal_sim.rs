@@ -1104,43 +1104,76 @@ fn recovery(post: &[(Instant, bool)], baseline: f64) -> Option<usize> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn seven_scenarios_on_a_small_mesh() {
+    /// One scenario on a 60-node mesh (one test each, so they run side by side and each stays
+    /// well within the test time limit on a slow machine).
+    fn small(name: &str) -> SimScenarioResult {
         let cfg = SimHealConfig {
             nodes: 60,
             seed: 1,
-            scenarios: Vec::new(),
+            scenarios: vec![name.to_owned()],
             baseline_seconds: 30,
             progress: false,
         };
-        let results = run(&cfg, &mut |l| eprintln!("{l}")).unwrap();
-        for r in &results {
-            eprintln!("{}", serde_json::to_string(r).unwrap());
-        }
-        let by = |n: &str| results.iter().find(|r| r.name == n).unwrap();
-        assert_eq!(results.len(), 7);
-        let down = by("link-down");
+        let mut results = run(&cfg, &mut |l| eprintln!("{l}")).unwrap();
+        assert_eq!(results.len(), 1);
+        let r = results.remove(0);
+        eprintln!("{}", serde_json::to_string(&r).unwrap());
+        assert_eq!(r.name, name);
+        assert!(r.baseline_delivery > 0.99, "{} baseline: {r:?}", r.name);
+        r
+    }
+
+    #[test]
+    fn scenario_link_down() {
+        let down = small("link-down");
         assert!(down.detect_ms.is_some(), "link-down detected");
         assert!(down.recover_ms.is_some(), "link-down recovered");
         assert_eq!(down.problem.as_deref(), Some("link_down"));
-        let crash = by("node-crash");
+    }
+
+    #[test]
+    fn scenario_node_crash() {
+        let crash = small("node-crash");
         assert!(crash.detect_ms.is_some() && crash.recover_ms.is_some());
-        let hole = by("blackhole-relay");
+    }
+
+    #[test]
+    fn scenario_lossy_link() {
+        small("lossy-link");
+    }
+
+    #[test]
+    fn scenario_blackhole_relay() {
+        let hole = small("blackhole-relay");
         assert_eq!(hole.problem.as_deref(), Some("black_hole"), "{hole:?}");
         assert_eq!(hole.action.as_deref(), Some("quarantine_node"));
         assert!(hole.recover_ms.is_some());
-        let flapping = by("flapping-link");
+    }
+
+    #[test]
+    fn scenario_latency_spike() {
+        small("latency-spike");
+    }
+
+    #[test]
+    fn scenario_flapping_link() {
+        let flapping = small("flapping-link");
         assert!(
             flapping.route_changes <= FLAP_ROUTE_CHANGES_MAX,
             "{flapping:?}"
         );
-        let healthy = by("healthy-baseline");
+    }
+
+    #[test]
+    fn scenario_healthy_baseline() {
+        let healthy = small("healthy-baseline");
         assert_eq!(healthy.actions, 0, "{healthy:?}");
         assert_eq!(healthy.false_positive_actions, 0);
-        assert!(healthy.baseline_delivery > 0.99);
-        for r in &results {
-            assert!(r.baseline_delivery > 0.99, "{} baseline", r.name);
-        }
+    }
+
+    #[test]
+    fn every_scenario_has_a_test() {
+        assert_eq!(SCENARIOS.len(), 7, "add a test for the new scenario");
     }
 
     /// The full-size run, for figures: `X0T_HEAL_SIM_NODES=1200 cargo test --release -p x0t
