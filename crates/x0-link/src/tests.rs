@@ -840,6 +840,20 @@ async fn assert_forged_hello_refused(
     to: &mut Node,
     forge: impl FnOnce(&[u8; 32]) -> Hello,
 ) {
+    assert_dialer_refused(from, to, |exporter| {
+        vec![ControlMessage::Hello(forge(exporter))]
+    })
+    .await;
+}
+
+/// Opens a TLS-authenticated link connection from `from` to `to` by hand, sends `messages` on
+/// the control stream in place of the dialer's Hello, and checks the listener refuses the link
+/// as a proof-of-possession failure.
+async fn assert_dialer_refused(
+    from: &Node,
+    to: &mut Node,
+    messages: impl FnOnce(&[u8; 32]) -> Vec<ControlMessage>,
+) {
     let before = to.failures(FailureReason::ProofOfPossession);
     let recorder = KxRecorder::new();
     let (config, verifier) = from
@@ -852,17 +866,20 @@ async fn assert_forged_hello_refused(
     assert_eq!(verifier.verified().unwrap().node_id, to.id());
     assert_eq!(recorder.negotiated(), Some(NamedGroup::X25519MLKEM768));
     let exporter = export(&conn).unwrap();
-    let (send, recv) = conn.open_bi().await.unwrap();
-    let mut control = ControlStream::new(send, recv, from.ep.metrics().clone());
-    control
-        .send
-        .send(&ControlMessage::Hello(forge(&exporter)))
+    // The listener opens the control stream with its own Hello, whatever we send.
+    let (send, recv) = bounded("listener's control stream", conn.accept_bi())
         .await
         .unwrap();
-    // The listener's own Hello arrives regardless.
+    let mut control = ControlStream::new(send, recv, from.ep.metrics().clone());
     match bounded("listener hello", control.recv.recv()).await {
-        Ok(ControlMessage::Hello(_)) | Err(_) => {}
-        Ok(other) => panic!("listener sent {}", other.name()),
+        Ok(ControlMessage::Hello(_)) => {}
+        other => panic!("listener sent {other:?} first"),
+    }
+    for m in messages(&exporter) {
+        // The listener may already have closed the connection.
+        if control.send.send(&m).await.is_err() {
+            break;
+        }
     }
     assert_closed_with(&conn, close_code::PROOF_OF_POSSESSION).await;
     let refusal = to.next_refusal().await;
