@@ -826,8 +826,35 @@ pub(crate) struct Ring {
 /// Builds the ring (no underlay routes) with `extra_config` appended to every daemon's
 /// configuration, waits until n0 reaches n2 through the overlay and lets the adverts settle.
 pub(crate) fn start_ring(name: &str, extra_config: String) -> Result<Ring, RunError> {
+    start_ring_behind(name, 0, extra_config)
+}
+
+/// [`start_ring`] with `behind` more nodes (n4, …), each linked to both relays n1 and n3: a
+/// second destination behind each relay, with a path of its own around either.
+pub(crate) fn start_ring_behind(
+    name: &str,
+    behind: usize,
+    extra_config: String,
+) -> Result<Ring, RunError> {
     let name = LabName::new(name).map_err(|e| e.to_string())?;
-    let topology = Topology::generate(Shape::Ring, 4).map_err(|e| e.to_string())?;
+    let ring = Topology::generate(Shape::Ring, 4).map_err(|e| e.to_string())?;
+    let topology = if behind == 0 {
+        ring
+    } else {
+        let mut links = ring.links().to_vec();
+        for k in 4..4 + behind {
+            for relay in [1, 3] {
+                links.push(x0_lab::topology::LinkSpec {
+                    a: relay,
+                    b: k,
+                    loss_percent: 0,
+                    rate_mbit: None,
+                });
+            }
+        }
+        let nodes = (0..4 + behind).map(x0_lab::NodeName::indexed).collect();
+        Topology::new(nodes, links).map_err(|e| e.to_string())?
+    };
     // No underlay routes: the overlay must not find a shortcut through the kernel.
     let lab_name = name.to_string();
     let spec = LabSpec::new(name, topology);

@@ -143,6 +143,17 @@ impl HealScenario {
         }
     }
 
+    /// Nodes added behind both relays (n4, linked to n1 and n3). A relay is blamed for a black
+    /// hole only when two destinations behind it, each with a path of its own around it,
+    /// corroborate each other (one destination could lie); in the plain ring every path
+    /// through R1 also crosses D, so `blackhole-relay` gets a second destination there.
+    fn nodes_behind(self) -> usize {
+        match self {
+            Self::BlackholeRelay => 1,
+            _ => 0,
+        }
+    }
+
     fn extra_config(self) -> String {
         // The eBPF tracepoints count the whole kernel's drops, and the lab's four "machines"
         // share one kernel: every daemon would see the drops of every namespace (the
@@ -157,7 +168,7 @@ impl HealScenario {
 }
 
 /// The route changes `flapping-link` may cause: before the loop calls the link flapping it has
-/// seen at most `detect.flap_transitions` up/down transitions, each moving n0's route at most
+/// seen at most `heal.detect.flap_transitions` up/down transitions, each moving n0's route at most
 /// once; excluding the link (held `plan.hold_base_ms` = 30 s, longer than the flapping)
 /// moves it once more.
 pub fn flap_route_change_bound() -> u32 {
@@ -196,6 +207,10 @@ pub struct HealArgs {
     /// Seed of the simulation (with --sim).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Keep each run's evidence here (every daemon's log, incidents and actions as JSON),
+    /// in a directory per run named after its lab, for finding the cause of a false action.
+    #[arg(long)]
+    pub evidence: Option<PathBuf>,
 }
 
 /// The targets of a scenario (issue 6).
@@ -407,7 +422,12 @@ pub fn run(args: HealArgs) -> CmdResult {
                 run + 1,
                 args.runs
             ));
-            match run_one(scenario, run, args.baseline_seconds) {
+            match run_one(
+                scenario,
+                run,
+                args.baseline_seconds,
+                args.evidence.as_deref(),
+            ) {
                 Ok(r) => {
                     progress(format!(
                         "{} run {}: detect {}, recover {}, action {}, route changes {}, \
@@ -483,7 +503,7 @@ fn notes() -> Vec<String> {
             .into(),
         format!(
             "route_changes: changes of n0's next hop to n2 in its log after the fault; \
-             flapping-link bound = detect.flap_transitions + 1 = {}",
+             flapping-link bound = heal.detect.flap_transitions + 1 = {}",
             flap_route_change_bound()
         ),
         "with --runs > 1: detect_ms and recover_ms are medians, route_changes and \
@@ -1057,9 +1077,42 @@ pub fn loop_warmup() -> Duration {
     Duration::from_millis(u64::from(c.detect.warmup_samples) * c.sampling.interval_max_ms + 2_000)
 }
 
-fn run_one(scenario: HealScenario, run: u32, baseline_seconds: u32) -> Result<RunResult, RunError> {
+/// Copies every daemon's log and writes the incidents and actions of `records` to
+/// `dir/<lab>/` (`--evidence`).
+fn keep_evidence(
+    dir: &std::path::Path,
+    lab: &str,
+    daemons: &[crate::lab::LabDaemon],
+    records: &[NodeRecords],
+) -> Result<PathBuf, String> {
+    let out = dir.join(lab);
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    for (i, d) in daemons.iter().enumerate() {
+        let to = out.join(format!("n{i}.log"));
+        std::fs::copy(&d.log, &to).map_err(|e| format!("{}: {e}", d.log.display()))?;
+    }
+    let json: Vec<serde_json::Value> = records
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "node": r.node, "id": r.id, "incidents": r.incidents, "actions": r.actions,
+            })
+        })
+        .collect();
+    let text = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
+    let to = out.join("records.json");
+    std::fs::write(&to, text).map_err(|e| format!("{}: {e}", to.display()))?;
+    Ok(out)
+}
+
+fn run_one(
+    scenario: HealScenario,
+    run: u32,
+    baseline_seconds: u32,
+    evidence: Option<&std::path::Path>,
+) -> Result<RunResult, RunError> {
     let name = format!("he{}_{}{run}", std::process::id(), scenario.short());
-    let mut ring = fo::start_ring(&name, scenario.extra_config())?;
+    let mut ring = fo::start_ring_behind(&name, scenario.nodes_behind(), scenario.extra_config())?;
     // The loops learn each link's baseline before they judge it (as on a mesh that has been
     // up a while): the fault comes after their warm-up, counted from the daemons' start.
     let warm = loop_warmup().saturating_sub(Duration::from_secs_f64(PRE_FAULT_S));
@@ -1164,6 +1217,12 @@ fn run_one(scenario: HealScenario, run: u32, baseline_seconds: u32) -> Result<Ru
     }
     let events = fo::events_since("n0", &daemons[0].log, log_offset, fault_ns);
     let lab_name = ring.lab_name.clone();
+    if let Some(dir) = evidence {
+        match keep_evidence(dir, &lab_name, &daemons, &records) {
+            Ok(at) => progress(format!("evidence kept in {}", at.display())),
+            Err(e) => progress(format!("keeping the evidence: {e}")),
+        }
+    }
     let teardown = ring.lab.down();
     if !teardown.errors.is_empty() {
         progress(format!("teardown: {}", teardown.errors.join("; ")));

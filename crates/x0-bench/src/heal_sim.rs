@@ -717,16 +717,19 @@ impl World {
         nl: &mut NodeLoop,
         flow_dst: Option<NodeIx>,
     ) {
+        // One batch, as the daemon feeds a round.
         let active: Vec<NodeIx> = nl.active.iter().copied().collect();
-        for nb in active {
-            if let Some(s) = self.session_sample(ix, now, nb) {
-                nl.healer.handle_sample(now, Sample::Link(s));
-            }
-        }
-        for (&nb, &cause) in &nl.down {
-            nl.healer
-                .handle_sample(now, Sample::Link(LinkSample::down(link_ref(nb), cause)));
-        }
+        let mut round: Vec<Sample> = active
+            .into_iter()
+            .filter_map(|nb| self.session_sample(ix, now, nb))
+            .map(Sample::Link)
+            .collect();
+        round.extend(
+            nl.down
+                .iter()
+                .map(|(&nb, &cause)| Sample::Link(LinkSample::down(link_ref(nb), cause))),
+        );
+        nl.healer.handle_samples(now, round);
         self.sync_topology(ix, now, nl);
         if let Some(dst) = flow_dst {
             self.probe_round(ix, now, nl, dst);
@@ -805,9 +808,31 @@ impl World {
         if let Some(r) = &flow_route {
             targets.extend(r.iter().skip(1).take(r.len().saturating_sub(2)));
         }
+        // As the daemon's prober does: the nodes behind a relay one destination implicates,
+        // through it (when it is our neighbour) and along their own paths.
+        let mut through: BTreeMap<NodeIx, NodeIx> = BTreeMap::new();
+        for (relay, behind) in nl.healer.corroboration_wanted() {
+            let Some(r) = sim_node_ix(&relay) else {
+                continue;
+            };
+            for b in behind.iter().filter_map(sim_node_ix).take(8) {
+                if b != ix && !targets.contains(&b) {
+                    targets.push(b);
+                }
+                if nl.active.contains(&r) {
+                    through.entry(b).or_insert(r);
+                }
+            }
+        }
         for to in targets {
             let route = walk(&mut self.sim, ix, to).ok();
             let mut paths: Vec<Vec<NodeIx>> = route.iter().cloned().collect();
+            if let Some(&r) = through.get(&to) {
+                let p = vec![ix, r, to];
+                if !paths.contains(&p) {
+                    paths.push(p);
+                }
+            }
             let alternates = self
                 .sim
                 .node_mut(ix)

@@ -50,6 +50,8 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use crate::exit::{self, Exit};
 use crate::metrics::{Exposition, MetricsRegistry};
 
+mod parse_errors;
+
 /// Largest request body accepted (only `POST /v1/faults` reads one).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Largest request head (request line and headers); hyper answers 431 above it.
@@ -564,10 +566,10 @@ impl ApiState {
                        `Authorization: Bearer <token>`."
     ),
     paths(health, metrics, node, peers, links, routes, topology, events, incidents, actions, heal_health,
-          faults_list, faults_add, faults_clear, faults_remove),
-    components(schemas(ApiError, crate::fault::FaultSpec, crate::fault::FaultEntry,
+          faults_list, faults_add, faults_clear, faults_remove, openapi_json),
+    components(schemas(ApiError, Event, Topic, crate::fault::FaultSpec, crate::fault::FaultEntry,
                        crate::fault::FaultList, crate::fault::FaultCreated)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &EventStream, &Refusals, &ClosedFaultBodies),
     tags((name = "x0t", description = "Node state, metrics and events"))
 )]
 struct ApiDoc;
@@ -588,6 +590,166 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// What `GET /v1/events` answers, for the document.
+const EVENT_STREAM_DESCRIPTION: &str = "An endless `text/event-stream` (server-sent events). \
+    It opens with the current health as a `health` event (when that topic is followed), then \
+    carries changes as they happen; a comment line (`:`) every 15 s keeps it alive. Each event \
+    is an `event:` line naming its topic (`topology` or `health`) and one `data:` line holding \
+    an `Event` as JSON. The schema describes one such event, as OpenAPI 3.2 describes the items \
+    of a stream (`itemSchema`), for this 3.1 document: `event` and `data`, with `data`'s \
+    `contentSchema`.";
+
+/// Describes the event stream of `/v1/events` as what it is: a sequence of server-sent events
+/// (`event` and `data` fields), each `data` one JSON [`Event`]. utoipa has no word for
+/// `contentSchema`, so it goes in as an extension keyword.
+struct EventStream;
+
+impl Modify for EventStream {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::{Content, RefOr};
+        let topics: Vec<&str> = [Topic::Topology, Topic::Health]
+            .iter()
+            .map(|t| t.as_str())
+            .collect();
+        let data = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("One `Event`, as JSON"))
+            .content_media_type("application/json")
+            .extensions(Some(
+                [(
+                    "contentSchema",
+                    serde_json::json!({"$ref": "#/components/schemas/Event"}),
+                )]
+                .into_iter()
+                .collect(),
+            ));
+        let event = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("One server-sent event"))
+            .property(
+                "event",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("The event's topic"))
+                    .enum_values(Some(topics)),
+            )
+            .property("data", data)
+            .required("event")
+            .required("data");
+        let Some(op) = openapi
+            .paths
+            .paths
+            .get_mut("/v1/events")
+            .and_then(|item| item.get.as_mut())
+        else {
+            return;
+        };
+        if let Some(RefOr::T(ok)) = op.responses.responses.get_mut("200") {
+            ok.content.insert(
+                "text/event-stream".into(),
+                Content::new(Some(RefOr::T(event.into()))),
+            );
+        }
+    }
+}
+
+/// The refusals every operation can meet, whatever it does: a request from a web page of
+/// another origin (and, without a token, one for a host that is not loopback).
+struct Refusals;
+
+impl Modify for Refusals {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
+        const REFUSED: &str = "Refused: a request from a web page of another origin (`Origin` \
+            or `Sec-Fetch-Site`), or, without a token, for a host that is not loopback";
+        for item in openapi.paths.paths.values_mut() {
+            for op in [item.get.as_mut(), item.post.as_mut(), item.delete.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                let description = match op.responses.responses.get("403") {
+                    Some(RefOr::T(r)) => format!("{}; or {REFUSED}", r.description),
+                    _ => REFUSED.to_owned(),
+                };
+                op.responses.responses.insert(
+                    "403".into(),
+                    RefOr::T(
+                        ResponseBuilder::new()
+                            .description(description)
+                            .content(
+                                "application/json",
+                                ContentBuilder::new()
+                                    .schema(Some(utoipa::openapi::Ref::from_schema_name(
+                                        "ApiError",
+                                    )))
+                                    .build(),
+                            )
+                            .build(),
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A fault body takes no field its kind does not name (`deny_unknown_fields`), which utoipa
+/// does not carry over to the variants of a tagged enum; and a listed fault is one of those
+/// kinds plus `id` and `since_unix_ms` (utoipa's `allOf` for the flattened spec would meet the
+/// closed kinds and fail).
+struct ClosedFaultBodies;
+
+impl Modify for ClosedFaultBodies {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        let Some(RefOr::T(Schema::OneOf(kinds))) = components.schemas.get_mut("FaultSpec") else {
+            return;
+        };
+        let mut entries = kinds.clone();
+        for kind in &mut kinds.items {
+            if let RefOr::T(Schema::Object(object)) = kind {
+                object.additional_properties =
+                    Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
+        }
+        let integer = |description: &str| {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                    utoipa::openapi::KnownFormat::Int64,
+                )))
+                .minimum(Some(0))
+                .description(Some(description))
+                .build()
+        };
+        for kind in &mut entries.items {
+            if let RefOr::T(Schema::Object(object)) = kind {
+                object.properties.insert(
+                    "id".into(),
+                    integer("Its ID (for `DELETE /v1/faults/{id}`)").into(),
+                );
+                object.properties.insert(
+                    "since_unix_ms".into(),
+                    integer("When it was added (Unix milliseconds)").into(),
+                );
+                object
+                    .required
+                    .extend(["id".into(), "since_unix_ms".into()]);
+                object.additional_properties =
+                    Some(Box::new(AdditionalProperties::FreeForm(false)));
+            }
+        }
+        entries.description = Some("A fault in force, as `GET /v1/faults` lists it".into());
+        components
+            .schemas
+            .insert("FaultEntry".into(), RefOr::T(Schema::OneOf(entries)));
     }
 }
 
@@ -626,6 +788,7 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
 }
 
@@ -692,7 +855,92 @@ async fn guard(State(state): State<Arc<ApiState>>, request: Request, next: Next)
             }
         }
     }
+    if let Some(why) = cross_origin(request.headers()) {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "cross-origin request refused ({why}): this API answers no web page of another \
+                 origin"
+            ),
+        );
+    }
     next.run(request).await
+}
+
+/// Why a request comes from a web page of another origin, if it does. A browser names the
+/// page's origin in `Origin` (on every POST and DELETE, and on cross-origin GETs) and, in
+/// current browsers, the relation in `Sec-Fetch-Site`; tools such as curl, the CLI and
+/// Prometheus send neither. The API serves no page and no CORS headers, so only requests from
+/// its own origin (`http://` + `Host`) or typed into the address bar (`none`) pass.
+fn cross_origin(headers: &HeaderMap) -> Option<String> {
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return Some(format!(
+            "Sec-Fetch-Site: {}",
+            String::from_utf8_lossy(site.as_bytes())
+        ));
+    }
+    let origin = headers.get(header::ORIGIN)?;
+    let own = headers
+        .get(header::HOST)
+        .map(|host| [b"http://".as_slice(), host.as_bytes()].concat());
+    if own.is_some_and(|own| origin.as_bytes().eq_ignore_ascii_case(&own)) {
+        return None;
+    }
+    Some(format!(
+        "Origin: {}",
+        String::from_utf8_lossy(origin.as_bytes())
+    ))
+}
+
+/// Whether the request's body is declared JSON (`application/json`, parameters allowed).
+/// Requiring it keeps out the "simple" cross-origin requests a web page may send without
+/// asking first (`text/plain`, form encodings); a page that asks is refused by
+/// [`cross_origin`], and no CORS preflight is ever answered.
+fn is_json_body(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Gives every error answer a JSON `{"error": …}` body: those of the layers below the
+/// handlers (413 from the body limit, 503 from the request timeout) come with plain text or
+/// none.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json {
+        return response;
+    }
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes")
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())
+        }
+        other => other
+            .canonical_reason()
+            .unwrap_or("request refused")
+            .to_owned(),
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let body = serde_json::to_vec(&ApiError { error: message }).unwrap_or_default();
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 async fn not_found(request: Request) -> Response {
@@ -732,8 +980,9 @@ async fn health(State(state): State<Arc<ApiState>>) -> Response {
 /// Prometheus metrics (OpenMetrics when asked for in `Accept`, else text format 0.0.4).
 #[utoipa::path(get, path = "/metrics", tag = "x0t",
     responses(
-        (status = 200, description = "Every metric, documented in docs/metrics.md",
-         content_type = "text/plain", body = String),
+        (status = 200, description = "Every metric, documented in docs/metrics.md: Prometheus \
+         text format 0.0.4, or OpenMetrics 1.0 text when `Accept` names it",
+         content((String = "text/plain"), (String = "application/openmetrics-text"))),
         (status = 401, description = "Token missing or wrong", body = ApiError),
     ),
     security((), ("bearer" = [])))]
@@ -786,7 +1035,8 @@ async fn links(State(state): State<Arc<ApiState>>) -> Json<Vec<LinkInfo>> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RoutesQuery {
-    /// Only the route to this node ID (32 hex digits).
+    /// Only the route to this node ID (32 lowercase hex digits).
+    #[param(pattern = "^[0-9a-f]{32}$", min_length = 32, max_length = 32)]
     dst: Option<String>,
 }
 
@@ -907,10 +1157,23 @@ async fn faults_list(State(state): State<Arc<ApiState>>) -> Json<crate::fault::F
         (status = 400, description = "Not a fault (the message names the field)", body = ApiError),
         (status = 401, description = "Token missing or wrong", body = ApiError),
         (status = 403, description = "Fault injection is disabled on this node", body = ApiError),
-        (status = 422, description = "A value out of range (the message names the field)", body = ApiError),
+        (status = 409, description = "MAX_FAULTS (64) faults are in force already", body = ApiError),
+        (status = 413, description = "The body is larger than 64 KiB", body = ApiError),
+        (status = 415, description = "The body is not declared `application/json`", body = ApiError),
+        (status = 422, description = "A value out of range, or `jitter_ms` above `delay_ms` (the message names the field)", body = ApiError),
     ),
     security((), ("bearer" = [])))]
-async fn faults_add(State(state): State<Arc<ApiState>>, body: axum::body::Bytes) -> Response {
+async fn faults_add(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !is_json_body(&headers) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be JSON, sent with `Content-Type: application/json`",
+        );
+    }
     let Some(set) = fault_set(&state) else {
         return faults_disabled();
     };
@@ -921,7 +1184,10 @@ async fn faults_add(State(state): State<Arc<ApiState>>, body: axum::body::Bytes)
     match set.add(&spec) {
         Ok(id) => (StatusCode::CREATED, Json(crate::fault::FaultCreated { id })).into_response(),
         Err(e @ crate::fault::AddError::Disabled) => error(StatusCode::FORBIDDEN, e.to_string()),
-        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(e @ crate::fault::AddError::Full) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ crate::fault::AddError::Invalid(_)) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
     }
 }
 
@@ -979,7 +1245,8 @@ async fn faults_remove(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
-    /// Comma-separated topics: `topology`, `health` (default: both).
+    /// The topics to follow, comma-separated: `topology`, `health`, or both (the default).
+    #[param(value_type = Option<Vec<Topic>>, style = Form, explode = false, min_items = 1)]
     topics: Option<String>,
 }
 
@@ -988,7 +1255,7 @@ fn parse_topics(s: Option<&str>) -> Result<Vec<Topic>, String> {
         return Ok(vec![Topic::Topology, Topic::Health]);
     };
     s.split(',')
-        .map(|t| match t.trim() {
+        .map(|t| match t {
             "topology" => Ok(Topic::Topology),
             "health" => Ok(Topic::Health),
             other => Err(format!(
@@ -1003,8 +1270,8 @@ fn parse_topics(s: Option<&str>) -> Result<Vec<Topic>, String> {
 /// [`Event`].
 #[utoipa::path(get, path = "/v1/events", tag = "x0t", params(EventsQuery),
     responses(
-        (status = 200, description = "An endless text/event-stream; each event's data is an Event",
-         content_type = "text/event-stream", body = Event),
+        (status = 200, description = EVENT_STREAM_DESCRIPTION,
+         content_type = "text/event-stream", body = String),
         (status = 400, description = "Bad query", body = ApiError),
         (status = 401, description = "Token missing or wrong", body = ApiError),
         (status = 503, description = "Too many event streams open", body = ApiError),
@@ -1073,6 +1340,12 @@ fn event_stream(
     )
 }
 
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "x0t",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document (this one)",
+         content_type = "application/json", body = Object),
+    ))]
 async fn openapi_json() -> Response {
     match openapi().to_json() {
         Ok(text) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
@@ -1126,7 +1399,10 @@ pub async fn serve(listener: std::net::TcpListener, app: axum::Router) {
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_HEAD_BYTES)
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(
+                    TokioIo::new(parse_errors::JsonParseErrors::new(stream)),
+                    service,
+                )
                 .await;
             if let Err(e) = result {
                 debug!(%remote, "API connection ended: {e}");
@@ -1196,6 +1472,7 @@ mod tests {
 
     struct FakeNode {
         events: broadcast::Sender<Event>,
+        faults: Option<Arc<crate::fault::FaultSet>>,
     }
 
     impl NodeApi for FakeNode {
@@ -1253,6 +1530,9 @@ mod tests {
         fn actions(&self) -> Vec<ActionInfo> {
             vec![]
         }
+        fn faults(&self) -> Option<Arc<crate::fault::FaultSet>> {
+            self.faults.clone()
+        }
         fn heal_health(&self) -> HealHealth {
             HealHealth {
                 enabled: false,
@@ -1270,9 +1550,13 @@ mod tests {
     }
 
     fn app(token: Option<&str>) -> axum::Router {
+        app_with(token, None)
+    }
+
+    fn app_with(token: Option<&str>, faults: Option<Arc<crate::fault::FaultSet>>) -> axum::Router {
         let (events, _) = broadcast::channel(8);
         router(ApiState::new(
-            Arc::new(FakeNode { events }),
+            Arc::new(FakeNode { events, faults }),
             Arc::new(MetricsRegistry::new()),
             token.map(str::to_owned),
         ))
@@ -1310,7 +1594,7 @@ mod tests {
         .await;
         assert_eq!(s, 405, "{body}");
         assert!(body.contains("read-only"), "{body}");
-        let (s, _) = call(
+        let (s, body) = call(
             &app,
             axum::http::Request::post("/v1/node")
                 .header(header::HOST, "localhost")
@@ -1320,6 +1604,8 @@ mod tests {
         )
         .await;
         assert_eq!(s, 413);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("a JSON 413 body");
+        assert!(v["error"].as_str().unwrap().contains("65536"), "{body}");
         let (s, body) = call(&app, empty(get("/v1/routes?dst=zz"))).await;
         assert_eq!(s, 400);
         assert!(body.contains("dst"), "{body}");
@@ -1469,6 +1755,7 @@ mod tests {
         let post = |body: &'static str| {
             axum::http::Request::post("/v1/faults")
                 .header(header::HOST, "localhost")
+                .header(header::CONTENT_TYPE, "application/json")
                 .body(axum::body::Body::from(body))
                 .unwrap()
         };
@@ -1529,5 +1816,186 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&path, "short\n").unwrap();
         assert_eq!(load_or_create_token(&path).unwrap_err().code, exit::DATA);
+    }
+
+    fn post_faults(
+        content_type: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> axum::http::Request<axum::body::Body> {
+        let mut b = axum::http::Request::post("/v1/faults").header(header::HOST, "127.0.0.1:5471");
+        if let Some(t) = content_type {
+            b = b.header(header::CONTENT_TYPE, t);
+        }
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        b.body(axum::body::Body::from(r#"{"kind":"blackhole"}"#))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn faults_must_be_posted_as_json() {
+        let app = app_with(None, Some(crate::fault::FaultSet::new(true)));
+        // What an HTML form or a "simple" cross-origin fetch can send without asking first.
+        for t in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            Some("application/jsonx"),
+        ] {
+            let (s, body) = call(&app, post_faults(t, &[])).await;
+            assert_eq!(s, 415, "{t:?}: {body}");
+            assert!(body.contains("application/json"), "{body}");
+        }
+        for t in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+        ] {
+            let (s, body) = call(&app, post_faults(Some(t), &[])).await;
+            assert_eq!(s, 201, "{t}: {body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn cross_origin_requests_are_refused() {
+        let app = app_with(None, Some(crate::fault::FaultSet::new(true)));
+        let json = Some("application/json");
+        for headers in [
+            vec![("origin", "http://evil.example")],
+            vec![("origin", "http://127.0.0.1:8080")],
+            vec![("origin", "null")],
+            vec![("origin", "https://127.0.0.1:5471")],
+            vec![("sec-fetch-site", "cross-site")],
+            vec![("sec-fetch-site", "same-site")],
+            vec![
+                ("origin", "http://127.0.0.1:5471"),
+                ("sec-fetch-site", "cross-site"),
+            ],
+        ] {
+            let (s, body) = call(&app, post_faults(json, &headers)).await;
+            assert_eq!(s, 403, "{headers:?}: {body}");
+            assert!(body.contains("cross-origin"), "{body}");
+            let mut delete =
+                axum::http::Request::delete("/v1/faults").header(header::HOST, "127.0.0.1:5471");
+            let mut read = get("/v1/node");
+            for (k, v) in &headers {
+                delete = delete.header(*k, *v);
+                read = read.header(*k, *v);
+            }
+            assert_eq!(call(&app, empty(delete)).await.0, 403, "{headers:?}");
+            assert_eq!(call(&app, empty(read)).await.0, 403, "{headers:?}");
+        }
+        // The API's own origin, a typed-in address, and tools that send neither header.
+        for headers in [
+            vec![],
+            vec![("origin", "http://127.0.0.1:5471")],
+            vec![("sec-fetch-site", "same-origin")],
+            vec![("sec-fetch-site", "none")],
+        ] {
+            let (s, body) = call(&app, post_faults(json, &headers)).await;
+            assert_eq!(s, 201, "{headers:?}: {body}");
+        }
+        // With a token, too.
+        let token = "0123456789abcdef0123";
+        let app = app_with(Some(token), Some(crate::fault::FaultSet::new(true)));
+        let auth = format!("Bearer {token}");
+        let (s, _) = call(
+            &app,
+            post_faults(
+                json,
+                &[("authorization", &auth), ("origin", "http://evil.example")],
+            ),
+        )
+        .await;
+        assert_eq!(s, 403);
+        let (s, _) = call(&app, post_faults(json, &[("authorization", &auth)])).await;
+        assert_eq!(s, 201);
+    }
+
+    #[tokio::test]
+    async fn a_full_fault_set_is_answered_409() {
+        let app = app_with(None, Some(crate::fault::FaultSet::new(true)));
+        for _ in 0..crate::fault::MAX_FAULTS {
+            assert_eq!(
+                call(&app, post_faults(Some("application/json"), &[]))
+                    .await
+                    .0,
+                201
+            );
+        }
+        let (s, body) = call(&app, post_faults(Some("application/json"), &[])).await;
+        assert_eq!(s, 409, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(v["error"].as_str().unwrap().contains("64 faults"), "{body}");
+    }
+
+    #[test]
+    fn the_document_is_as_strict_as_the_server() {
+        let doc: serde_json::Value = serde_json::from_str(&openapi().to_json().unwrap()).unwrap();
+        let param = |path: &str, name: &str| {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap()
+                .clone()
+        };
+        let dst = param("/v1/routes", "dst");
+        assert_eq!(dst["schema"]["pattern"], "^[0-9a-f]{32}$", "{dst}");
+        let topics = param("/v1/events", "topics");
+        assert_eq!(topics["style"], "form");
+        assert_eq!(topics["explode"], false);
+        assert_eq!(topics["schema"]["minItems"], 1);
+        assert_eq!(
+            doc["components"]["schemas"]["Topic"]["enum"],
+            serde_json::json!(["topology", "health"])
+        );
+        // The event stream is described as events whose data is an Event, not as one Event.
+        let stream = &doc["paths"]["/v1/events"]["get"]["responses"]["200"]["content"]["text/event-stream"]
+            ["schema"];
+        assert_eq!(
+            stream["properties"]["event"]["enum"],
+            serde_json::json!(["topology", "health"])
+        );
+        assert_eq!(
+            stream["properties"]["data"]["contentMediaType"],
+            "application/json"
+        );
+        assert_eq!(
+            stream["properties"]["data"]["contentSchema"]["$ref"],
+            "#/components/schemas/Event"
+        );
+        assert!(doc["components"]["schemas"]["Event"].is_object());
+        // The document describes itself, and fault bodies are closed.
+        assert!(doc["paths"]["/openapi.json"]["get"].is_object());
+        for kind in doc["components"]["schemas"]["FaultSpec"]["oneOf"]
+            .as_array()
+            .unwrap()
+        {
+            assert_eq!(kind["additionalProperties"], false, "{kind}");
+            assert_eq!(
+                kind["properties"]["peer"]["pattern"], "^[0-9a-f]{32}$",
+                "{kind}"
+            );
+        }
+        for kind in doc["components"]["schemas"]["FaultEntry"]["oneOf"]
+            .as_array()
+            .unwrap()
+        {
+            assert!(kind["properties"]["id"].is_object(), "{kind}");
+        }
+        let post = &doc["paths"]["/v1/faults"]["post"]["responses"];
+        for status in ["409", "413", "415"] {
+            assert!(post[status].is_object(), "POST /v1/faults: no {status}");
+        }
+        // Every operation documents the cross-origin refusal.
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                assert!(op["responses"]["403"].is_object(), "{method} {path}");
+            }
+        }
     }
 }

@@ -186,6 +186,7 @@ impl Client {
             let message = serde_json::from_slice::<crate::api::ApiError>(&body)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            let message = crate::text::printable(&message);
             return Err(Exit::failure(format!(
                 "the daemon at {} answered {status} to {path}: {message}",
                 self.addr

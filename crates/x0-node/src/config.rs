@@ -326,6 +326,14 @@ pub struct RoutingSection {
     /// How long forwarding keeps the pre-failure table with backup paths after a local link
     /// failure, milliseconds (0–60,000).
     pub frr_hold_ms: u64,
+    /// Most origins the link-state database holds, this node included (64–1,000,000); also the
+    /// bound of the advert verifier's credential cache.
+    pub max_origins: usize,
+    /// Advert signature verifications each neighbour may cause per second (10–100,000).
+    pub verify_rate_per_s: u32,
+    /// Most verifications a neighbour's budget holds, e.g. for a database exchange
+    /// (1–1,000,000).
+    pub verify_burst: u32,
 }
 
 impl Default for RoutingSection {
@@ -339,6 +347,9 @@ impl Default for RoutingSection {
             advert_refresh_s: d.advert_refresh.as_secs(),
             spf_delay_ms: d.spf_delay.as_millis() as u64,
             frr_hold_ms: d.frr_hold.as_millis() as u64,
+            max_origins: d.max_origins,
+            verify_rate_per_s: d.verify_rate_per_s,
+            verify_burst: d.verify_burst,
         }
     }
 }
@@ -520,6 +531,19 @@ impl Config {
         range("routing.advert_refresh_s", r.advert_refresh_s, 60, 86_399)?;
         range("routing.spf_delay_ms", r.spf_delay_ms, 0, 1_000)?;
         range("routing.frr_hold_ms", r.frr_hold_ms, 0, 60_000)?;
+        range("routing.max_origins", r.max_origins as u64, 64, 1_000_000)?;
+        range(
+            "routing.verify_rate_per_s",
+            u64::from(r.verify_rate_per_s),
+            10,
+            100_000,
+        )?;
+        range(
+            "routing.verify_burst",
+            u64::from(r.verify_burst),
+            1,
+            1_000_000,
+        )?;
         self.router_config()
             .validate()
             .map_err(|e| format!("key `routing`: {e}"))?;
@@ -608,6 +632,13 @@ impl Config {
                     .into(),
             );
         }
+        if fi.faults.len() > crate::fault::MAX_FAULTS {
+            return Err(format!(
+                "key `danger_fault_injection.faults`: at most {} faults, got {}",
+                crate::fault::MAX_FAULTS,
+                fi.faults.len()
+            ));
+        }
         for (i, f) in fi.faults.iter().enumerate() {
             crate::fault::Fault::try_from(f).map_err(|e| {
                 format!(
@@ -637,6 +668,9 @@ impl Config {
             advert_refresh: Duration::from_secs(r.advert_refresh_s),
             spf_delay: Duration::from_millis(r.spf_delay_ms),
             frr_hold: Duration::from_millis(r.frr_hold_ms),
+            max_origins: r.max_origins,
+            verify_rate_per_s: r.verify_rate_per_s,
+            verify_burst: r.verify_burst,
             ..RouterConfig::default()
         }
     }
@@ -675,6 +709,28 @@ mod tests {
         assert_eq!(r.probe_interval, Duration::from_millis(100));
         assert_eq!(r.detect_multiplier, 3);
         assert!(r.validate().is_ok());
+    }
+
+    #[test]
+    fn routing_admission_limits_are_checked_and_reach_the_router() {
+        let c = Config::parse(
+            "state_dir = \"/x\"\n[routing]\nmax_origins = 500\nverify_rate_per_s = 50\n\
+             verify_burst = 70\n",
+        )
+        .unwrap();
+        let r = c.router_config();
+        assert_eq!(
+            (r.max_origins, r.verify_rate_per_s, r.verify_burst),
+            (500, 50, 70)
+        );
+        for (text, key) in [
+            ("max_origins = 10", "routing.max_origins"),
+            ("verify_rate_per_s = 0", "routing.verify_rate_per_s"),
+            ("verify_burst = 0", "routing.verify_burst"),
+        ] {
+            let e = Config::parse(&format!("state_dir = \"/x\"\n[routing]\n{text}\n")).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]
@@ -787,6 +843,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("enabled = true"), "{e}");
+        let many = vec!["{ kind = \"blackhole\" }"; crate::fault::MAX_FAULTS + 1].join(", ");
+        let e = Config::parse(&format!(
+            "state_dir = \"/x\"\n[danger_fault_injection]\nenabled = true\nfaults = [{many}]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("danger_fault_injection.faults") && e.contains("at most 64"),
+            "{e}"
+        );
     }
 
     #[test]

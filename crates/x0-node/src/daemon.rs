@@ -41,6 +41,7 @@ use quinn::VarInt;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{Notify, broadcast, mpsc};
 use tracing::{debug, error, info, warn};
+use x0_identity::advert::{AdvertSigner, MlDsaAdvertAuth, OriginVerifier};
 use x0_identity::authority::{accept_issued, self_issue};
 use x0_identity::ca::CLOCK_SKEW_ALLOWANCE;
 use x0_identity::ca_service::{self, CaService};
@@ -57,7 +58,7 @@ use x0_wire::{ControlMessage, RevocationList, SignedRevocationList};
 use crate::api::{self, ApiState, Event, EventKind};
 use crate::config::{Config, PeerConfig};
 use crate::dataplane::{DataPlane, DataPlaneConfig};
-use crate::exit::{CmdResult, Exit};
+use crate::exit::{self, CmdResult, Exit};
 use crate::fault::{FaultCollector, FaultSet};
 use crate::heal::{self, HealDeps, HealHandle};
 use crate::logging;
@@ -196,7 +197,12 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
     let mut link_config = config.link_config();
     link_config.impairment = faults.enabled().then(|| faults.clone() as _);
     let endpoint = LinkEndpoint::bind(config.listen, link_config, identity, trust, metrics)
-        .map_err(|e| Exit::failure(format!("cannot listen on {}: {e}", config.listen)))?;
+        .map_err(|e| {
+            Exit::new(
+                exit::UNAVAILABLE,
+                format!("cannot listen on {} (`listen`): {e}", config.listen),
+            )
+        })?;
     let local = endpoint
         .local_addr()
         .map_err(|e| Exit::failure(e.to_string()))?;
@@ -228,7 +234,20 @@ fn start(config: Config) -> Result<Arc<Shared>, Exit> {
         "x0t up"
     );
     let store = Arc::new(Mutex::new(store));
-    let routing = Routing::start(config.router_config(), keys.clone(), store.clone());
+    let router_config = config.router_config();
+    // Adverts carry the SVID in force (the identity is renewed in place) and are checked
+    // against the mesh CA and the live revocation list (the trust state applies new lists in
+    // place; the bundle itself never changes while the daemon runs).
+    let advert_auth = MlDsaAdvertAuth::new(
+        AdvertSigner::new(keys.clone(), endpoint.identity().clone()),
+        OriginVerifier::new(
+            endpoint.trust().snapshot().bundle.clone(),
+            endpoint.trust().clone(),
+        )
+        .with_max_cached(router_config.max_origins),
+        Arc::new(now),
+    );
+    let routing = Routing::start(router_config, keys.node_id(), advert_auth, store.clone());
     let daemon_metrics = DaemonMetrics::default();
     daemon_metrics
         .svid_expiry
@@ -315,9 +334,10 @@ fn start_fault_injection(config: &Config) -> Result<Arc<FaultSet>, Exit> {
     Ok(faults)
 }
 
-/// Loads or creates the API token and binds the API's listener. The default address failing
-/// (taken by another daemon on this machine, or no loopback in a fresh network namespace) only
-/// costs the API, with a warning; a configured one that cannot be bound stops the start.
+/// Loads or creates the API token and binds the API's listener. An enabled API whose address
+/// cannot be bound stops the start (exit 69), whether the address is the default or
+/// configured and whether a token protects it: a daemon without the API it was configured to
+/// serve would run unseen by its monitoring (docs/api.md).
 fn start_api(config: &Config) -> Result<Option<ApiListener>, Exit> {
     let api = &config.api;
     if !api.enabled {
@@ -329,24 +349,33 @@ fn start_api(config: &Config) -> Result<Option<ApiListener>, Exit> {
         .map(api::load_or_create_token)
         .transpose()?;
     let addr = api.listen_addr();
-    match api::bind(addr) {
-        Ok(listener) => Ok(Some(ApiListener { listener, token })),
-        Err(e) if api.listen.is_none() => {
-            let why = if e.kind() == std::io::ErrorKind::AddrInUse {
-                "is in use (another x0t daemon on this machine?)".to_owned()
-            } else {
-                format!("cannot be used ({e})")
-            };
-            warn!(
-                "the HTTP API is off: its default address {addr} {why}; set `[api] listen` to \
-                 give this daemon its own"
-            );
-            Ok(None)
+    api::bind(addr)
+        .map(|listener| Some(ApiListener { listener, token }))
+        .map_err(|e| api_bind_error(addr, api.listen.is_none(), &e))
+}
+
+/// Why the API's address cannot be bound, and what to do about it.
+fn api_bind_error(addr: SocketAddr, default: bool, e: &std::io::Error) -> Exit {
+    let which = if default {
+        format!("`api.listen` is not set; {addr} is its default")
+    } else {
+        "`api.listen`".to_owned()
+    };
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "it is in use (another x0t daemon on this machine?): give each daemon its own \
+             `api.listen`, or set `api.enabled = false`"
         }
-        Err(e) => Err(Exit::failure(format!(
-            "cannot listen on {addr} (api.listen) for the HTTP API: {e}"
-        ))),
-    }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "no interface has that address (in a new network namespace: `ip link set lo up`); \
+             or set `api.enabled = false`"
+        }
+        _ => "set another `api.listen`, or `api.enabled = false`",
+    };
+    Exit::new(
+        exit::UNAVAILABLE,
+        format!("cannot listen on {addr} for the HTTP API ({which}): {e}; {hint}"),
+    )
 }
 
 async fn serve(shared: Arc<Shared>) -> CmdResult {
@@ -805,6 +834,8 @@ fn handle_revocations(shared: &Shared, signed: &SignedRevocationList, from: Opti
         error!("cannot store the revocation list: {e}");
     }
     info!(serial = list.serial, newly_revoked = ?newly, from = ?from, "revocation list applied");
+    // Revoked origins leave the link-state database now, not at the router's next timer.
+    shared.routing.recheck_admission();
     if newly.contains(&shared.node_id) {
         error!("this node has been revoked by the mesh CA; its links will be refused");
     }

@@ -44,8 +44,8 @@ use x0_dataplane::frame::{
 };
 use x0_dataplane::packet::{self, Icmpv4Error, Icmpv6Error, IpHeader};
 use x0_dataplane::{
-    Channel, E2eConfig, E2eEvent, E2eSession, Limits, OpenError, OverlayHeader, OverlayKind,
-    PacketBuf,
+    Channel, E2eConfig, E2eEvent, E2eSession, HandshakeOutcome, Limits, OpenError, OverlayHeader,
+    OverlayKind, PacketBuf, SessionLimits, SessionTable,
 };
 use x0_identity::{Ipv4Overlay, MeshPrefix, NodeId};
 use x0_wire::DataChannel;
@@ -113,6 +113,8 @@ pub(crate) struct Counters {
     pub e2e_handshakes_failed: u64,
     /// End-to-end rekeys: handshakes completed beyond each session's first.
     pub e2e_rekeys: u64,
+    /// The end-to-end session table: gauges, refusals, evictions, expiries, handshake totals.
+    pub e2e_table: x0_dataplane::SessionTableStats,
     /// End-to-end path probes sent for the self-healing loop.
     pub probes_sent: u64,
     /// Probes of other nodes answered.
@@ -209,12 +211,41 @@ struct Session {
     redundant_seen: bool,
     /// When data was last sent to this peer.
     last_data: Option<Duration>,
+    /// Lengths of the packets recently sent to this peer (probes are padded to one of them).
+    sizes: x0_dataplane::control::SizeProfile,
+}
+
+impl Session {
+    fn new(e2e: E2eSession) -> Self {
+        Self {
+            e2e,
+            queue: VecDeque::new(),
+            redundant_seq: 0,
+            alternate_requested: false,
+            redundant_seen: false,
+            last_data: None,
+            sizes: Default::default(),
+        }
+    }
+}
+
+impl std::borrow::Borrow<E2eSession> for Session {
+    fn borrow(&self) -> &E2eSession {
+        &self.e2e
+    }
+}
+
+impl std::borrow::BorrowMut<E2eSession> for Session {
+    fn borrow_mut(&mut self) -> &mut E2eSession {
+        &mut self.e2e
+    }
 }
 
 struct State {
     links: HashMap<NodeId, LinkChan>,
     link_by_index: HashMap<u32, NodeId>,
-    sessions: HashMap<NodeId, Session>,
+    sessions: SessionTable<Session>,
+    /// Next link receiver index.
     next_index: u32,
     /// Overlay address → node, rebuilt when the routing table changes.
     addresses: HashMap<Ipv6Addr, NodeId>,
@@ -245,7 +276,6 @@ pub(crate) struct DataPlane {
     tun: Option<SyncDevice>,
     app: Option<AppPort>,
     routing: Routing,
-    e2e: Arc<E2eConfig>,
     started: std::time::Instant,
     state: Mutex<State>,
     faults: Option<Arc<crate::fault::FaultSet>>,
@@ -316,6 +346,8 @@ impl DataPlane {
         e2e: E2eConfig,
     ) -> Result<Arc<Self>, String> {
         let my_address = prefix.address_of(me);
+        let sessions = SessionTable::new(Arc::new(e2e), me, SessionLimits::default())
+            .map_err(|e| format!("cannot set up end-to-end sessions: {e}"))?;
         let ipv4 = cfg.ipv4.map(|r| (r, r.address_of(me)));
         let socket = UdpSocket::bind(cfg.bind)
             .map_err(|e| format!("cannot bind the data socket on {}: {e}", cfg.bind))?;
@@ -335,8 +367,9 @@ impl DataPlane {
                 .build_sync()
                 .map_err(|e| {
                     format!(
-                        "cannot open the TUN device {:?}: {e} (needs CAP_NET_ADMIN and /dev/net/tun; \
-                         set `tun.enabled = false` to run as a relay only)",
+                        "cannot open the TUN device {:?}: {e} (needs CAP_NET_ADMIN, /dev/net/tun \
+                         and a name no other daemon holds, `dataplane.tun_name`; or \
+                         `dataplane.tun = false` to run without it, as a relay only)",
                         cfg.tun_name
                     )
                 })?;
@@ -385,12 +418,11 @@ impl DataPlane {
             tun,
             app,
             routing,
-            e2e: Arc::new(e2e),
             started: std::time::Instant::now(),
             state: Mutex::new(State {
                 links: HashMap::new(),
                 link_by_index: HashMap::new(),
-                sessions: HashMap::new(),
+                sessions,
                 next_index: 1,
                 addresses: HashMap::new(),
                 addresses4: HashMap::new(),
@@ -451,13 +483,12 @@ impl DataPlane {
         let st = lock(&self.state);
         let mut c = st.counters.clone();
         c.shed_dropped = st.shed.shed_frames();
-        for s in st.sessions.values() {
-            let stats = s.e2e.stats();
-            c.e2e_sessions_active += u64::from(s.e2e.is_established());
-            c.e2e_handshakes_completed += stats.completed;
-            c.e2e_handshakes_failed += stats.failed;
-            c.e2e_rekeys += stats.completed.saturating_sub(1);
-        }
+        let e2e = st.sessions.stats();
+        c.e2e_sessions_active = e2e.established;
+        c.e2e_handshakes_completed = e2e.handshakes.completed;
+        c.e2e_handshakes_failed = e2e.handshakes.failed;
+        c.e2e_rekeys = e2e.handshakes.rekeys;
+        c.e2e_table = e2e;
         c
     }
 
@@ -702,7 +733,9 @@ impl DataPlane {
             st.counters.drop("no_route");
             return self.icmp_to_tun(Unreachable::NoRoute, packet);
         };
-        let session = st.session(&self.e2e, self.me, node);
+        let Ok(session) = st.sessions.get_or_insert_with(now, node, Session::new) else {
+            return st.counters.drop("e2e_session_refused");
+        };
         if !session.e2e.is_established() {
             let queued = session.queue.len() < MAX_QUEUED;
             if queued {
@@ -725,7 +758,15 @@ impl DataPlane {
         } else {
             None
         };
-        self.send_data(st, table, node, buf, n, now, redundant, path, out);
+        // Probes held for this destination go out beside this packet, before or after it.
+        let (held, before) = self.held_for(st, node);
+        if before {
+            self.send_held_now(st, table, held, now, out);
+            self.send_data(st, table, node, buf, n, now, redundant, path, out);
+        } else {
+            self.send_data(st, table, node, buf, n, now, redundant, path, out);
+            self.send_held_now(st, table, held, now, out);
+        }
     }
 
     /// Balanced mode: the path of the flow with hash `hash` to `node`, or `None` for the
@@ -807,6 +848,8 @@ impl DataPlane {
             return st.counters.drop("no_session");
         };
         session.last_data = Some(now);
+        session.sizes.record(n);
+        st.probes.sizes.record(n);
         if let Err(e) = session.e2e.seal(now, &overlay, &mut pb) {
             debug!(dst = %node, "end-to-end seal failed: {e}");
             return st.counters.drop("e2e_seal");
@@ -874,14 +917,7 @@ impl DataPlane {
     }
 
     fn overlay_header(&self, table: &RouteTable, kind: OverlayKind, dst: NodeId) -> OverlayHeader {
-        let mut h = OverlayHeader::new(kind, self.me, dst);
-        if let Some(route) = table.routes.get(&dst)
-            && let Some(path) = &route.path
-            && path.len() > 1
-        {
-            h.path = ExplicitPath::new(&path[1..], 0).ok();
-        }
-        h
+        routed_header(self.me, table, kind, dst)
     }
 
     /// Seals the overlay frame in `pb` for the next hop toward its destination and queues it.
@@ -1139,12 +1175,23 @@ impl DataPlane {
         let source = overlay.source;
         match overlay.kind {
             OverlayKind::E2eHandshake => {
-                let session = st.session(&self.e2e, self.me, source);
-                if let Err(e) = session.e2e.handle_handshake(now, pb.data()) {
-                    debug!(src = %source, "end-to-end handshake message refused: {e}");
-                    st.counters.drop("e2e_handshake");
+                match st
+                    .sessions
+                    .handle_handshake(now, source, pb.data(), Session::new)
+                {
+                    Ok(HandshakeOutcome::Reply(msg)) => {
+                        self.send_handshake(st, table, source, &msg, now, out);
+                    }
+                    Ok(HandshakeOutcome::Session) => {
+                        self.flush_session(st, table, source, now, out);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        debug!(src = %source, "end-to-end handshake message refused: {e}");
+                        st.counters.drop("e2e_handshake");
+                        self.flush_session(st, table, source, now, out);
+                    }
                 }
-                self.flush_session(st, table, source, now, out);
             }
             OverlayKind::Data => {
                 let Some(session) = st.sessions.get_mut(&source) else {
@@ -1173,6 +1220,11 @@ impl DataPlane {
                 if !epoch_before || session.e2e.has_pending() {
                     self.flush_session(st, table, source, now, out);
                 }
+                // A control message travels as data: only its first byte, inside the
+                // end-to-end AEAD, tells it from an IP packet.
+                if x0_dataplane::control::is_control(pb.data()) {
+                    return self.handle_control(st, table, source, pb.data(), now, out);
+                }
                 let Ok(inner) = packet::parse(pb.data()) else {
                     return st.counters.drop("inner_malformed");
                 };
@@ -1192,7 +1244,6 @@ impl DataPlane {
                     (None, None) => st.counters.drop("no_tun"),
                 }
             }
-            OverlayKind::E2eControl => self.handle_control(st, table, &overlay, pb, now, out),
             _ => st.counters.drop("overlay_kind_unsupported"),
         }
     }
@@ -1209,18 +1260,10 @@ impl DataPlane {
             let table = self.routing.table();
             {
                 let mut st = lock(&self.state);
-                let due: Vec<NodeId> = st
-                    .sessions
-                    .iter()
-                    .filter(|(_, s)| s.e2e.poll_timeout().is_some_and(|t| t <= now))
-                    .map(|(n, _)| *n)
-                    .collect();
-                for node in due {
-                    if let Some(s) = st.sessions.get_mut(&node) {
-                        s.e2e.handle_timeout(now);
-                    }
+                for node in st.sessions.handle_timeout(now) {
                     self.flush_session(&mut st, &table, node, now, &mut out);
                 }
+                self.send_due_probes(&mut st, &table, now, &mut out);
             }
             self.flush(&mut out);
         }
@@ -1260,15 +1303,7 @@ impl DataPlane {
         }
         st.counters.drop_n("e2e_handshake_failed", failed);
         for msg in msgs {
-            let mut buf = vec![0u8; HEADROOM + msg.len() + TAILROOM];
-            buf[HEADROOM..HEADROOM + msg.len()].copy_from_slice(&msg);
-            let overlay = self.overlay_header(table, OverlayKind::E2eHandshake, node);
-            let Ok(mut pb) = PacketBuf::at_headroom(&mut buf, msg.len()) else {
-                continue;
-            };
-            if overlay.prepend_to(&mut pb).is_ok() {
-                self.send_link(st, table, &overlay, &mut pb, now, &mut out.udp);
-            }
+            self.send_handshake(st, table, node, &msg, now, out);
         }
         if ready {
             let queued: Vec<Vec<u8>> = st
@@ -1292,6 +1327,29 @@ impl DataPlane {
                     out,
                 );
             }
+        }
+    }
+}
+
+impl DataPlane {
+    /// Sends one end-to-end handshake message to `node`.
+    fn send_handshake(
+        &self,
+        st: &mut State,
+        table: &RouteTable,
+        node: NodeId,
+        msg: &[u8],
+        now: Duration,
+        out: &mut Out,
+    ) {
+        let mut buf = vec![0u8; HEADROOM + msg.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + msg.len()].copy_from_slice(msg);
+        let overlay = self.overlay_header(table, OverlayKind::E2eHandshake, node);
+        let Ok(mut pb) = PacketBuf::at_headroom(&mut buf, msg.len()) else {
+            return;
+        };
+        if overlay.prepend_to(&mut pb).is_ok() {
+            self.send_link(st, table, &overlay, &mut pb, now, &mut out.udp);
         }
     }
 }
@@ -1363,22 +1421,19 @@ impl State {
         }
         self.addresses_of = Some(table.clone());
     }
+}
 
-    fn session(&mut self, cfg: &Arc<E2eConfig>, me: NodeId, peer: NodeId) -> &mut Session {
-        let next_index = &mut self.next_index;
-        self.sessions.entry(peer).or_insert_with(|| {
-            let index = *next_index;
-            *next_index = next_index.wrapping_add(1).max(1);
-            Session {
-                e2e: E2eSession::new(cfg.clone(), me, peer, index),
-                queue: VecDeque::new(),
-                redundant_seq: 0,
-                alternate_requested: false,
-                redundant_seen: false,
-                last_data: None,
-            }
-        })
+/// The overlay header of a frame from `me` to `dst` on its route: no explicit path, except
+/// the route's own while it is a fast-reroute backup.
+fn routed_header(me: NodeId, table: &RouteTable, kind: OverlayKind, dst: NodeId) -> OverlayHeader {
+    let mut h = OverlayHeader::new(kind, me, dst);
+    if let Some(route) = table.routes.get(&dst)
+        && let Some(path) = &route.path
+        && path.len() > 1
+    {
+        h.path = ExplicitPath::new(&path[1..], 0).ok();
     }
+    h
 }
 
 /// Whether `addr` lies in `net/len` (families must match).

@@ -8,7 +8,6 @@
 //! machine, every network namespace included; the underlay counters see only the interfaces
 //! they are attached to.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -17,7 +16,9 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Unit;
 use tracing::{info, warn};
-use x0_telemetry::{Direction, Telemetry, TelemetryConfig, UnderlayHook, XdpAttachMode};
+use x0_telemetry::{
+    Direction, MalformedKind, Protocol, Telemetry, TelemetryConfig, UnderlayHook, XdpAttachMode,
+};
 
 use crate::config::{EbpfHook, EbpfSection};
 use crate::metrics::{encode_counter, encode_counters};
@@ -150,82 +151,142 @@ fn underlay_interfaces(listen: IpAddr, tun_name: &str) -> Vec<String> {
 pub(crate) struct EbpfCollector(pub Arc<Ebpf>);
 
 impl Collector for EbpfCollector {
-    fn encode(&self, mut e: DescriptorEncoder<'_>) -> fmt::Result {
-        let Some(s) = self.0.sample() else {
-            return Ok(());
-        };
-        let mut packets = Vec::new();
-        let mut bytes = Vec::new();
-        let mut malformed = Vec::new();
-        for i in &s.interfaces {
-            for dir in [Direction::Ingress, Direction::Egress] {
-                for (proto, c) in i.by_protocol(dir) {
-                    let labels = vec![
-                        ("interface", i.name.clone()),
-                        ("direction", dir.as_str().to_owned()),
-                        ("protocol", proto.as_str().to_owned()),
-                    ];
-                    packets.push((labels.clone(), c.packets));
-                    bytes.push((labels, c.bytes));
-                }
-            }
-            let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
-            for (k, v) in &i.malformed {
-                *kinds.entry(k.as_str()).or_default() += v;
-            }
-            for (k, v) in kinds {
-                malformed.push((
-                    vec![("interface", i.name.clone()), ("kind", k.to_owned())],
-                    v,
-                ));
+    fn encode(&self, e: DescriptorEncoder<'_>) -> fmt::Result {
+        match self.0.sample() {
+            Some(s) => encode_sample(e, &s),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Writes the `x0t_ebpf_*` counters of a sample. The underlay counters list every attached
+/// interface, direction, protocol and malformed kind from the start (at zero until traffic),
+/// so that a rate on any of them is 0 rather than no data; drop reasons and TCP transitions
+/// (the kernel's enums: over a hundred values) appear with their first event.
+fn encode_sample(mut e: DescriptorEncoder<'_>, s: &x0_telemetry::Sample) -> fmt::Result {
+    let mut packets = Vec::new();
+    let mut bytes = Vec::new();
+    let mut malformed = Vec::new();
+    for i in &s.interfaces {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            let seen = i.by_protocol(dir);
+            for proto in Protocol::ALL {
+                let c = seen.get(&proto).copied().unwrap_or_default();
+                let labels = vec![
+                    ("interface", i.name.clone()),
+                    ("direction", dir.as_str().to_owned()),
+                    ("protocol", proto.as_str().to_owned()),
+                ];
+                packets.push((labels.clone(), c.packets));
+                bytes.push((labels, c.bytes));
             }
         }
-        encode_counters(
-            &mut e,
-            "ebpf_underlay_packets",
-            "Packets seen on the underlay interfaces by the eBPF counter, by direction and protocol",
-            None,
-            packets,
-        )?;
-        encode_counters(
-            &mut e,
-            "ebpf_underlay",
-            "Bytes seen on the underlay interfaces by the eBPF counter, by direction and protocol",
-            Some(Unit::Bytes),
-            bytes,
-        )?;
-        encode_counters(
-            &mut e,
-            "ebpf_underlay_malformed_packets",
-            "Malformed packets seen on the underlay interfaces, by kind",
-            None,
-            malformed,
-        )?;
-        encode_counters(
-            &mut e,
-            "ebpf_kernel_drops",
-            "Packets the kernel dropped (skb:kfree_skb, machine-wide), by drop reason",
-            None,
-            s.drops
-                .iter()
-                .map(|(r, v)| (vec![("reason", r.name.clone())], *v)),
-        )?;
-        encode_counter(
-            &mut e,
-            "ebpf_tcp_retransmits",
-            "TCP segments retransmitted (tcp:tcp_retransmit_skb, machine-wide)",
-            None,
-            s.tcp_retransmits_total(),
-        )?;
-        encode_counters(
-            &mut e,
-            "ebpf_tcp_state_changes",
-            "TCP state transitions (sock:inet_sock_set_state, machine-wide)",
-            None,
-            s.tcp_state_changes
-                .iter()
-                .map(|(t, v)| (vec![("from", t.from.name()), ("to", t.to.name())], *v)),
-        )?;
-        Ok(())
+        for kind in MalformedKind::ALL {
+            malformed.push((
+                vec![
+                    ("interface", i.name.clone()),
+                    ("kind", kind.as_str().to_owned()),
+                ],
+                i.malformed(kind),
+            ));
+        }
+    }
+    encode_counters(
+        &mut e,
+        "ebpf_underlay_packets",
+        "Packets seen on the underlay interfaces by the eBPF counter, by direction and protocol",
+        None,
+        packets,
+    )?;
+    encode_counters(
+        &mut e,
+        "ebpf_underlay",
+        "Bytes seen on the underlay interfaces by the eBPF counter, by direction and protocol",
+        Some(Unit::Bytes),
+        bytes,
+    )?;
+    encode_counters(
+        &mut e,
+        "ebpf_underlay_malformed_packets",
+        "Malformed packets seen on the underlay interfaces, by kind",
+        None,
+        malformed,
+    )?;
+    encode_counters(
+        &mut e,
+        "ebpf_kernel_drops",
+        "Packets the kernel dropped (skb:kfree_skb, machine-wide), by drop reason",
+        None,
+        s.drops
+            .iter()
+            .map(|(r, v)| (vec![("reason", r.name.clone())], *v)),
+    )?;
+    encode_counter(
+        &mut e,
+        "ebpf_tcp_retransmits",
+        "TCP segments retransmitted (tcp:tcp_retransmit_skb, machine-wide)",
+        None,
+        s.tcp_retransmits_total(),
+    )?;
+    encode_counters(
+        &mut e,
+        "ebpf_tcp_state_changes",
+        "TCP state transitions (sock:inet_sock_set_state, machine-wide)",
+        None,
+        s.tcp_state_changes
+            .iter()
+            .map(|(t, v)| (vec![("from", t.from.name()), ("to", t.to.name())], *v)),
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn underlay_counters_are_exported_at_zero_for_every_attached_interface() {
+        struct One(x0_telemetry::Sample);
+        impl fmt::Debug for One {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("One")
+            }
+        }
+        impl Collector for One {
+            fn encode(&self, e: DescriptorEncoder<'_>) -> fmt::Result {
+                encode_sample(e, &self.0)
+            }
+        }
+        let sample = x0_telemetry::Sample::empty(std::time::Instant::now(), &[("eth0".into(), 2)]);
+        let mut m = crate::metrics::MetricsRegistry::new();
+        m.registry_mut().register_collector(Box::new(One(sample)));
+        let text = m.encode(crate::metrics::Exposition::Prometheus).unwrap();
+        for dir in ["ingress", "egress"] {
+            for proto in ["udp", "tcp", "icmp", "other"] {
+                for name in [
+                    "x0t_ebpf_underlay_packets_total",
+                    "x0t_ebpf_underlay_bytes_total",
+                ] {
+                    let series = format!(
+                        "{name}{{interface=\"eth0\",direction=\"{dir}\",protocol=\"{proto}\"}} 0\n"
+                    );
+                    assert!(text.contains(&series), "no {series} in\n{text}");
+                }
+            }
+        }
+        for kind in ["truncated_ethernet", "truncated_ip", "bad_ip_header"] {
+            let series = format!(
+                "x0t_ebpf_underlay_malformed_packets_total{{interface=\"eth0\",kind=\"{kind}\"}} 0\n"
+            );
+            assert!(text.contains(&series), "no {series} in\n{text}");
+        }
+        assert!(
+            text.contains("\nx0t_ebpf_tcp_retransmits_total 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE x0t_ebpf_kernel_drops_total counter"),
+            "{text}"
+        );
     }
 }

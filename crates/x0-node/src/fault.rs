@@ -42,6 +42,9 @@ pub const MIN_FLAP_PERIOD_MS: u64 = 100;
 pub const MAX_FLAP_PERIOD_MS: u64 = 600_000;
 /// Longest lifetime (`duration_ms`) accepted: a day.
 pub const MAX_DURATION_MS: u64 = 86_400_000;
+/// Most faults in force at once; more are refused (`POST /v1/faults` answers 409) until some
+/// are removed or expire. Every send is checked against each fault, so the set stays small.
+pub const MAX_FAULTS: usize = 64;
 /// How often faults past their `duration_ms` are removed.
 const EXPIRY_POLL: Duration = Duration::from_millis(100);
 
@@ -54,25 +57,41 @@ pub enum FaultSpec {
     Delay {
         /// The neighbour's node ID (32 hex digits), or null for every neighbour.
         #[serde(default)]
+        #[schema(pattern = "^[0-9a-f]{32}$")]
         peer: Option<String>,
         /// Added delay, milliseconds (0..=10000).
+        #[serde(deserialize_with = "integer::required")]
+        #[schema(maximum = 10_000)]
         delay_ms: u64,
         /// Uniform jitter around the delay, milliseconds (0..=delay_ms).
-        #[serde(default)]
+        #[serde(default, deserialize_with = "integer::required")]
+        #[schema(maximum = 10_000)]
         jitter_ms: u64,
         /// Remove the fault after this long, milliseconds (1..=86400000).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "integer::optional"
+        )]
+        #[schema(minimum = 1, maximum = 86_400_000)]
         duration_ms: Option<u64>,
     },
     /// Drop each datagram sent to `peer` with probability `ratio`.
     Loss {
         /// The neighbour's node ID, or null for every neighbour.
         #[serde(default)]
+        #[schema(pattern = "^[0-9a-f]{32}$")]
         peer: Option<String>,
         /// Drop probability, 0..=1.
+        #[schema(minimum = 0.0, maximum = 1.0)]
         ratio: f64,
         /// Remove the fault after this long, milliseconds.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "integer::optional"
+        )]
+        #[schema(minimum = 1, maximum = 86_400_000)]
         duration_ms: Option<u64>,
     },
     /// Drop the data frames this node relays for others (only those whose next hop is `peer`,
@@ -80,9 +99,15 @@ pub enum FaultSpec {
     Blackhole {
         /// Only frames relayed to this next hop, or null for all transit frames.
         #[serde(default)]
+        #[schema(pattern = "^[0-9a-f]{32}$")]
         peer: Option<String>,
         /// Remove the fault after this long, milliseconds.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "integer::optional"
+        )]
+        #[schema(minimum = 1, maximum = 86_400_000)]
         duration_ms: Option<u64>,
     },
     /// Block sends to `peer` for `period_ms`, allow them for `period_ms`, and so on, starting
@@ -90,13 +115,85 @@ pub enum FaultSpec {
     Flap {
         /// The neighbour's node ID, or null for every neighbour.
         #[serde(default)]
+        #[schema(pattern = "^[0-9a-f]{32}$")]
         peer: Option<String>,
         /// Half period, milliseconds (100..=600000).
+        #[serde(deserialize_with = "integer::required")]
+        #[schema(minimum = 100, maximum = 600_000)]
         period_ms: u64,
         /// Remove the fault after this long, milliseconds.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "integer::optional"
+        )]
+        #[schema(minimum = 1, maximum = 86_400_000)]
         duration_ms: Option<u64>,
     },
+}
+
+/// Integer fields of a fault. JSON Schema, and so the API's OpenAPI document, counts `500.0` as
+/// the integer 500; serde would refuse it for a `u64`.
+mod integer {
+    use serde::Deserializer;
+    use serde::de::{Error, Unexpected, Visitor};
+
+    struct Integer;
+
+    impl Visitor<'_> for Integer {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a non-negative integer")
+        }
+
+        fn visit_u64<E: Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+
+        fn visit_i64<E: Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+        }
+
+        fn visit_f64<E: Error>(self, v: f64) -> Result<u64, E> {
+            // 2^64 is the first f64 above u64::MAX.
+            if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::invalid_value(Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    pub(super) fn required<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(Integer)
+    }
+
+    pub(super) fn optional<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        struct Maybe;
+
+        impl<'de> Visitor<'de> for Maybe {
+            type Value = Option<u64>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a non-negative integer or null")
+            }
+
+            fn visit_none<E: Error>(self) -> Result<Option<u64>, E> {
+                Ok(None)
+            }
+
+            fn visit_unit<E: Error>(self) -> Result<Option<u64>, E> {
+                Ok(None)
+            }
+
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
+                required(d).map(Some)
+            }
+        }
+
+        d.deserialize_option(Maybe)
+    }
 }
 
 /// A fault in force, as `GET /v1/faults` lists it.
@@ -275,6 +372,12 @@ pub enum AddError {
     /// The fault is out of range.
     #[error(transparent)]
     Invalid(#[from] FaultError),
+    /// [`MAX_FAULTS`] faults are in force already.
+    #[error(
+        "{MAX_FAULTS} faults are in force already, the most this node holds; remove some \
+         (DELETE /v1/faults/{{id}}, or DELETE /v1/faults for all)"
+    )]
+    Full,
 }
 
 struct Active {
@@ -370,10 +473,14 @@ impl FaultSet {
             return Err(AddError::Disabled);
         }
         let fault = Fault::try_from(spec)?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let since = Instant::now();
-        warn!(id, fault = ?spec, "fault injected");
         let mut faults = write(&self.faults);
+        faults.retain(|a| a.in_force(since));
+        if faults.len() >= MAX_FAULTS {
+            return Err(AddError::Full);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        warn!(id, fault = ?spec, "fault injected");
         faults.push(Active {
             id,
             spec: spec.clone(),
@@ -628,6 +735,12 @@ mod tests {
             parse(r#"{"kind":"loss","ratio":1.0}"#).unwrap().effect,
             Effect::Loss { ratio: 1.0 }
         );
+        // Integers written with a zero fraction are integers (as JSON Schema has them).
+        let f =
+            parse(r#"{"kind":"delay","delay_ms":500.0,"jitter_ms":0,"duration_ms":1e3}"#).unwrap();
+        assert_eq!(f.duration, Some(Duration::from_secs(1)));
+        let f = parse(r#"{"kind":"flap","period_ms":200,"duration_ms":null}"#).unwrap();
+        assert_eq!(f.duration, None);
         assert_eq!(
             parse(r#"{"kind":"flap","period_ms":2000}"#).unwrap().effect,
             Effect::Flap {
@@ -652,6 +765,12 @@ mod tests {
             (r#"{"kind":"meteor"}"#, "meteor"),
             (r#"{"delay_ms":1}"#, "kind"),
             (r#"{"kind":"loss","ratio":"half"}"#, "half"),
+            (r#"{"kind":"delay","delay_ms":2.5}"#, "2.5"),
+            (r#"{"kind":"delay","delay_ms":-1}"#, "-1"),
+            (
+                r#"{"kind":"flap","period_ms":200,"duration_ms":1e30}"#,
+                "integer",
+            ),
         ] {
             let e = parse(json).unwrap_err();
             assert!(e.contains(needle), "{json}: {e}");
@@ -829,5 +948,34 @@ mod tests {
         set.expire(later);
         assert!(set.list().faults.is_empty());
         assert!(!set.any.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn the_set_holds_at_most_max_faults() {
+        let set = FaultSet::new(true);
+        let blackhole = FaultSpec::Blackhole {
+            peer: None,
+            duration_ms: None,
+        };
+        let ids: Vec<u64> = (0..MAX_FAULTS)
+            .map(|_| set.add(&blackhole).unwrap())
+            .collect();
+        assert_eq!(set.add(&blackhole), Err(AddError::Full));
+        assert!(AddError::Full.to_string().contains("DELETE /v1/faults"));
+        assert_eq!(set.active(), MAX_FAULTS);
+        assert!(set.remove(ids[0]));
+        set.add(&blackhole).unwrap();
+        assert_eq!(set.add(&blackhole), Err(AddError::Full));
+        set.clear();
+        // Faults past their lifetime make room even before the expiry task removes them.
+        for _ in 0..MAX_FAULTS {
+            set.add(&FaultSpec::Blackhole {
+                peer: None,
+                duration_ms: Some(1),
+            })
+            .unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        set.add(&blackhole).unwrap();
     }
 }

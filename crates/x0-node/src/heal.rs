@@ -11,7 +11,8 @@
 //!   the topology changed) into the thread's channel, so that a link going down is a sample at
 //!   once, not at the next round.
 //! * A **lag probe** task measures how late the async runtime's timer ticks fire (the
-//!   `loop_lag_ms` of the process sample).
+//!   `loop_lag_ms` of the process sample: the latest tick's delay; and `loop_stall_ms`: the
+//!   longest since the previous round, which explains RTTs inflated by a stall).
 //! * A **verifier** thread checks the whole audit chain once at start (read-only connection)
 //!   and publishes the verdict; nothing is ever rewritten.
 //! * [`HealHandle`] (shared with the API and `/metrics`) holds what the thread publishes after
@@ -54,7 +55,7 @@ use tracing::{debug, error, info, warn};
 use x0_heal::{
     Action, ActionKind, ActionResult, Cause, DownCause, DropCounters, Executor, Healer,
     HealthState, Instant, KernelCounters, KnowledgeBase, LinkRef, LinkSample, LinkState, Mode,
-    ProbeSend, ProbeTarget, Prober, ProcessStats, Record, Resolution, Sample, Topology,
+    ProbeSend, ProbeTarget, Prober, Problem, ProcessStats, Record, Resolution, Sample, Topology,
 };
 use x0_identity::{NodeId, NodeKeys};
 
@@ -74,8 +75,9 @@ const IMPAIRED_CLASS: u8 = 3;
 /// The prober's targets are rebuilt at least this often (which destinations we send data to
 /// changes without routing changing).
 const PROBE_TARGETS_EVERY: Duration = Duration::from_secs(1);
-/// How often the lag probe ticks.
-const LAG_TICK: Duration = Duration::from_millis(100);
+/// How often the lag probe ticks: often enough that a stall of the runtime longer than this
+/// shows (nearly) whole in the longest delay.
+const LAG_TICK: Duration = Duration::from_millis(10);
 
 /// What the heal thread publishes after every step.
 #[derive(Debug, Clone, Default)]
@@ -102,6 +104,8 @@ pub(crate) struct HealView {
     pub audit_head: Option<(u64, [u8; 32])>,
     /// Times an action was held back because the action-rate bucket was empty.
     pub rate_limited: u64,
+    /// Link RTT symptoms a stall of this node's runtime explained (left out).
+    pub explained_by_stall: u64,
 }
 
 /// Counters for `/metrics`.
@@ -321,7 +325,7 @@ impl Prepared {
     pub(crate) fn start(self, deps: HealDeps) -> Result<Running, String> {
         let (tx, rx) = mpsc::channel();
         spawn_forwarder(deps.routing.subscribe(), tx.clone());
-        let lag = Arc::new(AtomicU64::new(0));
+        let lag = Arc::new(RuntimeLag::default());
         tokio::spawn(lag_probe(lag.clone()));
         spawn_verifier(self.db.clone(), self.keys.clone(), self.handle.clone());
         let cores = std::thread::available_parallelism()
@@ -392,17 +396,38 @@ fn spawn_forwarder(
     });
 }
 
-/// Measures how late the runtime's timer ticks fire (µs, the latest tick).
-async fn lag_probe(lag: Arc<AtomicU64>) {
+/// How late the runtime's timer ticks fire, µs: the latest tick's delay, and the longest
+/// since it was last read (a stall).
+#[derive(Debug, Default)]
+struct RuntimeLag {
+    latest: AtomicU64,
+    longest: AtomicU64,
+}
+
+impl RuntimeLag {
+    fn record(&self, late: Duration) {
+        let us = u64::try_from(late.as_micros()).unwrap_or(u64::MAX);
+        self.latest.store(us, Ordering::Relaxed);
+        self.longest.fetch_max(us, Ordering::Relaxed);
+    }
+
+    fn latest_ms(&self) -> f64 {
+        self.latest.load(Ordering::Relaxed) as f64 / 1e3
+    }
+
+    /// The longest delay since the previous call, ms.
+    fn take_longest_ms(&self) -> f64 {
+        self.longest.swap(0, Ordering::Relaxed) as f64 / 1e3
+    }
+}
+
+/// Measures how late the runtime's timer ticks fire.
+async fn lag_probe(lag: Arc<RuntimeLag>) {
     let mut tick = tokio::time::interval(LAG_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let scheduled = tick.tick().await;
-        let late = tokio::time::Instant::now().saturating_duration_since(scheduled);
-        lag.store(
-            u64::try_from(late.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        lag.record(tokio::time::Instant::now().saturating_duration_since(scheduled));
     }
 }
 
@@ -459,7 +484,7 @@ struct HealLoop {
     link_ids: HashMap<NodeId, u64>,
     /// What the topology was last built from: the LSDB snapshot and our live sessions.
     topology_key: Option<(usize, BTreeSet<NodeId>)>,
-    lag: Arc<AtomicU64>,
+    lag: Arc<RuntimeLag>,
     cores: u32,
     /// The end-to-end prober (`heal.probe.enabled`).
     prober: Option<Prober>,
@@ -569,6 +594,9 @@ impl HealLoop {
 
     /// One round of samples: every neighbour, the data plane, eBPF, the process.
     fn sample_round(&mut self, now: Instant) {
+        // One batch: the loop judges the round whole (links degraded together point at this
+        // node; a stall of this node explains RTTs measured meanwhile).
+        let mut round = Vec::new();
         let status = self.deps.routing.status();
         let control = (self.deps.rx_bytes)();
         let counters = self.deps.dataplane.counters();
@@ -586,7 +614,7 @@ impl HealLoop {
             self.neighbours
                 .insert(s.peer, Neighbour { link, down: None });
             let sample = self.link_sample(link, s, rx(&s.peer));
-            self.healer.handle_sample(now, Sample::Link(sample));
+            round.push(Sample::Link(sample));
         }
         let mut forget = Vec::new();
         for (peer, n) in &mut self.neighbours {
@@ -602,50 +630,31 @@ impl HealLoop {
                 forget.push(*peer);
                 continue;
             }
-            self.healer
-                .handle_sample(now, Sample::Link(LinkSample::down(n.link, cause)));
+            round.push(Sample::Link(LinkSample::down(n.link, cause)));
         }
+        // Node-wide drops are evidence about this node only for the reasons that measure it.
+        round.push(drops_sample(&counters.drops));
+        if let Some(k) = self.deps.ebpf.as_ref().and_then(|e| e.sample()) {
+            round.push(Sample::Kernel(KernelCounters {
+                drops: k.drops_total(),
+                retransmits: k.tcp_retransmits_total(),
+            }));
+        }
+        if let Ok(p) = crate::metrics::ProcessStats::read(None) {
+            round.push(Sample::Process(ProcessStats {
+                cpu_time_ms: (p.cpu_seconds * 1e3) as u64,
+                cores: self.cores,
+                rss_bytes: p.resident_bytes,
+                loop_lag_ms: Some(self.lag.latest_ms()),
+                loop_stall_ms: Some(self.lag.take_longest_ms()),
+            }));
+        }
+        self.healer.handle_samples(now, round);
         for peer in forget {
             if let Some(n) = self.neighbours.remove(&peer) {
                 info!(peer = %peer, "self-healing forgets a neighbour whose link stayed down");
                 self.healer.forget_link(now, n.link.id);
             }
-        }
-        // Frames the loop itself had shed are not a symptom.
-        let mut by_reason: Vec<(String, u64)> = counters
-            .drops
-            .iter()
-            .filter(|(r, _)| **r != "shed_load")
-            .map(|(r, v)| ((*r).to_owned(), *v))
-            .collect();
-        by_reason.sort();
-        self.healer.handle_sample(
-            now,
-            Sample::Drops(DropCounters {
-                link: None,
-                by_reason,
-            }),
-        );
-        if let Some(k) = self.deps.ebpf.as_ref().and_then(|e| e.sample()) {
-            self.healer.handle_sample(
-                now,
-                Sample::Kernel(KernelCounters {
-                    drops: k.drops_total(),
-                    retransmits: k.tcp_retransmits_total(),
-                }),
-            );
-        }
-        if let Ok(p) = crate::metrics::ProcessStats::read(None) {
-            let lag_us = self.lag.load(Ordering::Relaxed);
-            self.healer.handle_sample(
-                now,
-                Sample::Process(ProcessStats {
-                    cpu_time_ms: (p.cpu_seconds * 1e3) as u64,
-                    cores: self.cores,
-                    rss_bytes: p.resident_bytes,
-                    loop_lag_ms: Some(lag_us as f64 / 1e3),
-                }),
-            );
         }
         self.sync_topology(now, &status);
     }
@@ -670,13 +679,19 @@ impl HealLoop {
             prober.set_targets(now, probe_targets(&table, &active));
             self.probe_table = Some((table.clone(), now));
         }
-        for (id, rtt) in self.deps.dataplane.take_probe_replies() {
+        // Answers first, then the deadlines: an answer is judged by the round trip the data
+        // plane measured, however late this thread collects it.
+        let (answers, failed) = self.deps.dataplane.take_probe_results();
+        for (id, rtt) in answers {
             prober.handle_reply(now, id, rtt);
+        }
+        for id in failed {
+            prober.cancel(id);
         }
         prober.handle_timeout(now);
         let sends: Vec<ProbeSend> = std::iter::from_fn(|| prober.poll_transmit()).collect();
         if !sends.is_empty() {
-            for id in self.deps.dataplane.send_probes(&sends) {
+            for id in self.deps.dataplane.send_probes(&sends, prober.spread()) {
                 prober.cancel(id);
             }
         }
@@ -689,6 +704,10 @@ impl HealLoop {
         }
         while let Some(r) = prober.poll_result() {
             self.healer.handle_sample(now, Sample::Probe(r));
+        }
+        // A relay one destination implicates: probe the nodes behind it, through it.
+        for (relay, behind) in self.healer.corroboration_wanted() {
+            prober.corroborate(now, relay, behind);
         }
     }
 
@@ -843,6 +862,7 @@ impl HealLoop {
             audit_entries,
             audit_head,
             rate_limited: self.healer.stats().rate_limited,
+            explained_by_stall: self.healer.stats().explained_by_lag,
         }));
     }
 
@@ -865,6 +885,58 @@ impl HealLoop {
             }
         }
     }
+}
+
+/// Whether data-plane drops of `reason` say something about this node, and are fed to the
+/// loop (node-wide, they become evidence of `local_pressure`).
+///
+/// Not those that follow from a link, a route or another node: frames with no route or no
+/// link (a link went down, a route is moving), frames for a link that was just closed or
+/// rekeyed, expired hop limits, traffic to or from a peer whose end-to-end session is not
+/// up, the transit an injected black hole drops, what the loop itself shed, probe answers
+/// that could not go back. Their causes are seen where they are (link samples, end-to-end
+/// probes, the black-hole detector), and counting them here blamed this node for them: the
+/// drops of a link closed under a latency spike (the late frames of the closed link) and of
+/// an injected black hole raised `local_pressure` alerts at the ends of the faulted link and
+/// at the faulted relay. Every other reason — this node failing to write, send, buffer or
+/// seal, and malformed, forged or replayed input, which points at an attack or a bug — is.
+pub(crate) fn drop_is_about_this_node(reason: &str) -> bool {
+    !DROPS_ABOUT_OTHERS.contains(&reason)
+}
+
+/// The drop reasons [`drop_is_about_this_node`] leaves out.
+const DROPS_ABOUT_OTHERS: &[&str] = &[
+    "no_route",
+    "relay_no_route",
+    "no_link",
+    "link_not_ready",
+    "link_unknown_index",
+    "link_unknown_epoch",
+    "hop_limit",
+    "no_session",
+    "e2e_no_session",
+    "e2e_handshake",
+    "e2e_handshake_failed",
+    "e2e_queue_full",
+    "fault_blackhole",
+    "shed_load",
+    "probe_reply_unsent",
+    "probe_stray_reply",
+];
+
+/// The loop's sample of the data plane's drops: node-wide, by reason, the reasons about this
+/// node only.
+fn drops_sample(drops: &HashMap<&'static str, u64>) -> Sample {
+    let mut by_reason: Vec<(String, u64)> = drops
+        .iter()
+        .filter(|(r, _)| drop_is_about_this_node(r))
+        .map(|(r, v)| ((*r).to_owned(), *v))
+        .collect();
+    by_reason.sort();
+    Sample::Drops(DropCounters {
+        link: None,
+        by_reason,
+    })
 }
 
 /// The loop's topology: links both ends advertise, and our live sessions to neighbours whose
@@ -1215,7 +1287,21 @@ impl Collector for HealCollector {
             ]
             .map(|(k, n)| (vec![("kind", k.to_owned())], n as f64)),
         )?;
-        let c = lock(&self.handle.counters).clone();
+        // Every problem, kind and result from the start, at zero until it happens: an alert
+        // on one gets 0, not "no data". Actions in the daemon's mode; results in act mode.
+        let mut c = lock(&self.handle.counters).clone();
+        for p in Problem::ALL {
+            c.incidents.entry(p.as_str()).or_default();
+        }
+        let mode = view.mode.unwrap_or(Mode::Act);
+        for kind in ActionKind::NAMES {
+            c.actions.entry((kind, mode.as_str())).or_default();
+            if mode == Mode::Act {
+                for result in ["done", "failed"] {
+                    c.results.entry((kind, result)).or_default();
+                }
+            }
+        }
         encode_counters(
             e,
             "heal_incidents",
@@ -1255,9 +1341,18 @@ impl Collector for HealCollector {
             e,
             "heal_actions_rate_limited",
             "Times an action was held back because the action-rate token bucket was empty \
-             (plan.action_burst, plan.action_refill_ms); it is planned again when a token is due",
+             (heal.plan.action_burst, heal.plan.action_refill_ms); it is planned again when a token is \
+             due",
             None,
             view.rate_limited,
+        )?;
+        encode_counter(
+            e,
+            "heal_rtt_explained_by_stall",
+            "Link RTT anomalies left out because a stall of this node's own runtime at the time \
+             explains them (the RTT includes the time this node took to read the answer)",
+            None,
+            view.explained_by_stall,
         )?;
         encode_counter(
             e,
@@ -1307,6 +1402,115 @@ mod tests {
             class: x0_routing::QualityClass::Excellent,
             cost: 10,
             probe_interval: Duration::from_millis(100),
+        }
+    }
+
+    /// Drops that follow from a link, a route or another node are not this node's pressure:
+    /// a second of them at 1,200/s (the late frames of a link closed under a latency spike,
+    /// the transit an injected black hole drops, frames with no route while it moves) raised
+    /// a `local_pressure` alert at the ends of the faulted link and at the faulted relay in
+    /// `x0t bench heal`. The same rate of this node's own failures (TUN writes) does.
+    #[test]
+    fn drops_caused_elsewhere_are_not_local_pressure() {
+        let run = |reason: &'static str| -> Vec<Record> {
+            let cfg = x0_heal::HealConfig::default();
+            let mut h = Healer::new(cfg, n(1), Instant::ZERO).unwrap();
+            let mut total = 0u64;
+            let mut records = Vec::new();
+            for i in 0..120u64 {
+                let now = Instant::from_millis(i * 500);
+                // Quiet for the warm-up, then 1,200 drops a second.
+                if i >= 60 {
+                    total += 600;
+                }
+                let drops = HashMap::from([(reason, total), ("tun_malformed", 0)]);
+                h.handle_sample(now, drops_sample(&drops));
+                h.handle_timeout(now);
+                records.extend(std::iter::from_fn(|| h.poll_record()));
+            }
+            records
+        };
+        let local = |records: &[Record]| {
+            records.iter().any(|r| {
+                matches!(
+                    r,
+                    Record::IncidentOpened {
+                        problem: x0_heal::Problem::LocalPressure,
+                        ..
+                    }
+                )
+            })
+        };
+        for reason in [
+            "link_unknown_index",
+            "fault_blackhole",
+            "no_route",
+            "no_link",
+        ] {
+            assert!(!local(&run(reason)), "{reason}");
+        }
+        assert!(local(&run("tun_write")));
+    }
+
+    /// Every drop reason the data plane counts was classified on purpose: a new one must be
+    /// added to `DROPS_ABOUT_OTHERS` or to the list here.
+    #[test]
+    fn every_drop_reason_is_classified() {
+        const ABOUT_THIS_NODE: &[&str] = &[
+            "buffer",
+            "tun_write",
+            "send_failed",
+            "link_seal",
+            "e2e_seal",
+            "no_tun",
+            "app_send",
+            "e2e_session_refused",
+            "tun_malformed",
+            "tun_too_big",
+            "tun_foreign_source",
+            "tun_ipv4",
+            "tun_not_overlay",
+            "link_malformed",
+            "overlay_malformed",
+            "overlay_kind_unsupported",
+            "inner_malformed",
+            "inner_spoofed",
+            "control_malformed",
+            "link_auth",
+            "link_replay",
+            "e2e_auth",
+            "e2e_replay",
+        ];
+        let sources = [
+            include_str!("dataplane.rs"),
+            include_str!("dataplane/probe.rs"),
+        ];
+        let mut found = BTreeSet::new();
+        for src in sources {
+            for (i, _) in src.match_indices('"') {
+                let rest = &src[i + 1..];
+                let Some(end) = rest.find('"') else { continue };
+                let word = &rest[..end];
+                let before = &src[..i];
+                let counted = before.ends_with("drop(")
+                    || before.ends_with("drop_n(")
+                    || before.trim_end().ends_with('{') && before.contains("drop(if");
+                if counted && word.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    found.insert(word.to_owned());
+                }
+            }
+        }
+        assert!(found.len() > 20, "{found:?}");
+        for reason in &found {
+            assert!(
+                ABOUT_THIS_NODE.contains(&reason.as_str())
+                    || DROPS_ABOUT_OTHERS.contains(&reason.as_str()),
+                "drop reason {reason:?} is not classified"
+            );
+            assert_eq!(
+                drop_is_about_this_node(reason),
+                ABOUT_THIS_NODE.contains(&reason.as_str())
+            );
         }
     }
 

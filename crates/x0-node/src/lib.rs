@@ -21,8 +21,7 @@
 //! Internal shells (not public): `routing` (the routing task around `x0-routing`),
 //! `dataplane` and `dataio` (TUN, UDP GSO/GRO, forwarding around `x0-dataplane`), `heal` (the
 //! self-healing loop's thread around `x0-heal`), `shed` (load shedding), `ebpf` (the
-//! `x0-telemetry` programs in the daemon), `netwatch` (rtnetlink watcher), `routing_auth`
-//! (ML-DSA-65 advert signatures).
+//! `x0-telemetry` programs in the daemon), `netwatch` (rtnetlink watcher).
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -41,7 +40,6 @@ pub mod logging;
 pub mod metrics;
 mod netwatch;
 mod routing;
-mod routing_auth;
 mod shed;
 pub mod state;
 pub mod text;

@@ -214,9 +214,21 @@ pub struct DaemonMetrics {
     pub ebpf_enabled: Gauge,
 }
 
+/// The `cause` labels of `x0t_links_closed_total` ([`close_cause`]).
+pub const CLOSE_CAUSES: [&str; 5] = [
+    "idle_timeout",
+    "closed_by_peer",
+    "closed_locally",
+    "reset",
+    "other",
+];
+
+/// The `result` labels of `x0t_svid_renewals_total`.
+pub const RENEWAL_RESULTS: [&str; 2] = ["ok", "error"];
+
 impl Default for DaemonMetrics {
     fn default() -> Self {
-        Self {
+        let m = Self {
             // 100 µs … ~3.3 s.
             link_setup: Histogram::new(exponential_buckets(1e-4, 2.0, 16)),
             handshakes: Family::default(),
@@ -224,7 +236,19 @@ impl Default for DaemonMetrics {
             svid_renewals: Family::default(),
             svid_expiry: Gauge::default(),
             ebpf_enabled: Gauge::default(),
+        };
+        // Every label value from the start, at zero: an alert on a rate gets 0, not no data.
+        for cause in CLOSE_CAUSES {
+            let _ = m
+                .links_closed
+                .get_or_create(&vec![("cause", cause.to_owned())]);
         }
+        for result in RENEWAL_RESULTS {
+            let _ = m
+                .svid_renewals
+                .get_or_create(&vec![("result", result.to_owned())]);
+        }
+        m
     }
 }
 
@@ -290,7 +314,7 @@ impl DaemonMetrics {
     }
 }
 
-/// The cause label of a closed QUIC connection.
+/// The cause label of a closed QUIC connection (one of [`CLOSE_CAUSES`]).
 pub fn close_cause(reason: &quinn::ConnectionError) -> &'static str {
     use quinn::ConnectionError as E;
     match reason {
@@ -550,6 +574,32 @@ mod tests {
         );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("x0t_"), "{line}");
+        }
+    }
+
+    #[test]
+    fn event_counters_are_exported_at_zero_before_their_first_event() {
+        let mut m = MetricsRegistry::new();
+        DaemonMetrics::default().register(m.registry_mut());
+        let text = m.encode(Exposition::Prometheus).unwrap();
+        for cause in CLOSE_CAUSES {
+            let series = format!("x0t_links_closed_total{{cause=\"{cause}\"}} 0\n");
+            assert!(text.contains(&series), "no {series} in\n{text}");
+        }
+        for result in RENEWAL_RESULTS {
+            let series = format!("x0t_svid_renewals_total{{result=\"{result}\"}} 0\n");
+            assert!(text.contains(&series), "no {series} in\n{text}");
+        }
+        // Every cause close_cause gives is among them.
+        use quinn::ConnectionError as E;
+        for e in [
+            E::TimedOut,
+            E::LocallyClosed,
+            E::Reset,
+            E::VersionMismatch,
+            E::CidsExhausted,
+        ] {
+            assert!(CLOSE_CAUSES.contains(&close_cause(&e)), "{e:?}");
         }
     }
 

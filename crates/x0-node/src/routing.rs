@@ -3,15 +3,33 @@
 //! [`x0_routing::Router`] is a sans-IO state machine; this module is its tokio shell:
 //!
 //! * **One routing task** owns the router. It wakes for inputs (links attached and closed,
-//!   routing messages received) and for the router's own deadline (`poll_timeout`), then drains
-//!   what the router wants sent, its events, and publishes a fresh [`RouteTable`] after every
-//!   routing-table change.
+//!   commands), for routing messages queued by the links' readers and for the router's own
+//!   deadline (`poll_timeout`), then drains what the router wants sent, its events, and
+//!   publishes a fresh [`RouteTable`] after every routing-table change.
 //! * **Per link**, [`Routing::attach`] starts a reader for QUIC datagrams and one for
 //!   unidirectional streams, and a writer. Routing messages that fit a QUIC datagram (probes,
 //!   acks, small adverts) go as datagrams — unreliable and unordered, which is what a liveness
-//!   probe must be; larger ones (an advert carrying its origin's 2 KB key and 3.3 KB ML-DSA
-//!   signature) each go on a unidirectional stream of their own. The router acknowledges and
-//!   retransmits adverts itself, so the transport's reliability is only a bonus.
+//!   probe must be; larger ones (an advert carrying its origin's credential, ~2.6 KB, and its
+//!   3.3 KB ML-DSA signature) each go on a unidirectional stream of their own. The router
+//!   acknowledges and retransmits adverts itself, so the transport's reliability is only a bonus.
+//! * **Back-pressure: probes ahead of adverts, one neighbour cannot starve the others.** Each
+//!   link's readers sort what they receive by its type byte (`x0_wire::routing::peek_kind`) into
+//!   two bounded queues of that link: probes and acknowledgements ([`CONTROL_QUEUE`]), adverts
+//!   ([`ADVERT_QUEUE`]). A datagram that finds its queue full is dropped and counted (there is
+//!   no flow control to push back with; flooding retransmits adverts, and a probe is one of
+//!   many); an advert read from a stream waits for room, and while it waits the link's stream
+//!   reads ([`STREAM_READS`] at a time) stop, so QUIC's flow control holds the sender back. In
+//!   every turn the routing task takes its inputs, then every link's probes and
+//!   acknowledgements, then at most [`ADVERTS_PER_TURN`] adverts (fewer once they took
+//!   [`ADVERT_TIME_PER_TURN`]), round robin over the links, and then runs the router's timers:
+//!   a probe waits behind at most a couple of milliseconds of signature verifications, whatever
+//!   one neighbour sends. While adverts are backlogged they get at most [`ADVERT_SHARE`] of the
+//!   task's time (the next batch waits; probes, inputs and timers do not), so a flood costs a
+//!   bounded share of a core on any machine and in any build; the router's own per-neighbour
+//!   verification budget and bad-signature penalty (`x0_routing::RouterConfig`) bound what one
+//!   neighbour's adverts cost within that. Every channel on this path is bounded; what is
+//!   dropped is counted ([`ShellStats`]). The task never waits for the disk either: the advert
+//!   sequence number is stored by a task of its own.
 //! * A link whose QUIC connection closes is reported to the router as down **at once**
 //!   (`Router::link_down`): a locally visible failure costs no probe intervals.
 //!
@@ -25,11 +43,15 @@
 //! ([`x0_routing::Restrictions`]); a link restart closes the link's QUIC connection here, and
 //! the dialler links again.
 //!
-//! Adverts are signed with the node's ML-DSA-65 key ([`crate::routing_auth`]). The router's
-//! advert sequence number is stored in the state database after each change, so a restarted
-//! node continues above its last advert (and the router also recovers it from its neighbours).
+//! Adverts are signed and verified by [`x0_identity::advert::MlDsaAdvertAuth`]: signed with the
+//! node's ML-DSA-65 key, carrying its current SVID (it follows renewals), and counted only from
+//! origins the mesh CA admitted and did not revoke (the trust state's revocation list, which
+//! the daemon updates in place). The router's advert sequence number is stored in the state
+//! database after each change, so a restarted node continues above its last advert (and the
+//! router also recovers it from its neighbours).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,16 +61,16 @@ use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use tokio::sync::{broadcast, mpsc};
-use tracing::{debug, info, warn};
-use x0_identity::{NodeId, NodeKeys, StateStore};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, Semaphore, broadcast, mpsc};
+use tracing::{debug, error, info, warn};
+use x0_identity::advert::{MlDsaAdvertAuth, OriginVerifierStats};
+use x0_identity::{NodeId, StateStore};
 use x0_routing::{
     DownCause, Instant, LinkId, QualityClass, Restrictions, Router, RouterConfig, RouterEvent,
     RouterStats,
 };
-use x0_wire::routing::AdvertisedLink;
-
-use crate::routing_auth::MlDsaAdvertAuth;
+use x0_wire::routing::{AdvertisedLink, MessageKind, peek_kind};
 
 /// Largest routing message accepted on a stream (an advert with 255 links, key and signature
 /// is well under this).
@@ -57,6 +79,36 @@ const MAX_STREAM_MESSAGE: usize = 64 * 1024;
 pub(crate) const CLOSE_SILENT: u32 = 7;
 /// Close code for a link the self-healing loop restarts.
 pub(crate) const CLOSE_RESTART: u32 = 8;
+/// Close code for a new link the routing task could not take (its input queue was full).
+const CLOSE_ROUTING_BUSY: u32 = 9;
+/// Probes and acknowledgements queued per link (a burst of a few probe intervals' worth).
+const CONTROL_QUEUE: usize = 32;
+/// Adverts queued per link. Datagrams beyond it are dropped; streams wait.
+const ADVERT_QUEUE: usize = 64;
+/// Adverts the routing task handles per turn, over all links, before it runs its timers and
+/// reads probes again: each may cost one ML-DSA-65 verification (36–60 µs), so a probe waits
+/// behind at most ~1 ms of them.
+const ADVERTS_PER_TURN: usize = 16;
+/// ... and no more once the turn's adverts took this long (a slow machine or a debug build,
+/// where one verification may take milliseconds).
+const ADVERT_TIME_PER_TURN: Duration = Duration::from_millis(2);
+/// The share of the routing task's time adverts may take while they are backlogged: after a
+/// turn that spent `t` on them, the next adverts wait until `t / ADVERT_SHARE` has passed since
+/// it started (probes, inputs and timers do not wait). Whatever the CPU and the build, a flood
+/// of adverts costs at most a quarter of a core and leaves the rest to the links.
+const ADVERT_SHARE: f64 = 0.25;
+/// Unidirectional streams read at once per link; further ones wait inside QUIC, which stops
+/// granting the sender new streams.
+const STREAM_READS: usize = 4;
+/// Messages queued per link for sending on streams (beyond: dropped and counted; the router
+/// retransmits), and streams open at once per link.
+const STREAM_SEND_QUEUE: usize = 256;
+const STREAM_SENDS: usize = 16;
+/// How long one stream may take to arrive whole, or to be sent.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Inputs for the routing task (links up and down, commands, the data plane's and the
+/// self-healing loop's requests).
+const INPUT_QUEUE: usize = 1024;
 /// How long [`Routing::command`] waits for the routing task's answer.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// State-database key of the last advert sequence number.
@@ -139,6 +191,9 @@ pub(crate) struct RoutingStatus {
     pub topology: Arc<Vec<TopologyNode>>,
     /// Restrictions the self-healing loop placed on routing.
     pub restrictions: Restrictions,
+    /// Our advert sequence number reached `u64::MAX`: we cannot advertise changes any more
+    /// (`docs/routing.md`, "Sequence numbers").
+    pub seq_exhausted: bool,
 }
 
 /// A change the self-healing loop asks of the routing task.
@@ -258,18 +313,100 @@ impl RoutingMetrics {
     }
 }
 
+/// What the routing shell drops rather than queue without bound (exported as
+/// `routing_input_dropped_total{kind}` and `routing_output_dropped_total`).
+#[derive(Debug, Default)]
+pub(crate) struct ShellStats {
+    /// Probes dropped because their link's control queue was full.
+    pub probes_dropped: AtomicU64,
+    /// Acknowledgements dropped because their link's control queue was full.
+    pub acks_dropped: AtomicU64,
+    /// Adverts (and messages of unknown type) received as datagrams and dropped because their
+    /// link's advert queue was full.
+    pub adverts_dropped: AtomicU64,
+    /// New links closed because the routing task's input queue was full.
+    pub links_refused: AtomicU64,
+    /// Requests of the data plane and the self-healing loop dropped because the input queue
+    /// was full.
+    pub requests_dropped: AtomicU64,
+    /// Messages not sent because their link's stream queue was full (the router retransmits
+    /// adverts).
+    pub streams_unsent: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The routing task's end of one link's queues.
+struct LinkInbox {
+    /// Probes and acknowledgements.
+    control: mpsc::Receiver<Bytes>,
+    /// Adverts and anything else.
+    adverts: mpsc::Receiver<Bytes>,
+}
+
+/// The readers' end of one link's queues.
+#[derive(Clone)]
+struct LinkFeed {
+    link: LinkId,
+    control: mpsc::Sender<Bytes>,
+    adverts: mpsc::Sender<Bytes>,
+    /// Wakes the routing task.
+    wake: Arc<Notify>,
+    stats: Arc<ShellStats>,
+}
+
+impl LinkFeed {
+    /// Queues a message without waiting (datagrams: there is no flow control to push back
+    /// with), dropping and counting it if its queue is full. False once the routing task has
+    /// let go of the link.
+    fn offer(&self, bytes: Bytes) -> bool {
+        let (queue, dropped) = match peek_kind(&bytes) {
+            Some(MessageKind::Probe) => (&self.control, &self.stats.probes_dropped),
+            Some(MessageKind::AdvertAck) => (&self.control, &self.stats.acks_dropped),
+            // Adverts, and anything else (the router counts it as malformed).
+            _ => (&self.adverts, &self.stats.adverts_dropped),
+        };
+        match queue.try_send(bytes) {
+            Ok(()) => {
+                self.wake.notify_one();
+                true
+            }
+            Err(TrySendError::Full(_)) => {
+                bump(dropped);
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues a message read from a stream: an advert waits for room in the link's queue (and
+    /// holds its stream-read permit meanwhile, so the link's further streams wait in QUIC).
+    async fn deliver(&self, bytes: Bytes) -> bool {
+        if matches!(
+            peek_kind(&bytes),
+            Some(MessageKind::Probe | MessageKind::AdvertAck)
+        ) {
+            return self.offer(bytes);
+        }
+        if self.adverts.send(bytes).await.is_err() {
+            return false;
+        }
+        self.wake.notify_one();
+        true
+    }
+}
+
 enum Input {
     Up {
         link: LinkId,
         peer: NodeId,
         conn: quinn::Connection,
+        inbox: LinkInbox,
     },
     Down {
         link: LinkId,
-    },
-    Message {
-        link: LinkId,
-        bytes: Bytes,
     },
     WantAlternate(NodeId),
     ProbePaths(std::collections::HashSet<NodeId>),
@@ -277,17 +414,23 @@ enum Input {
         RoutingCommand,
         std::sync::mpsc::SyncSender<Result<&'static str, String>>,
     ),
+    /// A newer revocation list was applied: drop the adverts of origins no longer admitted.
+    RecheckAdmission,
 }
 
 /// Handle to the routing task.
 #[derive(Clone)]
 pub(crate) struct Routing {
-    tx: mpsc::UnboundedSender<Input>,
+    tx: mpsc::Sender<Input>,
+    /// Wakes the routing task when a link's reader queued a message.
+    wake: Arc<Notify>,
+    shell: Arc<ShellStats>,
     next_link: Arc<AtomicU64>,
     table: Arc<ArcSwap<RouteTable>>,
     status: Arc<ArcSwap<RoutingStatus>>,
     changes: broadcast::Sender<RoutingChange>,
     metrics: RoutingMetrics,
+    origins: Arc<OriginVerifierStats>,
 }
 
 impl std::fmt::Debug for Routing {
@@ -297,10 +440,12 @@ impl std::fmt::Debug for Routing {
 }
 
 impl Routing {
-    /// Starts the routing task for node `keys`, resuming the advert sequence from `store`.
+    /// Starts the routing task for node `me`, whose adverts `auth` signs and verifies,
+    /// resuming the advert sequence from `store`.
     pub(crate) fn start(
         cfg: RouterConfig,
-        keys: Arc<NodeKeys>,
+        me: NodeId,
+        auth: MlDsaAdvertAuth,
         store: Arc<Mutex<StateStore>>,
     ) -> Self {
         let last_seq = crate::daemon::lock(&store)
@@ -309,47 +454,73 @@ impl Routing {
             .flatten()
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(0);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+        let wake = Arc::new(Notify::new());
+        let shell = Arc::new(ShellStats::default());
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
         let status = Arc::new(ArcSwap::from_pointee(RoutingStatus::default()));
         let (changes, _) = broadcast::channel(256);
         let metrics = RoutingMetrics::default();
         let clock = Clock::new();
-        let me = keys.node_id();
-        let router = Router::new(
-            cfg,
-            me,
-            Box::new(MlDsaAdvertAuth::new(keys)),
-            last_seq,
-            clock.now(),
-        );
+        let origins = auth.stats();
+        let router = Router::new(cfg, me, Box::new(auth), last_seq, clock.now());
         tokio::spawn(
             Task {
                 router,
                 clock,
                 rx,
-                links: HashMap::new(),
+                wake: wake.clone(),
+                shell: shell.clone(),
+                links: BTreeMap::new(),
+                turn_start: 0,
                 wanted: std::collections::HashSet::new(),
                 probed: std::collections::HashSet::new(),
                 table: table.clone(),
-                store,
                 saved_seq: last_seq,
+                seq_store: persist_seq(store, last_seq),
                 status: status.clone(),
                 topology: Arc::default(),
                 topology_digest: None,
                 changes: changes.clone(),
                 metrics: metrics.clone(),
+                seq_exhausted: false,
             }
             .run(),
         );
         Self {
             tx,
+            wake,
+            shell,
             next_link: Arc::new(AtomicU64::new(1)),
             table,
             status,
             changes,
             metrics,
+            origins,
         }
+    }
+
+    /// The advert verifier's counters (credential checks, its cache, refusals by reason).
+    pub(crate) fn origin_stats(&self) -> &OriginVerifierStats {
+        &self.origins
+    }
+
+    /// What the shell dropped rather than queue without bound.
+    pub(crate) fn shell_stats(&self) -> &ShellStats {
+        &self.shell
+    }
+
+    /// Queues a request that may be dropped (counted) when the input queue is full.
+    fn request(&self, input: Input) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(input) {
+            bump(&self.shell.requests_dropped);
+        }
+    }
+
+    /// A newer revocation list was applied: the router drops the adverts of origins it revokes
+    /// now rather than at its next timer (it would within a probe interval anyway).
+    pub(crate) fn recheck_admission(&self) {
+        self.request(Input::RecheckAdmission);
     }
 
     /// What the routing task published last (counters, sessions, topology).
@@ -375,14 +546,14 @@ impl Routing {
     /// Asks for a path to `dst` node-disjoint from its primary, kept in every table published
     /// from now on (and its fast-reroute backup precomputed).
     pub(crate) fn want_alternate(&self, dst: NodeId) {
-        let _ = self.tx.send(Input::WantAlternate(dst));
+        self.request(Input::WantAlternate(dst));
     }
 
     /// The destinations the self-healing prober samples now: their node-disjoint paths are
     /// kept in [`RouteTable::paths`] while they stay in the set (this replaces the previous
     /// set, so the work stays bounded by the prober's sample, whatever the mesh's size).
     pub(crate) fn probe_paths(&self, dsts: std::collections::HashSet<NodeId>) {
-        let _ = self.tx.send(Input::ProbePaths(dsts));
+        self.request(Input::ProbePaths(dsts));
     }
 
     /// Carries out a self-healing command in the routing task and waits for its answer: what
@@ -391,47 +562,81 @@ impl Routing {
     pub(crate) fn command(&self, cmd: RoutingCommand) -> Result<&'static str, String> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.tx
-            .send(Input::Command(cmd, tx))
-            .map_err(|_| "the routing task has stopped".to_owned())?;
+            .try_send(Input::Command(cmd, tx))
+            .map_err(|e| match e {
+                TrySendError::Full(_) => "the routing task is busy".to_owned(),
+                TrySendError::Closed(_) => "the routing task has stopped".to_owned(),
+            })?;
         rx.recv_timeout(COMMAND_TIMEOUT)
             .map_err(|_| "the routing task did not answer in time".to_owned())?
     }
 
-    /// Hands a new link to the router; it is reported down when the connection closes.
+    /// Hands a new link to the router; it is reported down when the connection closes. If
+    /// the routing task cannot take it (its input queue is full), the link is closed: the
+    /// dialler links again.
     pub(crate) fn attach(&self, peer: NodeId, conn: &quinn::Connection) {
         let link = self.next_link.fetch_add(1, Ordering::Relaxed);
-        let _ = self.tx.send(Input::Up {
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (adverts, adverts_rx) = mpsc::channel(ADVERT_QUEUE);
+        let up = Input::Up {
             link,
             peer,
             conn: conn.clone(),
-        });
-        tokio::spawn(read_datagrams(self.tx.clone(), link, conn.clone()));
-        tokio::spawn(read_streams(self.tx.clone(), link, conn.clone()));
-    }
-}
-
-async fn read_datagrams(tx: mpsc::UnboundedSender<Input>, link: LinkId, conn: quinn::Connection) {
-    while let Ok(bytes) = conn.read_datagram().await {
-        if tx.send(Input::Message { link, bytes }).is_err() {
+            inbox: LinkInbox {
+                control: control_rx,
+                adverts: adverts_rx,
+            },
+        };
+        if self.tx.try_send(up).is_err() {
+            bump(&self.shell.links_refused);
+            warn!(peer = %peer, "the routing task is not taking new links; closing this one");
+            conn.close(quinn::VarInt::from_u32(CLOSE_ROUTING_BUSY), b"routing busy");
             return;
         }
+        let feed = LinkFeed {
+            link,
+            control,
+            adverts,
+            wake: self.wake.clone(),
+            stats: self.shell.clone(),
+        };
+        tokio::spawn(read_datagrams(feed.clone(), self.tx.clone(), conn.clone()));
+        tokio::spawn(read_streams(feed, conn.clone()));
     }
-    // The connection is gone: the one place that reports the link down.
-    let _ = tx.send(Input::Down { link });
 }
 
-async fn read_streams(tx: mpsc::UnboundedSender<Input>, link: LinkId, conn: quinn::Connection) {
-    while let Ok(mut recv) = conn.accept_uni().await {
-        let tx = tx.clone();
+async fn read_datagrams(feed: LinkFeed, tx: mpsc::Sender<Input>, conn: quinn::Connection) {
+    while let Ok(bytes) = conn.read_datagram().await {
+        if !feed.offer(bytes) {
+            break;
+        }
+    }
+    // The connection is gone (or the router dropped the link): the one place that reports
+    // the link down. Waits for room rather than lose it.
+    let _ = tx.send(Input::Down { link: feed.link }).await;
+}
+
+async fn read_streams(feed: LinkFeed, conn: quinn::Connection) {
+    let reads = Arc::new(Semaphore::new(STREAM_READS));
+    loop {
+        let Ok(permit) = reads.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok(mut recv) = conn.accept_uni().await else {
+            return;
+        };
+        let feed = feed.clone();
         tokio::spawn(async move {
-            match recv.read_to_end(MAX_STREAM_MESSAGE).await {
-                Ok(body) => {
-                    let _ = tx.send(Input::Message {
-                        link,
-                        bytes: Bytes::from(body),
-                    });
+            let _permit = permit;
+            match tokio::time::timeout(STREAM_TIMEOUT, recv.read_to_end(MAX_STREAM_MESSAGE)).await {
+                Ok(Ok(body)) => {
+                    feed.deliver(Bytes::from(body)).await;
                 }
-                Err(e) => debug!(link, "routing stream dropped: {e}"),
+                Ok(Err(e)) => debug!(link = feed.link, "routing stream dropped: {e}"),
+                Err(_) => {
+                    debug!(link = feed.link, "routing stream too slow; stopped");
+                    let _ = recv.stop(quinn::VarInt::from_u32(0));
+                }
             }
         });
     }
@@ -455,53 +660,89 @@ impl Clock {
 struct LinkOut {
     peer: NodeId,
     conn: quinn::Connection,
-    streams: mpsc::UnboundedSender<Bytes>,
+    streams: mpsc::Sender<Bytes>,
+    inbox: LinkInbox,
 }
 
 struct Task {
     router: Router,
     clock: Clock,
-    rx: mpsc::UnboundedReceiver<Input>,
-    links: HashMap<LinkId, LinkOut>,
+    rx: mpsc::Receiver<Input>,
+    wake: Arc<Notify>,
+    shell: Arc<ShellStats>,
+    links: BTreeMap<LinkId, LinkOut>,
+    /// Where the next turn's round of adverts starts (links after this one first).
+    turn_start: LinkId,
     /// Destinations whose alternate path the data plane wants.
     wanted: std::collections::HashSet<NodeId>,
     /// Destinations the self-healing prober samples now (replaced as the sample rotates).
     probed: std::collections::HashSet<NodeId>,
     table: Arc<ArcSwap<RouteTable>>,
-    store: Arc<Mutex<StateStore>>,
+    /// The last sequence number handed to [`persist_seq`].
     saved_seq: u64,
+    seq_store: tokio::sync::watch::Sender<u64>,
     status: Arc<ArcSwap<RoutingStatus>>,
     topology: Arc<Vec<TopologyNode>>,
     /// The LSDB digest `topology` was built from.
     topology_digest: Option<u64>,
     changes: broadcast::Sender<RoutingChange>,
     metrics: RoutingMetrics,
+    /// The router reported [`RouterEvent::SequenceExhausted`].
+    seq_exhausted: bool,
 }
 
 impl Task {
     async fn run(mut self) {
+        let mut control_left = false;
+        let mut adverts_left = false;
+        // Adverts wait until then (the share of time they may take, `ADVERT_SHARE`).
+        let mut adverts_resume = tokio::time::Instant::now();
         loop {
-            let due = match (self.router.poll_timeout(), self.router.routes_due()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let deadline = due.map(|t| self.clock.deadline(t));
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
+            let adverts_ready = adverts_left && tokio::time::Instant::now() >= adverts_resume;
+            if control_left || adverts_ready {
+                // More queued than one turn takes: let the runtime's other tasks run, then
+                // take the next turn at once.
+                tokio::task::yield_now().await;
+            } else {
+                let due = match (self.router.poll_timeout(), self.router.routes_due()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let mut deadline = due.map(|t| self.clock.deadline(t));
+                if adverts_left {
+                    deadline = Some(deadline.map_or(adverts_resume, |d| d.min(adverts_resume)));
                 }
-            };
-            tokio::select! {
-                input = self.rx.recv() => {
-                    let Some(input) = input else { return };
-                    self.input(input);
-                    // Take whatever else is already queued before doing the work once.
-                    while let Ok(more) = self.rx.try_recv() {
-                        self.input(more);
+                let sleep = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
                     }
+                };
+                tokio::select! {
+                    biased;
+                    input = self.rx.recv() => {
+                        let Some(input) = input else { return };
+                        self.input(input);
+                    }
+                    () = self.wake.notified() => {}
+                    () = sleep => {}
                 }
-                () = sleep => {}
+            }
+            // One turn: inputs, then every link's probes and acknowledgements, then (unless
+            // they are paused for their share of time) a bounded number of adverts, then the
+            // timers (our probes go out), then the output.
+            for _ in 0..INPUT_QUEUE {
+                let Ok(input) = self.rx.try_recv() else { break };
+                self.input(input);
+            }
+            control_left = self.take_control();
+            let started = tokio::time::Instant::now();
+            if started >= adverts_resume {
+                adverts_left = self.take_adverts();
+                let spent = started.elapsed();
+                adverts_resume = started + spent.mul_f64(1.0 / ADVERT_SHARE);
+            } else {
+                adverts_left = self.links.values().any(|o| !o.inbox.adverts.is_empty());
             }
             let now = self.clock.now();
             self.router.handle_timeout(now);
@@ -509,11 +750,67 @@ impl Task {
         }
     }
 
+    /// Hands every link's queued probes and acknowledgements (at most a queue's worth each) to
+    /// the router. Returns whether some are left.
+    fn take_control(&mut self) -> bool {
+        let mut left = false;
+        for (link, out) in &mut self.links {
+            for _ in 0..CONTROL_QUEUE {
+                let Ok(bytes) = out.inbox.control.try_recv() else {
+                    break;
+                };
+                self.router.handle_datagram(self.clock.now(), *link, &bytes);
+            }
+            left |= !out.inbox.control.is_empty();
+        }
+        left
+    }
+
+    /// Hands at most [`ADVERTS_PER_TURN`] queued adverts to the router (fewer if they take
+    /// [`ADVERT_TIME_PER_TURN`]), one per link in turn, starting after the link the last turn
+    /// ended with. Returns whether some are left.
+    fn take_adverts(&mut self) -> bool {
+        let started = std::time::Instant::now();
+        let order: Vec<LinkId> = self
+            .links
+            .range((Bound::Excluded(self.turn_start), Bound::Unbounded))
+            .chain(self.links.range(..=self.turn_start))
+            .map(|(l, _)| *l)
+            .collect();
+        let mut budget = ADVERTS_PER_TURN;
+        let mut progress = true;
+        while budget > 0 && progress {
+            progress = false;
+            for link in &order {
+                if budget == 0 || started.elapsed() >= ADVERT_TIME_PER_TURN {
+                    budget = 0;
+                    break;
+                }
+                let Some(out) = self.links.get_mut(link) else {
+                    continue;
+                };
+                let Ok(bytes) = out.inbox.adverts.try_recv() else {
+                    continue;
+                };
+                self.turn_start = *link;
+                budget -= 1;
+                progress = true;
+                self.router.handle_datagram(self.clock.now(), *link, &bytes);
+            }
+        }
+        self.links.values().any(|o| !o.inbox.adverts.is_empty())
+    }
+
     fn input(&mut self, input: Input) {
         let now = self.clock.now();
         match input {
-            Input::Up { link, peer, conn } => {
-                let (streams, rx) = mpsc::unbounded_channel();
+            Input::Up {
+                link,
+                peer,
+                conn,
+                inbox,
+            } => {
+                let (streams, rx) = mpsc::channel(STREAM_SEND_QUEUE);
                 tokio::spawn(write_streams(conn.clone(), rx));
                 self.links.insert(
                     link,
@@ -521,6 +818,7 @@ impl Task {
                         peer,
                         conn,
                         streams,
+                        inbox,
                     },
                 );
                 self.router.link_up(now, link, peer);
@@ -528,11 +826,6 @@ impl Task {
             Input::Down { link } => {
                 if self.links.remove(&link).is_some() {
                     self.router.link_down(now, link);
-                }
-            }
-            Input::Message { link, bytes } => {
-                if self.links.contains_key(&link) {
-                    self.router.handle_datagram(now, link, &bytes);
                 }
             }
             Input::WantAlternate(dst) => {
@@ -552,6 +845,7 @@ impl Task {
                 info!(command = ?cmd, answer = ?answer, "self-healing routing command");
                 let _ = reply.try_send(answer);
             }
+            Input::RecheckAdmission => self.router.recheck_admission(now),
         }
     }
 
@@ -616,7 +910,9 @@ impl Task {
                     }
                 }
             }
-            let _ = out.streams.send(bytes);
+            if let Err(TrySendError::Full(_)) = out.streams.try_send(bytes) {
+                bump(&self.shell.streams_unsent);
+            }
         }
         let mut recomputed = false;
         while let Some(event) = self.router.poll_event() {
@@ -661,6 +957,14 @@ impl Task {
                     }
                 }
                 RouterEvent::RoutesRecomputed => recomputed = true,
+                RouterEvent::SequenceExhausted => {
+                    self.seq_exhausted = true;
+                    error!(
+                        seq = self.router.own_seq(),
+                        "this node's advert sequence number is exhausted: it can no longer \
+                         advertise changes of its links; see docs/routing.md, \"Sequence numbers\""
+                    );
+                }
                 _ => {}
             }
         }
@@ -669,10 +973,8 @@ impl Task {
         }
         let seq = self.router.own_seq();
         if seq != self.saved_seq {
-            match crate::daemon::lock(&self.store).set_meta(META_ROUTING_SEQ, &seq.to_string()) {
-                Ok(()) => self.saved_seq = seq,
-                Err(e) => warn!("cannot store the advert sequence number: {e}"),
-            }
+            self.saved_seq = seq;
+            let _ = self.seq_store.send(seq);
         }
         self.publish_status();
     }
@@ -721,6 +1023,7 @@ impl Task {
             sessions,
             topology: self.topology.clone(),
             restrictions: self.router.restrictions().clone(),
+            seq_exhausted: self.seq_exhausted,
         }));
     }
 
@@ -830,17 +1133,159 @@ impl Task {
     }
 }
 
-async fn write_streams(conn: quinn::Connection, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+/// Stores the advert sequence number in the state database whenever it changes, off the
+/// routing task (a SQLite commit may wait for the disk): the newest number only, one write at a
+/// time.
+fn persist_seq(store: Arc<Mutex<StateStore>>, last: u64) -> tokio::sync::watch::Sender<u64> {
+    let (tx, mut rx) = tokio::sync::watch::channel(last);
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let seq = *rx.borrow_and_update();
+            let store = store.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                crate::daemon::lock(&store).set_meta(META_ROUTING_SEQ, &seq.to_string())
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("cannot store the advert sequence number: {e}"),
+                Err(e) => warn!("cannot store the advert sequence number: {e}"),
+            }
+        }
+    });
+    tx
+}
+
+async fn write_streams(conn: quinn::Connection, mut rx: mpsc::Receiver<Bytes>) {
+    let open = Arc::new(Semaphore::new(STREAM_SENDS));
     while let Some(bytes) = rx.recv().await {
+        let Ok(permit) = open.clone().acquire_owned().await else {
+            return;
+        };
         let conn = conn.clone();
         // One stream per message, each on its own task: a slow stream holds up nothing else.
         tokio::spawn(async move {
-            let Ok(mut send) = conn.open_uni().await else {
+            let _permit = permit;
+            let Ok(Ok(mut send)) = tokio::time::timeout(STREAM_TIMEOUT, conn.open_uni()).await
+            else {
                 return;
             };
-            if send.write_all(&bytes).await.is_ok() {
-                let _ = send.finish();
+            match tokio::time::timeout(STREAM_TIMEOUT, send.write_all(&bytes)).await {
+                Ok(Ok(())) => {
+                    let _ = send.finish();
+                }
+                _ => {
+                    let _ = send.reset(quinn::VarInt::from_u32(0));
+                }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use x0_wire::routing::{Advert, AdvertBody, Probe, RoutingMessage};
+
+    use super::*;
+
+    fn queues() -> (LinkFeed, LinkInbox) {
+        let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+        let (adverts, adverts_rx) = mpsc::channel(ADVERT_QUEUE);
+        let feed = LinkFeed {
+            link: 1,
+            control,
+            adverts,
+            wake: Arc::default(),
+            stats: Arc::default(),
+        };
+        let inbox = LinkInbox {
+            control: control_rx,
+            adverts: adverts_rx,
+        };
+        (feed, inbox)
+    }
+
+    fn probe(seq: u32) -> Bytes {
+        RoutingMessage::Probe(Probe {
+            seq,
+            sent_at_us: 1,
+            tx_interval_ms: 100,
+            multiplier: 3,
+            echo_sent_at_us: 0,
+            echo_hold_us: 0,
+            rx_loss_permille: 0,
+        })
+        .encode()
+        .into()
+    }
+
+    fn advert(seq: u64) -> Bytes {
+        let body = AdvertBody {
+            origin: NodeId::from_bytes([7; 16]),
+            seq,
+            lifetime_s: 60,
+            links: Vec::new(),
+        };
+        Advert {
+            body: body.encode(),
+            origin_key: Vec::new(),
+            signature: vec![0; 16],
+        }
+        .to_datagram()
+        .into()
+    }
+
+    fn load(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn a_links_probes_never_queue_behind_its_adverts_and_overflow_is_counted() {
+        let (feed, mut inbox) = queues();
+        // A datagram flood of adverts fills the link's advert queue; the rest is dropped.
+        for seq in 0..(ADVERT_QUEUE + 5) as u64 {
+            assert!(feed.offer(advert(seq)));
+        }
+        assert_eq!(load(&feed.stats.adverts_dropped), 5);
+        // Probes and acknowledgements have a queue of their own.
+        assert!(feed.offer(probe(1)));
+        let ack: Bytes = RoutingMessage::AdvertAck(Vec::new()).encode().into();
+        assert!(feed.offer(ack.clone()));
+        assert_eq!(inbox.control.try_recv().ok(), Some(probe(1)));
+        assert_eq!(inbox.control.try_recv().ok(), Some(ack));
+        // A probe flood is bounded the same way.
+        for seq in 0..(CONTROL_QUEUE + 3) as u32 {
+            assert!(feed.offer(probe(seq)));
+        }
+        assert_eq!(load(&feed.stats.probes_dropped), 3);
+        // Anything of unknown type goes the slow way (the router counts it as malformed).
+        let (junk_feed, mut junk_inbox) = queues();
+        assert!(junk_feed.offer(Bytes::from_static(b"\xffjunk")));
+        assert!(junk_inbox.adverts.try_recv().is_ok());
+        assert!(junk_inbox.control.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn an_advert_from_a_stream_waits_for_room_instead_of_being_dropped() {
+        let (feed, mut inbox) = queues();
+        for seq in 0..ADVERT_QUEUE as u64 {
+            assert!(feed.deliver(advert(seq)).await);
+        }
+        let waiting = {
+            let feed = feed.clone();
+            tokio::spawn(async move { feed.deliver(advert(1000)).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "held back while the queue is full");
+        assert_eq!(inbox.adverts.try_recv().ok(), Some(advert(0)));
+        assert!(waiting.await.unwrap());
+        assert_eq!(load(&feed.stats.adverts_dropped), 0);
+        // A probe that came on a stream still takes the probes' queue.
+        assert!(feed.deliver(probe(9)).await);
+        assert_eq!(inbox.control.try_recv().ok(), Some(probe(9)));
+        // Once the routing task lets go of the link, its readers stop.
+        drop(inbox);
+        assert!(!feed.offer(probe(10)));
+        assert!(!feed.deliver(advert(2000)).await);
     }
 }

@@ -65,8 +65,17 @@ pub enum Command {
     Demo(x0_bench::demo::DemoArgs),
 }
 
+/// The state directory of a command that reads or changes an existing one.
 #[derive(Debug, Args)]
 pub struct StateDirArg {
+    /// State directory (made by `x0t init`, `x0t ca init` or `x0t join`; must exist).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+}
+
+/// The state directory of a command that makes one (`init`, `ca init`, `join`).
+#[derive(Debug, Args)]
+pub struct NewStateDirArg {
     /// State directory (created 0700 if missing).
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
@@ -105,7 +114,7 @@ pub enum AuditCommand {
 #[derive(Debug, Args)]
 pub struct InitArgs {
     #[command(flatten)]
-    pub state: StateDirArg,
+    pub state: NewStateDirArg,
     /// Trust domain of the mesh, if already known (fixes the overlay address before joining).
     #[arg(long, value_name = "DOMAIN")]
     pub trust_domain: Option<String>,
@@ -165,7 +174,7 @@ pub enum CaCommand {
         #[arg(long, value_name = "DOMAIN")]
         trust_domain: String,
         #[command(flatten)]
-        state: StateDirArg,
+        state: NewStateDirArg,
         /// Lifetime of issued SVIDs.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
         svid_ttl: Duration,
@@ -207,7 +216,7 @@ pub struct JoinArgs {
     /// Invitation token (`x0t2.…`), or `-` to read it from stdin.
     pub token: String,
     #[command(flatten)]
-    pub state: StateDirArg,
+    pub state: NewStateDirArg,
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,

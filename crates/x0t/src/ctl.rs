@@ -14,7 +14,7 @@ use clap::Args;
 use x0_node::api::{Health, IncidentInfo, LinkInfo, NodeInfo, PeerInfo, RouteInfo, Topology};
 use x0_node::client::Client;
 use x0_node::exit::{CmdResult, Exit};
-use x0_node::text::{print_json, table};
+use x0_node::text::{print_json, printable, table};
 
 /// Where the daemon's API is, and how to print.
 #[derive(Debug, Clone, Args)]
@@ -147,7 +147,10 @@ fn status_text(node: &NodeInfo, health: &Health) -> String {
     for r in &health.reasons {
         s.push_str(&format!("  - {}: {}\n", r.code, r.message));
     }
-    s
+    // Line by line, so that only the lines stay lines.
+    s.lines()
+        .map(|l| printable(l).into_owned() + "\n")
+        .collect()
 }
 
 fn peers_table(peers: &[PeerInfo]) -> String {

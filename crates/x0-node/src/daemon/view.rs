@@ -93,6 +93,15 @@ impl Shared {
                 true,
             ));
         }
+        if self.routing.status().seq_exhausted {
+            reasons.push(reason(
+                "routing_seq_exhausted",
+                "this node's advert sequence number is exhausted: changes of its links are no \
+                 longer advertised (docs/routing.md, \"Sequence numbers\")"
+                    .into(),
+                false,
+            ));
+        }
         let links = lock(&self.links).len();
         let configured = self.config.peers.len();
         if configured > 0 {
@@ -576,7 +585,7 @@ impl Collector for NodeCollector {
             None,
             table.routes.len() as f64,
         )?;
-        let counters: [(&str, &str, u64); 12] = [
+        let counters: [(&str, &str, u64); 17] = [
             (
                 "routing_adverts_originated",
                 "Link-state adverts this node originated",
@@ -633,6 +642,31 @@ impl Collector for NodeCollector {
                 "Times a neighbour showed this node an advert of its own with a higher sequence number",
                 s.own_seq_recovered,
             ),
+            (
+                "routing_own_seq_exhausted",
+                "Originations refused because this node's advert sequence number reached its maximum",
+                s.own_seq_exhausted,
+            ),
+            (
+                "routing_signature_verifications",
+                "Advert signature checks performed, each within its sender's verification budget",
+                s.signature_verifications,
+            ),
+            (
+                "routing_adverts_deferred",
+                "Adverts dropped unacknowledged because their sender's verification budget was spent (the sender retransmits them)",
+                s.adverts_deferred,
+            ),
+            (
+                "routing_neighbor_penalties",
+                "Forgeries (bad signatures, origins the mesh CA never admitted) charged to the neighbour that sent them",
+                s.neighbor_penalties,
+            ),
+            (
+                "routing_origins_purged",
+                "Origins whose advert left the link-state database because they lost their admission (revoked)",
+                s.origins_purged,
+            ),
         ];
         for (name, help, v) in counters {
             encode_counter(e, name, help, None, v)?;
@@ -647,14 +681,81 @@ impl Collector for NodeCollector {
         encode_counters(
             e,
             "routing_adverts_rejected",
-            "Received adverts dropped, by reason (stale, bad_signature, unknown_origin)",
+            "Received adverts dropped, by reason (stale, bad_signature, unknown_origin, \
+             not_admitted, revoked, lsdb_full, own_forged)",
             None,
             [
                 ("stale", s.rejected_stale),
                 ("bad_signature", s.rejected_bad_signature),
                 ("unknown_origin", s.rejected_unknown_origin),
+                ("not_admitted", s.rejected_not_admitted),
+                ("revoked", s.rejected_revoked),
+                ("lsdb_full", s.rejected_lsdb_full),
+                ("own_forged", s.rejected_own_forged),
             ]
             .map(|(r, v)| (vec![("reason", r.to_owned())], v)),
+        )?;
+        // The shell's bounded queues.
+        let q = shared.routing.shell_stats();
+        encode_counters(
+            e,
+            "routing_input_dropped",
+            "Routing inputs dropped because their bounded queue was full, by kind (probe, ack, \
+             advert: a link's queues, datagrams only; link: a new link the routing task could \
+             not take, closed; request: data-plane and self-healing requests)",
+            None,
+            [
+                ("probe", &q.probes_dropped),
+                ("ack", &q.acks_dropped),
+                ("advert", &q.adverts_dropped),
+                ("link", &q.links_refused),
+                ("request", &q.requests_dropped),
+            ]
+            .map(|(k, v)| (vec![("kind", k.to_owned())], get(v))),
+        )?;
+        encode_counter(
+            e,
+            "routing_output_dropped",
+            "Routing messages not sent because their link's stream queue was full (the router \
+             retransmits adverts)",
+            None,
+            get(&q.streams_unsent),
+        )?;
+        // The advert verifier: origin credentials against the mesh CA.
+        let o = shared.routing.origin_stats();
+        encode_counter(
+            e,
+            "routing_origin_chain_verifications",
+            "Advert origin credentials checked against the mesh CA (not found in the verifier's cache)",
+            None,
+            get(&o.chain_verifications),
+        )?;
+        encode_counter(
+            e,
+            "routing_origin_cache_hits",
+            "Adverts whose origin credential was found in the verifier's cache",
+            None,
+            get(&o.cache_hits),
+        )?;
+        encode_counter(
+            e,
+            "routing_origin_cache_evictions",
+            "Verified origin credentials evicted because the verifier's cache was full",
+            None,
+            get(&o.cache_evictions),
+        )?;
+        encode_counters(
+            e,
+            "routing_origin_refused",
+            "Adverts the verifier refused, by reason (revoked, expired, not_admitted, bad_signature)",
+            None,
+            [
+                ("revoked", &o.refused_revoked),
+                ("expired", &o.refused_expired),
+                ("not_admitted", &o.refused_not_admitted),
+                ("bad_signature", &o.refused_bad_signature),
+            ]
+            .map(|(r, v)| (vec![("reason", r.to_owned())], get(v))),
         )?;
         encode_counters(
             e,
@@ -770,6 +871,50 @@ impl Collector for NodeCollector {
             "End-to-end rekeys (handshakes completed beyond each session's first)",
             None,
             c.e2e_rekeys,
+        )?;
+        let t = &c.e2e_table;
+        encode_gauges(
+            e,
+            "e2e_sessions",
+            "End-to-end sessions held, by state",
+            None,
+            [
+                ("established", t.established),
+                ("pending", t.pending),
+                (
+                    "other",
+                    t.sessions.saturating_sub(t.established + t.pending),
+                ),
+            ]
+            .map(|(s, v)| (vec![("state", s.to_owned())], v as f64)),
+        )?;
+        encode_counters(
+            e,
+            "e2e_handshake_messages_refused",
+            "End-to-end handshake messages answered without creating state, or dropped, by reason",
+            None,
+            [
+                ("retry_sent", t.retries_sent),
+                ("unmatched", t.unmatched),
+                ("malformed", t.malformed),
+                ("ignored", t.handshakes.ignored),
+                ("collision", t.handshakes.collisions),
+            ]
+            .map(|(r, v)| (vec![("reason", r.to_owned())], v)),
+        )?;
+        encode_counters(
+            e,
+            "e2e_sessions_removed",
+            "End-to-end sessions refused, evicted or aged out, by reason",
+            None,
+            [
+                ("refused_full", t.refused_full),
+                ("evicted_pending", t.evicted_pending),
+                ("evicted_idle", t.evicted_idle),
+                ("expired_idle", t.expired_idle),
+                ("expired_stale", t.expired_stale),
+            ]
+            .map(|(r, v)| (vec![("reason", r.to_owned())], v)),
         )?;
         let mut shed: Vec<(&NodeId, &u64)> = c.shed_dropped.iter().collect();
         shed.sort();
