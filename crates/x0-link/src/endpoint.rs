@@ -9,10 +9,12 @@
 //!
 //! The ML-DSA-65 proof of possession runs on the link's control stream, which the listener
 //! opens: the listener signs the session's exporter as soon as it has sent its TLS Finished and
-//! sends its Hello as 0.5-RTT data, so that it overlaps the client's part of the handshake; the
-//! dialler sends its Hello once its handshake completed and checks the listener's. Each end
-//! hands out a [`Link`] only after the peer's Hello, the first message on the control stream,
-//! verified.
+//! sends its Hello as 0.5-RTT data, so that it overlaps the client's part of the handshake; once
+//! its handshake completed (the dialler's certificate verified) it sends
+//! [`ControlMessage::HandshakeDone`]. The dialler, its handshake complete, signs its own proof
+//! on a blocking thread while it checks the listener's, sends its Hello, and takes the link as
+//! up on `HandshakeDone`. Each end hands out a [`Link`] only after the peer's Hello, the first
+//! message on the control stream, verified; nothing the peer sent is read as link data before.
 //!
 //! One UDP port serves two ALPNs: [`LINK_ALPN`] for links between members, which require a
 //! client SVID, and [`CA_ALPN`] for the CA service (joins and renewals), where a client
@@ -43,7 +45,7 @@ use crate::exporter::ExporterCapture;
 use crate::kx::{KxPolicy, KxRecorder, group_name};
 use crate::local::LocalIdentity;
 use crate::metrics::{FailureReason, LinkMetrics};
-use crate::socket::CountingSocket;
+use crate::socket::{CountingSocket, DialIds};
 use crate::trust::{SpiffeVerifier, TrustState};
 
 /// ALPN of links between members.
@@ -323,6 +325,8 @@ struct Inner {
     /// Transport settings shared by every connection (built once from `config`).
     transport: Arc<TransportConfig>,
     base_server: quinn::ServerConfig,
+    /// Initial Destination Connection IDs of our dials (their first flight is sent twice).
+    dial_ids: DialIds,
     in_progress: AtomicUsize,
 }
 
@@ -341,7 +345,7 @@ impl std::fmt::Debug for LinkEndpoint {
     }
 }
 
-fn server_crypto(
+pub(crate) fn server_crypto(
     identity: &Arc<LocalIdentity>,
     trust: &Arc<TrustState>,
     policy: KxPolicy,
@@ -442,6 +446,7 @@ impl LinkEndpoint {
                 config,
                 transport,
                 base_server,
+                dial_ids: DialIds::new(cid_key),
                 in_progress: AtomicUsize::new(0),
             }),
         })
@@ -499,10 +504,10 @@ impl LinkEndpoint {
             .with_client_cert_resolver(self.inner.identity.clone());
         tls.alpn_protocols = vec![alpn.to_vec()];
         tls.resumption = rustls::client::Resumption::disabled();
-        Ok((
-            client_config_with(tls, self.inner.transport.clone())?,
-            verifier,
-        ))
+        let mut config = client_config_with(tls, self.inner.transport.clone())?;
+        let ids = self.inner.dial_ids.clone();
+        config.initial_dst_cid_provider(Arc::new(move || ids.generate()));
+        Ok((config, verifier))
     }
 
     /// Connects with `config`, whose server verifier is `verifier`; failures are counted.
@@ -590,29 +595,48 @@ impl LinkEndpoint {
             .negotiated()
             .ok_or_else(|| LinkError::failed(FailureReason::Other, "no key exchange recorded"))?;
         let exporter = export(&conn)?;
-        // Our proof first, so that the listener checks it while we check theirs.
-        let hello = self.hello(ProofRole::Dialer, &exporter)?;
-        // The listener opens the control stream with its Hello, usually before our handshake
-        // completed (0.5-RTT data).
+        // Our proof is signed on a blocking thread while this task checks the listener's, which
+        // usually arrived with the listener's handshake flight (0.5-RTT data): the two take
+        // about as long as the signature alone.
+        let signer = self.clone();
+        let signing =
+            tokio::task::spawn_blocking(move || signer.hello(ProofRole::Dialer, &exporter));
+        // The listener opens the control stream with its Hello.
         let (send, recv) = conn
             .accept_bi()
             .await
             .map_err(|e| LinkError::failed(classify(&e).0, e.to_string()))?;
         let mut control = ControlStream::new(send, recv, self.inner.metrics.clone());
-        control
-            .send
-            .send(&hello)
-            .await
-            .map_err(|e| pop_stream_failed(&conn, e))?;
-        // Our Hello is only queued; let the connection driver, just woken on this worker, send
-        // it before we spend the time verifying the listener's.
-        tokio::task::yield_now().await;
         let their = control
             .recv
             .recv()
             .await
             .map_err(|e| pop_stream_failed(&conn, e))?;
         let (peer_key, serial) = verify_hello(&peer, their, ProofRole::Listener, &exporter)?;
+        let hello = signing
+            .await
+            .map_err(|e| LinkError::failed(FailureReason::Other, format!("signing: {e}")))??;
+        control
+            .send
+            .send(&hello)
+            .await
+            .map_err(|e| pop_stream_failed(&conn, e))?;
+        // The listener's Hello may predate its handshake: the link is up once it says it
+        // accepted our certificate (a refusal closes the connection with the reason instead).
+        match control
+            .recv
+            .recv()
+            .await
+            .map_err(|e| pop_stream_failed(&conn, e))?
+        {
+            ControlMessage::HandshakeDone => {}
+            other => {
+                return Err(LinkError::failed(
+                    FailureReason::ProofOfPossession,
+                    format!("expected handshake_done, got {}", other.name()),
+                ));
+            }
+        }
         self.established(
             conn,
             peer,
@@ -881,8 +905,8 @@ impl LinkEndpoint {
             // Only a client is refused 0.5-RTT; kept as a fallback rather than a panic.
             Err(connecting) => (connecting.await.map_err(failed)?, None),
         };
-        let busy = self.inner.in_progress.load(Ordering::Relaxed)
-            > self.inner.config.retry_threshold / 2;
+        let busy =
+            self.inner.in_progress.load(Ordering::Relaxed) > self.inner.config.retry_threshold / 2;
         let early = match (handshake_done.is_some(), busy) {
             (true, false) => match capture.exporter() {
                 Some(exporter) => Some(
@@ -941,6 +965,12 @@ impl LinkEndpoint {
             Some(Err(e)) => return Err(e),
             None => self.open_control(conn, &exporter).await?,
         };
+        // The dialler takes the link as up only once it knows we accepted its certificate.
+        control
+            .send
+            .send(&ControlMessage::HandshakeDone)
+            .await
+            .map_err(|e| pop_stream_failed(conn, e))?;
         // The dialler's Hello must be the first message on the control stream; nothing from
         // the dialler is taken as link data before it verified.
         let their = control

@@ -13,9 +13,9 @@
 use std::sync::Mutex;
 
 use rustls::KeyLog;
+use rustls::Tls13CipherSuite;
 use rustls::crypto::aws_lc_rs::cipher_suite::{TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384};
 use rustls::crypto::tls13::OkmBlock;
-use rustls::Tls13CipherSuite;
 use x0_identity::proof::{EXPORTER_LABEL, EXPORTER_LEN};
 
 /// The `KeyLog` label of the exporter master secret.
@@ -65,14 +65,14 @@ impl ExporterCapture {
         let suite = suite_for(secret.as_ref().len())?;
         let empty_hash = suite.common.hash_provider.hash(&[]);
         // Derive-Secret(exporter_master_secret, label, "") ...
-        let derived = suite
-            .hkdf_provider
-            .expander_for_okm(&secret)
-            .expand_block(&expand_label_info(
+        let derived = suite.hkdf_provider.expander_for_okm(&secret).expand_block(
+            &expand_label_info(
                 suite.common.hash_provider.output_len(),
                 EXPORTER_LABEL,
                 empty_hash.as_ref(),
-            ).parts());
+            )
+            .parts(),
+        );
         // ... then HKDF-Expand-Label(that, "exporter", Hash(context = ""), length).
         let mut out = [0u8; EXPORTER_LEN];
         suite
@@ -130,7 +130,7 @@ mod tests {
     use rustls::crypto::CryptoProvider;
     use rustls::crypto::aws_lc_rs::default_provider;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    use rustls::{ClientConnection, RootCertStore, ServerConnection};
+    use rustls::{ClientConnection, RootCertStore, ServerConnection, SupportedCipherSuite};
 
     use super::*;
 
@@ -138,7 +138,11 @@ mod tests {
     /// right after its first flight) and both ends' exporters from rustls.
     fn handshake(
         suite: SupportedCipherSuite,
-    ) -> (Option<[u8; EXPORTER_LEN]>, [u8; EXPORTER_LEN], [u8; EXPORTER_LEN]) {
+    ) -> (
+        Option<[u8; EXPORTER_LEN]>,
+        [u8; EXPORTER_LEN],
+        [u8; EXPORTER_LEN],
+    ) {
         let provider = Arc::new(CryptoProvider {
             cipher_suites: vec![suite],
             ..default_provider()
@@ -160,7 +164,9 @@ mod tests {
             .unwrap();
         server_config.key_log = capture.clone();
         let mut roots = RootCertStore::empty();
-        roots.add(CertificateDer::from(cert.der().to_vec())).unwrap();
+        roots
+            .add(CertificateDer::from(cert.der().to_vec()))
+            .unwrap();
         let client_config = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()

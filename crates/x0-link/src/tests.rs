@@ -875,12 +875,17 @@ async fn assert_dialer_refused(
         Ok(ControlMessage::Hello(_)) => {}
         other => panic!("listener sent {other:?} first"),
     }
+    match bounded("listener handshake_done", control.recv.recv()).await {
+        Ok(ControlMessage::HandshakeDone) => {}
+        other => panic!("listener sent {other:?} second"),
+    }
     for m in messages(&exporter) {
         // The listener may already have closed the connection.
         if control.send.send(&m).await.is_err() {
             break;
         }
     }
+    control.send.finish();
     assert_closed_with(&conn, close_code::PROOF_OF_POSSESSION).await;
     let refusal = to.next_refusal().await;
     assert_eq!(
@@ -945,6 +950,161 @@ async fn forged_proofs_of_possession_are_refused() {
     let (at_f, _) = forger.link_to(&mut listener).await;
     assert_pq(&at_f);
     assert_eq!(listener.failures(FailureReason::ProofOfPossession), 4);
+}
+
+/// The dialer's proof must be the first message on the control stream: a dialer that sends
+/// anything before it, or never proves its key, gets no link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialer_that_sends_before_its_proof_or_skips_it_is_refused() {
+    let mesh = Mesh::new();
+    let forger = mesh.node(LinkConfig::default());
+    let mut listener = mesh.node(LinkConfig::default());
+    let keys = forger.keys.clone();
+    let id = forger.id();
+    let good = move |exporter: &[u8; 32]| Hello {
+        mldsa_public_key: keys.mldsa_public_key().to_vec(),
+        pop_signature: keys
+            .sign_mldsa(&link_transcript(ProofRole::Dialer, exporter, id))
+            .unwrap(),
+        revocation_serial: 0,
+    };
+    // Link data (a revocation list) ahead of a valid proof.
+    let list = ControlMessage::Revocations(mesh.revocations(1, &[NodeId::from_bytes([9; 16])]));
+    let g = good.clone();
+    assert_dialer_refused(&forger, &mut listener, move |exporter| {
+        vec![list, ControlMessage::Hello(g(exporter))]
+    })
+    .await;
+    // The listener's own "handshake done" played back instead of a proof.
+    let g = good.clone();
+    assert_dialer_refused(&forger, &mut listener, move |exporter| {
+        vec![
+            ControlMessage::HandshakeDone,
+            ControlMessage::Hello(g(exporter)),
+        ]
+    })
+    .await;
+    // No proof at all: the stream ends.
+    assert_dialer_refused(&forger, &mut listener, |_| Vec::new()).await;
+    let (at_f, _) = forger.link_to(&mut listener).await;
+    assert_pq(&at_f);
+    assert_eq!(listener.failures(FailureReason::ProofOfPossession), 3);
+}
+
+/// A listener that completes the TLS handshake (with a valid SVID) and then sends `messages`
+/// on the control stream it opens; returns its address and how its connection ended.
+fn rogue_listener(
+    mesh: &Mesh,
+    messages: impl FnOnce(&NodeKeys, &[u8; 32]) -> Vec<ControlMessage> + Send + 'static,
+) -> (
+    SocketAddr,
+    NodeId,
+    tokio::sync::oneshot::Receiver<ConnectionError>,
+) {
+    let keys = Arc::new(NodeKeys::generate().unwrap());
+    let svid = mesh.issue(&keys);
+    let metrics = Arc::new(LinkMetrics::default());
+    let trust = TrustState::new(mesh.bundle.clone(), metrics);
+    let identity = LocalIdentity::new(keys.clone(), svid, None).unwrap();
+    let recorder = KxRecorder::new();
+    let (crypto, _) = crate::endpoint::server_crypto(
+        &identity,
+        &trust,
+        KxPolicy::PostQuantumOnly,
+        &recorder,
+        None,
+    )
+    .unwrap();
+    let endpoint =
+        quinn::Endpoint::server(quinn::ServerConfig::with_crypto(crypto), loopback()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let conn = endpoint.accept().await.unwrap().await.unwrap();
+        let exporter = export(&conn).unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let mut control = ControlStream::new(send, recv, Arc::new(LinkMetrics::default()));
+        for m in messages(&keys, &exporter) {
+            if control.send.send(&m).await.is_err() {
+                break;
+            }
+        }
+        let _ = tx.send(conn.closed().await);
+        drop(endpoint);
+    });
+    (addr, identity.node_id(), rx)
+}
+
+/// The listener's proof must come first too, and verify: otherwise the dialer refuses the link
+/// and tells the listener why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dialer_refuses_a_listener_whose_proof_is_wrong_missing_or_late() {
+    type Forge = fn(&NodeKeys, &[u8; 32]) -> Vec<ControlMessage>;
+    fn hello(keys: &NodeKeys, role: ProofRole, exporter: &[u8; 32]) -> ControlMessage {
+        ControlMessage::Hello(Hello {
+            mldsa_public_key: keys.mldsa_public_key().to_vec(),
+            pop_signature: keys
+                .sign_mldsa(&link_transcript(role, exporter, keys.node_id()))
+                .unwrap(),
+            revocation_serial: 0,
+        })
+    }
+    let cases: [(&str, Forge); 4] = [
+        ("no proof", |_, _| vec![ControlMessage::HandshakeDone]),
+        ("a garbage signature", |keys, _| {
+            vec![
+                ControlMessage::Hello(Hello {
+                    mldsa_public_key: keys.mldsa_public_key().to_vec(),
+                    pop_signature: vec![0x5a; x0_identity::keys::MLDSA65_SIGNATURE_LEN],
+                    revocation_serial: 0,
+                }),
+                ControlMessage::HandshakeDone,
+            ]
+        }),
+        ("the dialer's role (a reflected proof)", |keys, exporter| {
+            vec![
+                hello(keys, ProofRole::Dialer, exporter),
+                ControlMessage::HandshakeDone,
+            ]
+        }),
+        ("link data before the proof", |keys, exporter| {
+            vec![
+                ControlMessage::Refused(Refused {
+                    code: RefusalCode::Internal,
+                    message: "early".into(),
+                }),
+                hello(keys, ProofRole::Listener, exporter),
+                ControlMessage::HandshakeDone,
+            ]
+        }),
+    ];
+    let mesh = Mesh::new();
+    let dialer = mesh.node(LinkConfig::default());
+    for (n, (what, forge)) in cases.into_iter().enumerate() {
+        let (addr, id, closed) = rogue_listener(&mesh, forge);
+        let err = bounded("dial", dialer.ep.dial(addr, Some(id)))
+            .await
+            .expect_err(what);
+        assert_eq!(
+            err.reason(),
+            FailureReason::ProofOfPossession,
+            "{what}: {err}"
+        );
+        assert_eq!(
+            dialer.failures(FailureReason::ProofOfPossession),
+            n as u64 + 1,
+            "{what}"
+        );
+        match bounded("the rogue's connection to close", closed).await {
+            Ok(ConnectionError::ApplicationClosed(ac)) => assert_eq!(
+                u64::from(ac.error_code),
+                u64::from(close_code::PROOF_OF_POSSESSION),
+                "{what}"
+            ),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    assert_eq!(dialer.metrics().links_hybrid_pq.load(Ordering::Relaxed), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
