@@ -108,6 +108,40 @@ impl Default for LinkConfig {
     }
 }
 
+/// What a link's QUIC connection may hold for its peer (see `LinkConfig::transport` and
+/// docs/decisions.md, 2026-12-08). quinn's defaults suit a general-purpose server (100 streams of
+/// each kind, 1.25 MB per stream, an unlimited connection window, 1.25 MB of datagrams): one
+/// peer could make us buffer hundreds of megabytes. Links use one bidirectional stream (the
+/// control stream, which the listener opens; the CA service's request stream), routing messages
+/// as datagrams, and one-message unidirectional streams of at most 64 KiB (x0-node opens up to
+/// 16 at a time).
+pub mod limits {
+    /// Bidirectional streams a peer may have open: the link's control stream, or the CA
+    /// service's request stream.
+    pub const MAX_BIDI_STREAMS: u32 = 1;
+    /// Unidirectional streams a peer may have open: routing messages too large for a datagram,
+    /// one per stream; the routing shell sends at most 16 at a time.
+    pub const MAX_UNI_STREAMS: u32 = 16;
+    /// Bytes a peer may send ahead on one stream: a whole routing message (at most 64 KiB) in
+    /// one round trip, with room to spare. A longer control message (a revocation list) simply
+    /// takes more round trips.
+    pub const STREAM_RECEIVE_WINDOW: u32 = 128 * 1024;
+    /// Bytes a peer may send ahead on all streams together: what one peer can make us buffer.
+    pub const RECEIVE_WINDOW: u32 = 512 * 1024;
+    /// Bytes of unacknowledged stream data we keep for one peer (quinn's default is 10 MB).
+    pub const SEND_WINDOW: u64 = 1024 * 1024;
+    /// Received datagrams buffered until the routing shell reads them (the oldest are dropped
+    /// beyond this); also announced as the largest datagram frame we take.
+    pub const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
+    /// Datagrams queued for sending (the oldest are dropped beyond this).
+    pub const DATAGRAM_SEND_BUFFER: usize = 128 * 1024;
+    /// Bytes buffered for one not-yet-accepted incoming connection (a ClientHello flight is
+    /// about 5 KB, sent twice).
+    pub const INCOMING_BUFFER: u64 = 64 * 1024;
+    /// The same, for all not-yet-accepted incoming connections together.
+    pub const INCOMING_BUFFER_TOTAL: u64 = 8 * 1024 * 1024;
+}
+
 impl LinkConfig {
     pub(crate) fn transport(&self) -> Arc<TransportConfig> {
         let mut t = TransportConfig::default();
@@ -118,7 +152,14 @@ impl LinkConfig {
         )
         .keep_alive_interval(Some(self.keep_alive))
         .initial_mtu(self.initial_mtu.max(1200))
-        .min_mtu(1200);
+        .min_mtu(1200)
+        .max_concurrent_bidi_streams(limits::MAX_BIDI_STREAMS.into())
+        .max_concurrent_uni_streams(limits::MAX_UNI_STREAMS.into())
+        .stream_receive_window(limits::STREAM_RECEIVE_WINDOW.into())
+        .receive_window(limits::RECEIVE_WINDOW.into())
+        .send_window(limits::SEND_WINDOW)
+        .datagram_receive_buffer_size(Some(limits::DATAGRAM_RECEIVE_BUFFER))
+        .datagram_send_buffer_size(limits::DATAGRAM_SEND_BUFFER);
         if !self.mtu_discovery {
             t.mtu_discovery_config(None);
         }
@@ -413,6 +454,9 @@ impl LinkEndpoint {
         let mut base_server = quinn::ServerConfig::with_crypto(crypto);
         base_server.transport_config(transport.clone());
         base_server.migration(false);
+        base_server
+            .incoming_buffer_size(limits::INCOMING_BUFFER)
+            .incoming_buffer_size_total(limits::INCOMING_BUFFER_TOTAL);
 
         let socket = std::net::UdpSocket::bind(addr)?;
         let runtime = quinn::default_runtime()

@@ -453,6 +453,75 @@ async fn two_nodes_link_post_quantum_and_keep_a_working_control_stream() {
     );
 }
 
+/// Whether `f` is ready at its first poll.
+async fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        out = f => Some(out),
+        () = std::future::ready(()) => None,
+    }
+}
+
+/// A peer can open one bidirectional stream (the control stream is the listener's), 16
+/// unidirectional ones, and send no further ahead than the link's windows: what it can make us
+/// buffer is bounded (quinn's defaults: 100 streams of each kind, 1.25 MB per stream, no
+/// connection limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_can_open_few_streams_and_send_little_ahead_on_a_link() {
+    use crate::endpoint::limits;
+    let mesh = Mesh::new();
+    let a = mesh.node(LinkConfig::default());
+    let mut b = mesh.node(LinkConfig::default());
+    let (at_a, at_b) = a.link_to(&mut b).await;
+    // The listener opened the control stream: the dialer takes no other from it.
+    assert!(ready_now(at_b.connection.open_bi()).await.is_none());
+    // The dialer may open one.
+    let _bidi = ready_now(at_a.connection.open_bi())
+        .await
+        .expect("first bidirectional stream")
+        .unwrap();
+    assert!(ready_now(at_a.connection.open_bi()).await.is_none());
+    let mut uni = Vec::new();
+    for _ in 0..limits::MAX_UNI_STREAMS {
+        uni.push(
+            ready_now(at_a.connection.open_uni())
+                .await
+                .expect("a unidirectional stream within the limit")
+                .unwrap(),
+        );
+    }
+    assert!(ready_now(at_a.connection.open_uni()).await.is_none());
+
+    // Nobody reads these streams on b: a sends what the windows let it, then waits.
+    let chunk = vec![0u8; 1024 * 1024];
+    let mut sent = 0usize;
+    for s in &mut uni {
+        match ready_now(s.write(&chunk)).await {
+            Some(n) => {
+                let n = n.unwrap();
+                assert!(
+                    n <= limits::STREAM_RECEIVE_WINDOW as usize,
+                    "{n} on one stream"
+                );
+                sent += n;
+            }
+            None => break,
+        }
+    }
+    // The control stream's Hello was read, so its few kilobytes of credit may have come back.
+    let window = limits::RECEIVE_WINDOW as usize;
+    assert!(
+        (window - 16 * 1024..=window + 16 * 1024).contains(&sent),
+        "{sent} bytes sent ahead"
+    );
+    // A few bytes may be queued already; the buffer is ours, not quinn's default megabyte.
+    let space = at_a.connection.datagram_send_buffer_space();
+    assert!(
+        (limits::DATAGRAM_SEND_BUFFER - 1024..=limits::DATAGRAM_SEND_BUFFER).contains(&space),
+        "{space}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_come_up_post_quantum_at_the_minimum_quic_mtu() {
     let mesh = Mesh::new();
