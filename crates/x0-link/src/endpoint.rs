@@ -12,8 +12,8 @@
 //! sends its Hello as 0.5-RTT data, so that it overlaps the client's part of the handshake; once
 //! its handshake completed (the dialler's certificate verified) it sends
 //! [`ControlMessage::HandshakeDone`]. The dialler, its handshake complete, signs its own proof
-//! on a blocking thread while it checks the listener's, sends its Hello, and takes the link as
-//! up on `HandshakeDone`. Each end hands out a [`Link`] only after the peer's Hello, the first
+//! while a task of its own checks the listener's, sends its Hello, and takes the link as up on
+//! `HandshakeDone`. Each end hands out a [`Link`] only after the peer's Hello, the first
 //! message on the control stream, verified; nothing the peer sent is read as link data before.
 //!
 //! One UDP port serves two ALPNs: [`LINK_ALPN`] for links between members, which require a
@@ -639,27 +639,29 @@ impl LinkEndpoint {
             .negotiated()
             .ok_or_else(|| LinkError::failed(FailureReason::Other, "no key exchange recorded"))?;
         let exporter = export(&conn)?;
-        // Our proof is signed on a blocking thread while this task checks the listener's, which
-        // usually arrived with the listener's handshake flight (0.5-RTT data): the two take
-        // about as long as the signature alone.
-        let signer = self.clone();
-        let signing =
-            tokio::task::spawn_blocking(move || signer.hello(ProofRole::Dialer, &exporter));
-        // The listener opens the control stream with its Hello.
-        let (send, recv) = conn
-            .accept_bi()
-            .await
-            .map_err(|e| LinkError::failed(classify(&e).0, e.to_string()))?;
-        let mut control = ControlStream::new(send, recv, self.inner.metrics.clone());
-        let their = control
-            .recv
-            .recv()
-            .await
-            .map_err(|e| pop_stream_failed(&conn, e))?;
-        let (peer_key, serial) = verify_hello(&peer, their, ProofRole::Listener, &exporter)?;
-        let hello = signing
-            .await
-            .map_err(|e| LinkError::failed(FailureReason::Other, format!("signing: {e}")))??;
+        // The listener opens the control stream with its Hello, which usually arrived with its
+        // handshake flight (0.5-RTT data). A task of its own takes and checks it while this one
+        // signs our proof: on an idle second core the two take about as long as the signature,
+        // and otherwise the check runs here once we wait for it.
+        let check = {
+            let (conn, peer, metrics) = (conn.clone(), peer.clone(), self.inner.metrics.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                let (send, recv) = conn
+                    .accept_bi()
+                    .await
+                    .map_err(|e| LinkError::failed(classify(&e).0, e.to_string()))?;
+                let mut control = ControlStream::new(send, recv, metrics);
+                let their = control
+                    .recv
+                    .recv()
+                    .await
+                    .map_err(|e| pop_stream_failed(&conn, e))?;
+                let (key, serial) = verify_hello(&peer, their, ProofRole::Listener, &exporter)?;
+                Ok::<_, LinkError>((control, key, serial))
+            }))
+        };
+        let hello = self.hello(ProofRole::Dialer, &exporter)?;
+        let (mut control, peer_key, serial) = check.join().await?;
         control
             .send
             .send(&hello)
@@ -781,6 +783,23 @@ fn close_for(reason: FailureReason) -> u32 {
         FailureReason::Unauthenticated => close_code::UNAUTHENTICATED,
         FailureReason::Revoked => close_code::REVOKED,
         _ => close_code::PROTOCOL,
+    }
+}
+
+/// A task that is stopped if the future waiting for it is dropped (a dial given up).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<Result<T, LinkError>>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, LinkError> {
+        (&mut self.0)
+            .await
+            .map_err(|e| LinkError::failed(FailureReason::Other, format!("proof check: {e}")))?
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
