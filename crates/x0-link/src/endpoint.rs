@@ -2,11 +2,19 @@
 //!
 //! Ownership: [`LinkEndpoint`] owns the quinn endpoint, the node's [`LocalIdentity`], the shared
 //! [`TrustState`] and [`LinkMetrics`]. Every dial and every accepted handshake builds its own
-//! rustls config (a fresh [`SpiffeVerifier`] and a [`KxRecorder`]) so that the negotiated group
-//! and the peer's verified SVID are known per connection; that costs a few microseconds, and
-//! everything that is not per connection (transport settings, the crypto provider's tables) is
-//! built once. After the TLS handshake both ends run the ML-DSA-65 proof of possession on the
-//! first bidirectional stream, which then stays open as the link's control stream.
+//! rustls config (a fresh [`SpiffeVerifier`], a [`KxRecorder`] and, on the listener, an
+//! exporter capture) so that the negotiated group, the peer's verified SVID and the exporter are
+//! known per connection; that costs about a microsecond, and everything that is not per
+//! connection (transport settings, the crypto provider's tables) is built once.
+//!
+//! The ML-DSA-65 proof of possession runs on the link's control stream, which the listener
+//! opens: the listener signs the session's exporter as soon as it has sent its TLS Finished and
+//! sends its Hello as 0.5-RTT data, so that it overlaps the client's part of the handshake; once
+//! its handshake completed (the dialler's certificate verified) it sends
+//! [`ControlMessage::HandshakeDone`]. The dialler, its handshake complete, signs its own proof
+//! while a task of its own checks the listener's, sends its Hello, and takes the link as up on
+//! `HandshakeDone`. Each end hands out a [`Link`] only after the peer's Hello, the first
+//! message on the control stream, verified; nothing the peer sent is read as link data before.
 //!
 //! One UDP port serves two ALPNs: [`LINK_ALPN`] for links between members, which require a
 //! client SVID, and [`CA_ALPN`] for the CA service (joins and renewals), where a client
@@ -33,14 +41,15 @@ use x0_wire::ControlMessage;
 use x0_wire::control::Hello;
 
 use crate::control::{ControlError, ControlStream};
+use crate::exporter::ExporterCapture;
 use crate::kx::{KxPolicy, KxRecorder, group_name};
 use crate::local::LocalIdentity;
 use crate::metrics::{FailureReason, LinkMetrics};
-use crate::socket::CountingSocket;
+use crate::socket::{CountingSocket, DialIds};
 use crate::trust::{SpiffeVerifier, TrustState};
 
 /// ALPN of links between members.
-pub const LINK_ALPN: &[u8] = b"x0t/1";
+pub const LINK_ALPN: &[u8] = b"x0t/2";
 /// ALPN of the CA service.
 pub const CA_ALPN: &[u8] = b"x0t-ca/1";
 /// Server name sent in the ClientHello. Peers are authenticated by SPIFFE ID, not by name.
@@ -99,6 +108,40 @@ impl Default for LinkConfig {
     }
 }
 
+/// What a link's QUIC connection may hold for its peer (see `LinkConfig::transport` and
+/// docs/decisions.md, 2026-12-08). quinn's defaults suit a general-purpose server (100 streams of
+/// each kind, 1.25 MB per stream, an unlimited connection window, 1.25 MB of datagrams): one
+/// peer could make us buffer hundreds of megabytes. Links use one bidirectional stream (the
+/// control stream, which the listener opens; the CA service's request stream), routing messages
+/// as datagrams, and one-message unidirectional streams of at most 64 KiB (x0-node opens up to
+/// 16 at a time).
+pub mod limits {
+    /// Bidirectional streams a peer may have open: the link's control stream, or the CA
+    /// service's request stream.
+    pub const MAX_BIDI_STREAMS: u32 = 1;
+    /// Unidirectional streams a peer may have open: routing messages too large for a datagram,
+    /// one per stream; the routing shell sends at most 16 at a time.
+    pub const MAX_UNI_STREAMS: u32 = 16;
+    /// Bytes a peer may send ahead on one stream: a whole routing message (at most 64 KiB) in
+    /// one round trip, with room to spare. A longer control message (a revocation list) simply
+    /// takes more round trips.
+    pub const STREAM_RECEIVE_WINDOW: u32 = 128 * 1024;
+    /// Bytes a peer may send ahead on all streams together: what one peer can make us buffer.
+    pub const RECEIVE_WINDOW: u32 = 512 * 1024;
+    /// Bytes of unacknowledged stream data we keep for one peer (quinn's default is 10 MB).
+    pub const SEND_WINDOW: u64 = 1024 * 1024;
+    /// Received datagrams buffered until the routing shell reads them (the oldest are dropped
+    /// beyond this); also announced as the largest datagram frame we take.
+    pub const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
+    /// Datagrams queued for sending (the oldest are dropped beyond this).
+    pub const DATAGRAM_SEND_BUFFER: usize = 128 * 1024;
+    /// Bytes buffered for one not-yet-accepted incoming connection (a ClientHello flight is
+    /// about 5 KB, sent twice).
+    pub const INCOMING_BUFFER: u64 = 64 * 1024;
+    /// The same, for all not-yet-accepted incoming connections together.
+    pub const INCOMING_BUFFER_TOTAL: u64 = 8 * 1024 * 1024;
+}
+
 impl LinkConfig {
     pub(crate) fn transport(&self) -> Arc<TransportConfig> {
         let mut t = TransportConfig::default();
@@ -109,7 +152,14 @@ impl LinkConfig {
         )
         .keep_alive_interval(Some(self.keep_alive))
         .initial_mtu(self.initial_mtu.max(1200))
-        .min_mtu(1200);
+        .min_mtu(1200)
+        .max_concurrent_bidi_streams(limits::MAX_BIDI_STREAMS.into())
+        .max_concurrent_uni_streams(limits::MAX_UNI_STREAMS.into())
+        .stream_receive_window(limits::STREAM_RECEIVE_WINDOW.into())
+        .receive_window(limits::RECEIVE_WINDOW.into())
+        .send_window(limits::SEND_WINDOW)
+        .datagram_receive_buffer_size(Some(limits::DATAGRAM_RECEIVE_BUFFER))
+        .datagram_send_buffer_size(limits::DATAGRAM_SEND_BUFFER);
         if !self.mtu_discovery {
             t.mtu_discovery_config(None);
         }
@@ -316,6 +366,8 @@ struct Inner {
     /// Transport settings shared by every connection (built once from `config`).
     transport: Arc<TransportConfig>,
     base_server: quinn::ServerConfig,
+    /// Initial Destination Connection IDs of our dials (their first flight is sent twice).
+    dial_ids: DialIds,
     in_progress: AtomicUsize,
 }
 
@@ -334,11 +386,12 @@ impl std::fmt::Debug for LinkEndpoint {
     }
 }
 
-fn server_crypto(
+pub(crate) fn server_crypto(
     identity: &Arc<LocalIdentity>,
     trust: &Arc<TrustState>,
     policy: KxPolicy,
     recorder: &KxRecorder,
+    exporter: Option<Arc<ExporterCapture>>,
 ) -> Result<(Arc<QuicServerConfig>, Arc<SpiffeVerifier>), LinkError> {
     let verifier = SpiffeVerifier::new(trust.clone());
     let mut tls = rustls::ServerConfig::builder_with_provider(recorder.provider(policy))
@@ -352,6 +405,9 @@ fn server_crypto(
     // session would not run the `SpiffeVerifier` (no revocation check, no verified SVID).
     tls.send_tls13_tickets = 0;
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    if let Some(capture) = exporter {
+        tls.key_log = capture;
+    }
     let quic = QuicServerConfig::try_from(tls)
         .map_err(|e| LinkError::failed(FailureReason::Other, e.to_string()))?;
     Ok((Arc::new(quic), verifier))
@@ -392,12 +448,15 @@ impl LinkEndpoint {
         metrics: Arc<LinkMetrics>,
     ) -> Result<Self, LinkError> {
         let probe = KxRecorder::new();
-        let (crypto, _) = server_crypto(&identity, &trust, config.kx_policy, &probe)?;
+        let (crypto, _) = server_crypto(&identity, &trust, config.kx_policy, &probe, None)?;
         drop(probe);
         let transport = config.transport();
         let mut base_server = quinn::ServerConfig::with_crypto(crypto);
         base_server.transport_config(transport.clone());
         base_server.migration(false);
+        base_server
+            .incoming_buffer_size(limits::INCOMING_BUFFER)
+            .incoming_buffer_size_total(limits::INCOMING_BUFFER_TOTAL);
 
         let socket = std::net::UdpSocket::bind(addr)?;
         let runtime = quinn::default_runtime()
@@ -431,6 +490,7 @@ impl LinkEndpoint {
                 config,
                 transport,
                 base_server,
+                dial_ids: DialIds::new(cid_key),
                 in_progress: AtomicUsize::new(0),
             }),
         })
@@ -488,10 +548,10 @@ impl LinkEndpoint {
             .with_client_cert_resolver(self.inner.identity.clone());
         tls.alpn_protocols = vec![alpn.to_vec()];
         tls.resumption = rustls::client::Resumption::disabled();
-        Ok((
-            client_config_with(tls, self.inner.transport.clone())?,
-            verifier,
-        ))
+        let mut config = client_config_with(tls, self.inner.transport.clone())?;
+        let ids = self.inner.dial_ids.clone();
+        config.initial_dst_cid_provider(Arc::new(move || ids.generate()));
+        Ok((config, verifier))
     }
 
     /// Connects with `config`, whose server verifier is `verifier`; failures are counted.
@@ -553,14 +613,7 @@ impl LinkEndpoint {
                 "proof of possession timed out",
             ))
         });
-        if let Err(e) = &result {
-            self.inner.metrics.failure(e.reason());
-            conn.close(
-                VarInt::from_u32(close_for(e.reason())),
-                e.to_string().as_bytes(),
-            );
-        }
-        result
+        self.refuse_on_error(&conn, result)
     }
 
     async fn finish_dial(
@@ -586,23 +639,50 @@ impl LinkEndpoint {
             .negotiated()
             .ok_or_else(|| LinkError::failed(FailureReason::Other, "no key exchange recorded"))?;
         let exporter = export(&conn)?;
+        // The listener opens the control stream with its Hello, which usually arrived with its
+        // handshake flight (0.5-RTT data). A task of its own takes and checks it while this one
+        // signs our proof: on an idle second core the two take about as long as the signature,
+        // and otherwise the check runs here once we wait for it.
+        let check = {
+            let (conn, peer, metrics) = (conn.clone(), peer.clone(), self.inner.metrics.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                let (send, recv) = conn
+                    .accept_bi()
+                    .await
+                    .map_err(|e| LinkError::failed(classify(&e).0, e.to_string()))?;
+                let mut control = ControlStream::new(send, recv, metrics);
+                let their = control
+                    .recv
+                    .recv()
+                    .await
+                    .map_err(|e| pop_stream_failed(&conn, e))?;
+                let (key, serial) = verify_hello(&peer, their, ProofRole::Listener, &exporter)?;
+                Ok::<_, LinkError>((control, key, serial))
+            }))
+        };
         let hello = self.hello(ProofRole::Dialer, &exporter)?;
-        let (send, recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| LinkError::failed(classify(&e).0, e.to_string()))?;
-        let mut control = ControlStream::new(send, recv, self.inner.metrics.clone());
+        let (mut control, peer_key, serial) = check.join().await?;
         control
             .send
             .send(&hello)
             .await
             .map_err(|e| pop_stream_failed(&conn, e))?;
-        let their = control
+        // The listener's Hello may predate its handshake: the link is up once it says it
+        // accepted our certificate (a refusal closes the connection with the reason instead).
+        match control
             .recv
             .recv()
             .await
-            .map_err(|e| pop_stream_failed(&conn, e))?;
-        let (peer_key, serial) = verify_hello(&peer, their, ProofRole::Listener, &exporter)?;
+            .map_err(|e| pop_stream_failed(&conn, e))?
+        {
+            ControlMessage::HandshakeDone => {}
+            other => {
+                return Err(LinkError::failed(
+                    FailureReason::ProofOfPossession,
+                    format!("expected handshake_done, got {}", other.name()),
+                ));
+            }
+        }
         self.established(
             conn,
             peer,
@@ -706,6 +786,23 @@ fn close_for(reason: FailureReason) -> u32 {
     }
 }
 
+/// A task that is stopped if the future waiting for it is dropped (a dial given up).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<Result<T, LinkError>>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> Result<T, LinkError> {
+        (&mut self.0)
+            .await
+            .map_err(|e| LinkError::failed(FailureReason::Other, format!("proof check: {e}")))?
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Checks a peer's Hello: its ML-DSA key must hash, with the SVID's TLS key, to the node ID in
 /// the SVID, and its signature must cover this session's exporter in the peer's role.
 fn verify_hello(
@@ -792,39 +889,56 @@ impl LinkEndpoint {
     async fn complete_inner(&self, incoming: Incoming) -> Result<Accepted, LinkError> {
         let started = Instant::now();
         let recorder = KxRecorder::new();
+        let capture = Arc::new(ExporterCapture::default());
         let (crypto, verifier) = server_crypto(
             &self.inner.identity,
             &self.inner.trust,
             self.inner.config.kx_policy,
             &recorder,
+            Some(capture.clone()),
         )?;
         let mut server = self.inner.base_server.clone();
         server.crypto = crypto;
+        let failed = |e: ConnectionError| handshake_failed(&self.inner.metrics, &verifier, &e);
         // A ClientHello that fits in the first datagram (a classical-only one does) is
         // processed, and may fail, in `accept_with` itself.
-        let conn = match incoming.accept_with(Arc::new(server)) {
-            Ok(connecting) => connecting.await,
-            Err(e) => Err(e),
-        }
-        .map_err(|e| handshake_failed(&self.inner.metrics, &verifier, &e))?;
-        let alpn = conn
+        let mut connecting = incoming.accept_with(Arc::new(server)).map_err(failed)?;
+        // The ALPN is known once the ClientHello is processed. By then our first flight, up to
+        // our Finished, is written, and with it the session's exporter secret derived.
+        let alpn = connecting
             .handshake_data()
-            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .await
+            .map_err(failed)?
+            .downcast::<quinn::crypto::rustls::HandshakeData>()
+            .ok()
             .and_then(|d| d.protocol);
-        let result = match alpn.as_deref() {
+        match alpn.as_deref() {
             Some(LINK_ALPN) => self
-                .finish_accept_link(conn.clone(), &recorder, &verifier, started)
+                .accept_link(connecting, &recorder, &verifier, &capture, started)
                 .await
                 .map(Accepted::Link),
-            Some(CA_ALPN) => self
-                .finish_accept_ca(conn.clone(), &verifier)
-                .await
-                .map(Accepted::Ca),
-            _ => Err(LinkError::failed(
-                FailureReason::Other,
-                "no ALPN negotiated",
-            )),
-        };
+            Some(CA_ALPN) => {
+                let conn = connecting.await.map_err(failed)?;
+                let result = self.finish_accept_ca(conn.clone(), &verifier).await;
+                self.refuse_on_error(&conn, result).map(Accepted::Ca)
+            }
+            _ => {
+                let conn = connecting.await.map_err(failed)?;
+                let no_alpn = Err(LinkError::failed(
+                    FailureReason::Other,
+                    "no ALPN negotiated",
+                ));
+                self.refuse_on_error(&conn, no_alpn)
+            }
+        }
+    }
+
+    /// Counts a failed link or CA request and closes its connection with the matching code.
+    fn refuse_on_error<T>(
+        &self,
+        conn: &quinn::Connection,
+        result: Result<T, LinkError>,
+    ) -> Result<T, LinkError> {
         if let Err(e) = &result {
             self.inner.metrics.failure(e.reason());
             conn.close(
@@ -835,11 +949,64 @@ impl LinkEndpoint {
         result
     }
 
-    async fn finish_accept_link(
+    /// The listener's side of a link. Our proof of possession does not wait for the client: the
+    /// exporter is fixed once our Finished is sent, so the proof goes out as 0.5-RTT data on the
+    /// control stream we open, while the client checks our certificate and signs its own. Under
+    /// handshake load (more than half the retry threshold in progress) the proof waits until
+    /// the client's certificate verified, so that unauthenticated clients cannot make us sign.
+    async fn accept_link(
         &self,
-        conn: quinn::Connection,
+        connecting: quinn::Connecting,
         recorder: &KxRecorder,
         verifier: &SpiffeVerifier,
+        capture: &ExporterCapture,
+        started: Instant,
+    ) -> Result<Link, LinkError> {
+        let failed = |e: ConnectionError| handshake_failed(&self.inner.metrics, verifier, &e);
+        let (conn, handshake_done) = match connecting.into_0rtt() {
+            Ok((conn, done)) => (conn, Some(done)),
+            // Only a client is refused 0.5-RTT; kept as a fallback rather than a panic.
+            Err(connecting) => (connecting.await.map_err(failed)?, None),
+        };
+        let busy =
+            self.inner.in_progress.load(Ordering::Relaxed) > self.inner.config.retry_threshold / 2;
+        let early = match (handshake_done.is_some(), busy) {
+            (true, false) => match capture.exporter() {
+                Some(exporter) => Some(
+                    self.open_control(&conn, &exporter)
+                        .await
+                        .map(|control| (control, exporter)),
+                ),
+                None => None,
+            },
+            _ => {
+                self.inner
+                    .metrics
+                    .proofs_deferred
+                    .fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        };
+        // The client's Finished: its certificate was verified on the way, or the handshake
+        // failed (and our verifier or `handshake_failed` counted why).
+        if let Some(done) = handshake_done {
+            done.await;
+        }
+        if let Some(e) = conn.close_reason() {
+            return Err(failed(e));
+        }
+        let result = self
+            .finish_accept_link(&conn, recorder, verifier, early, started)
+            .await;
+        self.refuse_on_error(&conn, result)
+    }
+
+    async fn finish_accept_link(
+        &self,
+        conn: &quinn::Connection,
+        recorder: &KxRecorder,
+        verifier: &SpiffeVerifier,
+        early: Option<Result<(ControlStream, [u8; EXPORTER_LEN]), LinkError>>,
         started: Instant,
     ) -> Result<Link, LinkError> {
         let peer = verifier.verified().ok_or_else(|| {
@@ -848,31 +1015,36 @@ impl LinkEndpoint {
         let kx_group = recorder
             .negotiated()
             .ok_or_else(|| LinkError::failed(FailureReason::Other, "no key exchange recorded"))?;
-        let exporter = export(&conn)?;
-        let hello = self.hello(ProofRole::Listener, &exporter)?;
-        let (send, recv) = conn
-            .accept_bi()
-            .await
-            .map_err(|e| LinkError::failed(classify(&e).0, e.to_string()))?;
-        let mut control = ControlStream::new(send, recv, self.inner.metrics.clone());
+        // Only a completed handshake exports: this is the session's exporter.
+        let exporter = export(conn)?;
+        let mut control = match early {
+            Some(Ok((control, signed))) if signed == exporter => control,
+            Some(Ok(_)) => {
+                return Err(LinkError::failed(
+                    FailureReason::Other,
+                    "the exporter our early proof signed is not the session's",
+                ));
+            }
+            Some(Err(e)) => return Err(e),
+            None => self.open_control(conn, &exporter).await?,
+        };
+        // The dialler takes the link as up only once it knows we accepted its certificate.
         control
             .send
-            .send(&hello)
+            .send(&ControlMessage::HandshakeDone)
             .await
-            .map_err(|e| pop_stream_failed(&conn, e))?;
-        // The Hello is only queued; the connection driver, just woken on this worker, sends it.
-        // Let the driver run first: the dialler is waiting for it, and verifying the dialler's
-        // signature (~35 µs) would otherwise delay the send.
-        tokio::task::yield_now().await;
+            .map_err(|e| pop_stream_failed(conn, e))?;
+        // The dialler's Hello must be the first message on the control stream; nothing from
+        // the dialler is taken as link data before it verified.
         let their = control
             .recv
             .recv()
             .await
-            .map_err(|e| pop_stream_failed(&conn, e))?;
+            .map_err(|e| pop_stream_failed(conn, e))?;
         let (peer_key, serial) = verify_hello(&peer, their, ProofRole::Dialer, &exporter)?;
         debug!(peer = %peer.node_id, "accepted link");
         self.established(
-            conn,
+            conn.clone(),
             peer,
             peer_key,
             kx_group,
@@ -881,6 +1053,27 @@ impl LinkEndpoint {
             control,
             started,
         )
+    }
+
+    /// Opens the link's control stream (the listener opens it) with our Hello as its first
+    /// message.
+    async fn open_control(
+        &self,
+        conn: &quinn::Connection,
+        exporter: &[u8; EXPORTER_LEN],
+    ) -> Result<ControlStream, LinkError> {
+        let hello = self.hello(ProofRole::Listener, exporter)?;
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| LinkError::failed(classify(&e).0, e.to_string()))?;
+        let mut control = ControlStream::new(send, recv, self.inner.metrics.clone());
+        control
+            .send
+            .send(&hello)
+            .await
+            .map_err(|e| pop_stream_failed(conn, e))?;
+        Ok(control)
     }
 
     async fn finish_accept_ca(

@@ -29,6 +29,7 @@
 pub mod ca_client;
 pub mod control;
 pub mod endpoint;
+mod exporter;
 pub mod kx;
 pub mod local;
 pub mod metrics;

@@ -88,6 +88,9 @@ pub struct LinkMetrics {
     pub certificates_refused: AtomicU64,
     /// Stateless retries sent to unvalidated addresses under handshake load.
     pub retries_sent: AtomicU64,
+    /// Link handshakes whose listener held its proof of possession back until the client's
+    /// certificate verified, instead of sending it as 0.5-RTT data (handshake load).
+    pub proofs_deferred: AtomicU64,
     /// Datagrams received on the link socket.
     pub datagrams_received: AtomicU64,
     /// Datagrams that break QUIC's invariants (RFC 8999) or RFC 9000 §14.1; quinn drops them.
@@ -120,6 +123,7 @@ impl LinkMetrics {
             get(&self.certificates_refused),
         );
         m.insert("retries_sent".into(), get(&self.retries_sent));
+        m.insert("proofs_deferred".into(), get(&self.proofs_deferred));
         m.insert("datagrams_received".into(), get(&self.datagrams_received));
         m.insert("datagrams_malformed".into(), get(&self.datagrams_malformed));
         m.insert(

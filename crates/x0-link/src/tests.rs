@@ -453,6 +453,75 @@ async fn two_nodes_link_post_quantum_and_keep_a_working_control_stream() {
     );
 }
 
+/// Whether `f` is ready at its first poll.
+async fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        out = f => Some(out),
+        () = std::future::ready(()) => None,
+    }
+}
+
+/// A peer can open one bidirectional stream (the control stream is the listener's), 16
+/// unidirectional ones, and send no further ahead than the link's windows: what it can make us
+/// buffer is bounded (quinn's defaults: 100 streams of each kind, 1.25 MB per stream, no
+/// connection limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_can_open_few_streams_and_send_little_ahead_on_a_link() {
+    use crate::endpoint::limits;
+    let mesh = Mesh::new();
+    let a = mesh.node(LinkConfig::default());
+    let mut b = mesh.node(LinkConfig::default());
+    let (at_a, at_b) = a.link_to(&mut b).await;
+    // The listener opened the control stream: the dialer takes no other from it.
+    assert!(ready_now(at_b.connection.open_bi()).await.is_none());
+    // The dialer may open one.
+    let _bidi = ready_now(at_a.connection.open_bi())
+        .await
+        .expect("first bidirectional stream")
+        .unwrap();
+    assert!(ready_now(at_a.connection.open_bi()).await.is_none());
+    let mut uni = Vec::new();
+    for _ in 0..limits::MAX_UNI_STREAMS {
+        uni.push(
+            ready_now(at_a.connection.open_uni())
+                .await
+                .expect("a unidirectional stream within the limit")
+                .unwrap(),
+        );
+    }
+    assert!(ready_now(at_a.connection.open_uni()).await.is_none());
+
+    // Nobody reads these streams on b: a sends what the windows let it, then waits.
+    let chunk = vec![0u8; 1024 * 1024];
+    let mut sent = 0usize;
+    for s in &mut uni {
+        match ready_now(s.write(&chunk)).await {
+            Some(n) => {
+                let n = n.unwrap();
+                assert!(
+                    n <= limits::STREAM_RECEIVE_WINDOW as usize,
+                    "{n} on one stream"
+                );
+                sent += n;
+            }
+            None => break,
+        }
+    }
+    // The control stream's Hello was read, so its few kilobytes of credit may have come back.
+    let window = limits::RECEIVE_WINDOW as usize;
+    assert!(
+        (window - 16 * 1024..=window + 16 * 1024).contains(&sent),
+        "{sent} bytes sent ahead"
+    );
+    // A few bytes may be queued already; the buffer is ours, not quinn's default megabyte.
+    let space = at_a.connection.datagram_send_buffer_space();
+    assert!(
+        (limits::DATAGRAM_SEND_BUFFER - 1024..=limits::DATAGRAM_SEND_BUFFER).contains(&space),
+        "{space}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn links_come_up_post_quantum_at_the_minimum_quic_mtu() {
     let mesh = Mesh::new();
@@ -840,6 +909,20 @@ async fn assert_forged_hello_refused(
     to: &mut Node,
     forge: impl FnOnce(&[u8; 32]) -> Hello,
 ) {
+    assert_dialer_refused(from, to, |exporter| {
+        vec![ControlMessage::Hello(forge(exporter))]
+    })
+    .await;
+}
+
+/// Opens a TLS-authenticated link connection from `from` to `to` by hand, sends `messages` on
+/// the control stream in place of the dialer's Hello, and checks the listener refuses the link
+/// as a proof-of-possession failure.
+async fn assert_dialer_refused(
+    from: &Node,
+    to: &mut Node,
+    messages: impl FnOnce(&[u8; 32]) -> Vec<ControlMessage>,
+) {
     let before = to.failures(FailureReason::ProofOfPossession);
     let recorder = KxRecorder::new();
     let (config, verifier) = from
@@ -852,18 +935,26 @@ async fn assert_forged_hello_refused(
     assert_eq!(verifier.verified().unwrap().node_id, to.id());
     assert_eq!(recorder.negotiated(), Some(NamedGroup::X25519MLKEM768));
     let exporter = export(&conn).unwrap();
-    let (send, recv) = conn.open_bi().await.unwrap();
-    let mut control = ControlStream::new(send, recv, from.ep.metrics().clone());
-    control
-        .send
-        .send(&ControlMessage::Hello(forge(&exporter)))
+    // The listener opens the control stream with its own Hello, whatever we send.
+    let (send, recv) = bounded("listener's control stream", conn.accept_bi())
         .await
         .unwrap();
-    // The listener's own Hello arrives regardless.
+    let mut control = ControlStream::new(send, recv, from.ep.metrics().clone());
     match bounded("listener hello", control.recv.recv()).await {
-        Ok(ControlMessage::Hello(_)) | Err(_) => {}
-        Ok(other) => panic!("listener sent {}", other.name()),
+        Ok(ControlMessage::Hello(_)) => {}
+        other => panic!("listener sent {other:?} first"),
     }
+    match bounded("listener handshake_done", control.recv.recv()).await {
+        Ok(ControlMessage::HandshakeDone) => {}
+        other => panic!("listener sent {other:?} second"),
+    }
+    for m in messages(&exporter) {
+        // The listener may already have closed the connection.
+        if control.send.send(&m).await.is_err() {
+            break;
+        }
+    }
+    control.send.finish();
     assert_closed_with(&conn, close_code::PROOF_OF_POSSESSION).await;
     let refusal = to.next_refusal().await;
     assert_eq!(
@@ -928,6 +1019,161 @@ async fn forged_proofs_of_possession_are_refused() {
     let (at_f, _) = forger.link_to(&mut listener).await;
     assert_pq(&at_f);
     assert_eq!(listener.failures(FailureReason::ProofOfPossession), 4);
+}
+
+/// The dialer's proof must be the first message on the control stream: a dialer that sends
+/// anything before it, or never proves its key, gets no link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialer_that_sends_before_its_proof_or_skips_it_is_refused() {
+    let mesh = Mesh::new();
+    let forger = mesh.node(LinkConfig::default());
+    let mut listener = mesh.node(LinkConfig::default());
+    let keys = forger.keys.clone();
+    let id = forger.id();
+    let good = move |exporter: &[u8; 32]| Hello {
+        mldsa_public_key: keys.mldsa_public_key().to_vec(),
+        pop_signature: keys
+            .sign_mldsa(&link_transcript(ProofRole::Dialer, exporter, id))
+            .unwrap(),
+        revocation_serial: 0,
+    };
+    // Link data (a revocation list) ahead of a valid proof.
+    let list = ControlMessage::Revocations(mesh.revocations(1, &[NodeId::from_bytes([9; 16])]));
+    let g = good.clone();
+    assert_dialer_refused(&forger, &mut listener, move |exporter| {
+        vec![list, ControlMessage::Hello(g(exporter))]
+    })
+    .await;
+    // The listener's own "handshake done" played back instead of a proof.
+    let g = good.clone();
+    assert_dialer_refused(&forger, &mut listener, move |exporter| {
+        vec![
+            ControlMessage::HandshakeDone,
+            ControlMessage::Hello(g(exporter)),
+        ]
+    })
+    .await;
+    // No proof at all: the stream ends.
+    assert_dialer_refused(&forger, &mut listener, |_| Vec::new()).await;
+    let (at_f, _) = forger.link_to(&mut listener).await;
+    assert_pq(&at_f);
+    assert_eq!(listener.failures(FailureReason::ProofOfPossession), 3);
+}
+
+/// A listener that completes the TLS handshake (with a valid SVID) and then sends `messages`
+/// on the control stream it opens; returns its address and how its connection ended.
+fn rogue_listener(
+    mesh: &Mesh,
+    messages: impl FnOnce(&NodeKeys, &[u8; 32]) -> Vec<ControlMessage> + Send + 'static,
+) -> (
+    SocketAddr,
+    NodeId,
+    tokio::sync::oneshot::Receiver<ConnectionError>,
+) {
+    let keys = Arc::new(NodeKeys::generate().unwrap());
+    let svid = mesh.issue(&keys);
+    let metrics = Arc::new(LinkMetrics::default());
+    let trust = TrustState::new(mesh.bundle.clone(), metrics);
+    let identity = LocalIdentity::new(keys.clone(), svid, None).unwrap();
+    let recorder = KxRecorder::new();
+    let (crypto, _) = crate::endpoint::server_crypto(
+        &identity,
+        &trust,
+        KxPolicy::PostQuantumOnly,
+        &recorder,
+        None,
+    )
+    .unwrap();
+    let endpoint =
+        quinn::Endpoint::server(quinn::ServerConfig::with_crypto(crypto), loopback()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let conn = endpoint.accept().await.unwrap().await.unwrap();
+        let exporter = export(&conn).unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let mut control = ControlStream::new(send, recv, Arc::new(LinkMetrics::default()));
+        for m in messages(&keys, &exporter) {
+            if control.send.send(&m).await.is_err() {
+                break;
+            }
+        }
+        let _ = tx.send(conn.closed().await);
+        drop(endpoint);
+    });
+    (addr, identity.node_id(), rx)
+}
+
+/// The listener's proof must come first too, and verify: otherwise the dialer refuses the link
+/// and tells the listener why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dialer_refuses_a_listener_whose_proof_is_wrong_missing_or_late() {
+    type Forge = fn(&NodeKeys, &[u8; 32]) -> Vec<ControlMessage>;
+    fn hello(keys: &NodeKeys, role: ProofRole, exporter: &[u8; 32]) -> ControlMessage {
+        ControlMessage::Hello(Hello {
+            mldsa_public_key: keys.mldsa_public_key().to_vec(),
+            pop_signature: keys
+                .sign_mldsa(&link_transcript(role, exporter, keys.node_id()))
+                .unwrap(),
+            revocation_serial: 0,
+        })
+    }
+    let cases: [(&str, Forge); 4] = [
+        ("no proof", |_, _| vec![ControlMessage::HandshakeDone]),
+        ("a garbage signature", |keys, _| {
+            vec![
+                ControlMessage::Hello(Hello {
+                    mldsa_public_key: keys.mldsa_public_key().to_vec(),
+                    pop_signature: vec![0x5a; x0_identity::keys::MLDSA65_SIGNATURE_LEN],
+                    revocation_serial: 0,
+                }),
+                ControlMessage::HandshakeDone,
+            ]
+        }),
+        ("the dialer's role (a reflected proof)", |keys, exporter| {
+            vec![
+                hello(keys, ProofRole::Dialer, exporter),
+                ControlMessage::HandshakeDone,
+            ]
+        }),
+        ("link data before the proof", |keys, exporter| {
+            vec![
+                ControlMessage::Refused(Refused {
+                    code: RefusalCode::Internal,
+                    message: "early".into(),
+                }),
+                hello(keys, ProofRole::Listener, exporter),
+                ControlMessage::HandshakeDone,
+            ]
+        }),
+    ];
+    let mesh = Mesh::new();
+    let dialer = mesh.node(LinkConfig::default());
+    for (n, (what, forge)) in cases.into_iter().enumerate() {
+        let (addr, id, closed) = rogue_listener(&mesh, forge);
+        let err = bounded("dial", dialer.ep.dial(addr, Some(id)))
+            .await
+            .expect_err(what);
+        assert_eq!(
+            err.reason(),
+            FailureReason::ProofOfPossession,
+            "{what}: {err}"
+        );
+        assert_eq!(
+            dialer.failures(FailureReason::ProofOfPossession),
+            n as u64 + 1,
+            "{what}"
+        );
+        match bounded("the rogue's connection to close", closed).await {
+            Ok(ConnectionError::ApplicationClosed(ac)) => assert_eq!(
+                u64::from(ac.error_code),
+                u64::from(close_code::PROOF_OF_POSSESSION),
+                "{what}"
+            ),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    assert_eq!(dialer.metrics().links_hybrid_pq.load(Ordering::Relaxed), 0);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,9 +2,12 @@
 //!
 //! Two services speak them, each over one QUIC bidirectional stream:
 //!
-//! * the **link** (ALPN `x0t/1`): both ends first send [`Hello`] (their ML-DSA-65 public key and
-//!   a proof-of-possession signature over the TLS exporter), then [`ControlMessage::Revocations`]
-//!   whenever they hold a newer revocation list than the peer announced;
+//! * the **link** (ALPN `x0t/2`): the listener opens the stream with its [`Hello`] (its ML-DSA-65
+//!   public key and a proof-of-possession signature over the TLS exporter), usually as 0.5-RTT
+//!   data, then sends [`ControlMessage::HandshakeDone`] once its TLS handshake completed (the
+//!   dialler's certificate verified); the dialler answers with its own [`Hello`]. After that,
+//!   either end sends [`ControlMessage::Revocations`] whenever it holds a newer revocation list
+//!   than the peer announced;
 //! * the **CA service** (ALPN `x0t-ca/1`): a joining node first sends
 //!   [`ControlMessage::CaProofRequest`] and the CA node answers with a [`Hello`] proving its
 //!   ML-DSA-65 key over this session; only then does the joiner send [`JoinRequest`] with the
@@ -35,6 +38,7 @@ mod tag {
     pub(super) const HELLO: u8 = 0x01;
     pub(super) const REVOCATIONS: u8 = 0x02;
     pub(super) const DATA_CHANNEL: u8 = 0x03;
+    pub(super) const HANDSHAKE_DONE: u8 = 0x04;
     pub(super) const JOIN_REQUEST: u8 = 0x10;
     pub(super) const RENEW_REQUEST: u8 = 0x11;
     pub(super) const ISSUED: u8 = 0x12;
@@ -217,6 +221,10 @@ pub enum ControlMessage {
     Issued(Issued),
     /// Request refused.
     Refused(Refused),
+    /// The listener's TLS handshake completed: it verified the dialler's certificate. Follows the
+    /// listener's [`Hello`], which may have been sent before (as 0.5-RTT data); the dialler
+    /// takes the link as up only after both.
+    HandshakeDone,
     /// A joining node asks the CA node to prove, with a [`Hello`] over this session, that it
     /// holds the ML-DSA-65 key of the node ID named in the invitation, before the joiner sends
     /// its secret.
@@ -274,6 +282,7 @@ impl ControlMessage {
                 tag::REFUSED
             }
             Self::CaProofRequest => tag::CA_PROOF_REQUEST,
+            Self::HandshakeDone => tag::HANDSHAKE_DONE,
         };
         let payload = p.into_inner();
         let mut w = Writer::new();
@@ -344,6 +353,7 @@ impl ControlMessage {
                 message: r.str_u16("message", MAX_MESSAGE_TEXT)?.to_owned(),
             }),
             tag::CA_PROOF_REQUEST => Self::CaProofRequest,
+            tag::HANDSHAKE_DONE => Self::HandshakeDone,
             other => {
                 return Err(DecodeError::UnknownTag {
                     field: "control message",
@@ -375,6 +385,7 @@ impl ControlMessage {
             Self::Issued(_) => "issued",
             Self::Refused(_) => "refused",
             Self::CaProofRequest => "ca_proof_request",
+            Self::HandshakeDone => "handshake_done",
         }
     }
 }
@@ -480,6 +491,7 @@ mod tests {
                 message: m,
             })),
             Just(ControlMessage::CaProofRequest),
+            Just(ControlMessage::HandshakeDone),
         ]
     }
 
@@ -508,6 +520,16 @@ mod tests {
         assert_eq!(frame, [tag::CA_PROOF_REQUEST, 0, 0, 0, 0]);
         assert!(matches!(
             ControlMessage::decode(tag::CA_PROOF_REQUEST, &[0]),
+            Err(DecodeError::TrailingBytes(1))
+        ));
+    }
+
+    #[test]
+    fn handshake_done_is_an_empty_frame_and_refuses_a_payload() {
+        let frame = ControlMessage::HandshakeDone.encode();
+        assert_eq!(frame, [tag::HANDSHAKE_DONE, 0, 0, 0, 0]);
+        assert!(matches!(
+            ControlMessage::decode(tag::HANDSHAKE_DONE, &[0]),
             Err(DecodeError::TrailingBytes(1))
         ));
     }
