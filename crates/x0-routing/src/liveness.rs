@@ -28,6 +28,8 @@ const MIN_LOSS_SAMPLES: u32 = 8;
 const MAX_PEER_INTERVAL: Duration = Duration::from_secs(60);
 /// Longest RTT sample accepted.
 const MAX_RTT: Duration = Duration::from_secs(30);
+/// Least grace a late probe gets before its neighbour is declared down (timer granularity).
+const GRACE_MIN: Duration = Duration::from_millis(1);
 
 /// Liveness and quality state of one link.
 #[derive(Debug, Clone)]
@@ -102,9 +104,20 @@ impl Session {
         self.next_probe
     }
 
-    /// When the neighbour will be declared down if nothing more is heard.
+    /// When the neighbour will be declared down if nothing more is heard: its multiplier × its
+    /// interval after the last probe arrived, plus a grace for delay variation. The neighbour's
+    /// probes leave on a fixed grid, so without a grace its `multiplier`-th probe after the last
+    /// one heard would be due exactly at the deadline and would miss it about half the time:
+    /// two lost probes in a row, not three, would take the link down.
     pub fn detect_deadline(&self) -> Instant {
-        self.last_heard + self.peer_interval * u32::from(self.peer_multiplier)
+        self.last_heard + self.peer_interval * u32::from(self.peer_multiplier) + self.grace()
+    }
+
+    /// How late a probe may arrive relative to the one before it and still count: 1 ms (timer
+    /// granularity) plus four times the measured RTT variation, at most half an interval.
+    fn grace(&self) -> Duration {
+        let jitter = Duration::from_secs_f64(self.quality.jitter_ms().max(0.0) / 1000.0);
+        (GRACE_MIN + jitter * 4).min(self.peer_interval / 2)
     }
 
     /// Probe intervals of the neighbour's that passed without a word from it, counted from
@@ -301,10 +314,38 @@ mod tests {
     }
 
     #[test]
+    fn two_lost_probes_in_a_row_do_not_take_a_link_down() {
+        // Probes 10 and 11 from a to b are lost; the next one arrives exactly three intervals
+        // after the last one heard. b must count it before declaring a down (a timeout due at
+        // the same instant as an arrival may run first, so the deadline must be later).
+        let c = cfg();
+        let mut a = Session::new(NodeId::from_bytes([1; 16]), t(0), &c);
+        let mut b = Session::new(NodeId::from_bytes([2; 16]), t(0), &c);
+        let mut flight: Vec<(Instant, Probe)> = Vec::new();
+        for ms in 0..3_000 {
+            let now = t(ms);
+            assert!(
+                b.detect_deadline() > now,
+                "b would declare a down at {ms} ms after two lost probes"
+            );
+            if a.probe_due() <= now {
+                let p = a.make_probe(now, &c, Instant::ZERO);
+                if p.seq != 10 && p.seq != 11 {
+                    flight.push((now + Duration::from_millis(3), p));
+                }
+            }
+            while flight.first().is_some_and(|f| f.0 <= now) {
+                let (at, p) = flight.remove(0);
+                b.on_probe(at, &p);
+            }
+        }
+    }
+
+    #[test]
     fn detection_deadline_follows_the_peers_announcement() {
         let c = cfg();
         let mut s = Session::new(NodeId::from_bytes([1; 16]), t(0), &c);
-        assert_eq!(s.detect_deadline(), t(300));
+        assert_eq!(s.detect_deadline(), t(301));
         let p = Probe {
             seq: 1,
             sent_at_us: 0,
@@ -315,7 +356,7 @@ mod tests {
             rx_loss_permille: 0,
         };
         s.on_probe(t(10), &p);
-        assert_eq!(s.detect_deadline(), t(210));
+        assert_eq!(s.detect_deadline(), t(211));
     }
 
     #[test]
