@@ -43,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let token = InvitationToken {
         ca_fingerprint: ca.fingerprint(),
+        ca_node: keys.node_id(),
         invitation_id: [0x11; 16],
         secret: [0x22; 32],
         expires_at_unix: NOW + 3600,
@@ -94,6 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             code: RefusalCode::InvitationUsed,
             message: "invitation already used".into(),
         }),
+        ControlMessage::CaProofRequest,
     ];
     let dir = seeds.join("control_message");
     for msg in &messages {

@@ -304,6 +304,20 @@ impl Channel {
             .map(|k| k.installed.saturating_add(self.limits.rekey_after_time))
     }
 
+    /// When the last of the keys stops working by age ([`Limits::reject_after_time`] after it
+    /// was installed); `None` without keys.
+    pub fn keys_expire_at(&self) -> Option<Duration> {
+        let tx = self.tx.as_ref().map(|k| k.installed);
+        let rx = [&self.rx_current, &self.rx_previous]
+            .into_iter()
+            .flatten()
+            .map(|k| k.installed);
+        tx.into_iter()
+            .chain(rx)
+            .max()
+            .map(|t| t.saturating_add(self.limits.reject_after_time))
+    }
+
     /// Takes the next counter of the send key.
     pub fn reserve(&mut self, now: Duration) -> Result<Reservation, SealError> {
         let limits = self.limits;

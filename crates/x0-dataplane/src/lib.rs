@@ -24,6 +24,7 @@
 //! | [`buf`] | packets in caller buffers with head- and tailroom |
 //! | [`frame`] | link frame, overlay header, end-to-end envelope; relay step |
 //! | [`e2e`] | end-to-end handshake (rustls, X25519MLKEM768, SVIDs) over a lossy overlay |
+//! | [`sessions`] | a node's end-to-end sessions: return-routability cookies, caps, eviction, ageing |
 //! | [`control`] | control messages between endpoints (end-to-end path probes) |
 //!
 //! A source node: read the TUN packet at [`buf::HEADROOM`], [`e2e::E2eSession::seal`],
@@ -46,9 +47,13 @@ pub mod e2e;
 pub mod frame;
 pub mod packet;
 pub mod replay;
+pub mod sessions;
+#[cfg(test)]
+mod testutil;
 
 pub use buf::PacketBuf;
 pub use channel::{Channel, Limits, OpenError, SealError};
 pub use e2e::{E2eConfig, E2eEvent, E2eSession};
 pub use frame::{OverlayHeader, OverlayKind};
 pub use replay::{Replay, ReplayWindow};
+pub use sessions::{HandshakeOutcome, SessionLimits, SessionTable, SessionTableStats};

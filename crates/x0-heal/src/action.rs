@@ -180,6 +180,22 @@ impl ActionKind {
         }
     }
 
+    /// Every kind's [`ActionKind::name`], in declaration order (for metrics that list every
+    /// kind from the start).
+    pub const NAMES: [&'static str; 11] = [
+        "raise_link_cost",
+        "restore_link_cost",
+        "exclude_link",
+        "include_link",
+        "quarantine_node",
+        "release_node",
+        "rekey_link",
+        "restart_link",
+        "shed_load",
+        "restore_load",
+        "alert",
+    ];
+
     /// Its snake_case name, as its serde tag (`raise_link_cost`, `restore_link_cost`, …).
     pub fn name(&self) -> &'static str {
         match self {
@@ -365,6 +381,32 @@ mod tests {
         ));
         assert!(e.restarts.is_empty());
         assert_eq!(e.log.len(), 3);
+    }
+
+    #[test]
+    fn names_lists_every_kind() {
+        let link = LinkRef {
+            id: 1,
+            neighbor: NodeId::from_bytes([1; 16]),
+        };
+        let node = link.neighbor;
+        let kinds = [
+            ActionKind::RaiseLinkCost { link, factor: 2 },
+            ActionKind::RestoreLinkCost { link },
+            ActionKind::ExcludeLink { link, hold_ms: 1 },
+            ActionKind::IncludeLink { link },
+            ActionKind::QuarantineNode { node, hold_ms: 1 },
+            ActionKind::ReleaseNode { node },
+            ActionKind::RekeyLink { link },
+            ActionKind::RestartLink { link },
+            ActionKind::ShedLoad { node, share: 0.5 },
+            ActionKind::RestoreLoad { node },
+            ActionKind::Alert {
+                summary: String::new(),
+            },
+        ];
+        let names: Vec<&str> = kinds.iter().map(ActionKind::name).collect();
+        assert_eq!(names, ActionKind::NAMES);
     }
 
     #[test]

@@ -65,7 +65,8 @@ pub struct ProbeConfig {
     /// A probe round every this many ms: one probe along each path of each sampled
     /// destination. Default 200.
     pub interval_ms: u64,
-    /// A probe unanswered this long is lost, ms. Default 500.
+    /// A probe whose answer did not come back this long after the probe left is lost, ms
+    /// (the daemon may hold a probe up to one `interval_ms` before sending it). Default 500.
     pub timeout_ms: u64,
     /// Destinations probed per round from the rotation, besides those we send traffic to.
     /// Default 8.
@@ -169,6 +170,11 @@ pub struct DetectConfig {
     pub blackhole_min_failures: u32,
     /// Answered probes on a disjoint path before it counts as working. Default 2.
     pub blackhole_min_successes: u32,
+    /// Destinations whose evidence against a relay must be independent (no node but the relay
+    /// in common between their failing paths and themselves) before the relay is blamed with
+    /// a confidence that acts. Default 2: one lying destination cannot get a relay quarantined
+    /// (`k` tolerates `k − 1` liars). 1 trusts every destination.
+    pub blackhole_min_destinations: u32,
     /// Most series (subject × metric) tracked; the longest silent ones are evicted. Default
     /// 4,096.
     pub max_series: usize,
@@ -197,6 +203,7 @@ impl Default for DetectConfig {
             blackhole_window_ms: 5_000,
             blackhole_min_failures: 5,
             blackhole_min_successes: 2,
+            blackhole_min_destinations: 2,
             max_series: 4096,
         }
     }
@@ -450,6 +457,11 @@ impl HealConfig {
             d.blackhole_min_successes >= 1,
             "detect.blackhole_min_successes",
             "at least 1",
+        )?;
+        check(
+            (1..=8).contains(&d.blackhole_min_destinations),
+            "detect.blackhole_min_destinations",
+            "1 to 8",
         )?;
         check(d.max_series >= 16, "detect.max_series", "at least 16")?;
         let i = &self.incidents;

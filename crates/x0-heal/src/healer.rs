@@ -39,7 +39,7 @@ use crate::detect::blackhole::PathDifferential;
 use crate::detect::cusum::CusumDetector;
 use crate::detect::ewma::EwmaDetector;
 use crate::detect::rules::RuleDetector;
-use crate::detect::{Baseline, Detector, Symptom};
+use crate::detect::{Baseline, Detector, Symptom, SymptomKind};
 use crate::health::{Health, HealthInputs, HealthState, assess, sampling_interval};
 use crate::incident::{
     Cause, Correlator, Incident, IncidentEvent, IncidentId, Problem, Resolution,
@@ -47,7 +47,7 @@ use crate::incident::{
 use crate::monitor::{Monitor, MonitorStats};
 use crate::plan::{Pacing, Refusal, SafetyView, SuccessRates, Target, instantiate, ranked};
 use crate::record::{Record, Skipped};
-use crate::sample::{LinkRef, LinkState, Sample};
+use crate::sample::{LinkRef, LinkState, Metric, Sample, Subject};
 use crate::topology::{Cut, Topology, edge};
 
 /// On-route rounds in a row, fully answered, that count as delivery recovered.
@@ -58,6 +58,14 @@ const PLANNED_KEPT: usize = 256;
 const ON_ROUTE_KEPT: usize = 4096;
 /// …and for at most this long.
 const ON_ROUTE_AGE: Duration = Duration::from_secs(120);
+/// How long a scheduling delay of this node explains a rise of its link RTTs: the routing
+/// core's smoothed RTT (an EWMA of 1/8 per 100 ms probe) takes about this long to come back
+/// down after a stall.
+const LAG_EXPLAINS: Duration = Duration::from_secs(3);
+/// Runtime stall samples kept (a few seconds of the fastest sampling).
+const MAX_LAG_SAMPLES: usize = 64;
+/// Longest runtime stall believed, ms (a longer one is garbage or a clock jump).
+const MAX_STALL_MS: f64 = 60_000.0;
 
 /// Whether traffic to `dst` along `relays` goes through `cause`.
 fn path_uses(cause: Cause, dst: NodeId, relays: &[NodeId]) -> bool {
@@ -131,6 +139,9 @@ pub struct HealStats {
     pub dropped_symptoms: u64,
     /// Input the monitor refused.
     pub monitor: MonitorStats,
+    /// Link RTT symptoms left out because this node's own scheduling delay at the time
+    /// explains them (see [`Healer::handle_samples`]).
+    pub explained_by_lag: u64,
 }
 
 /// A restriction in force (or being applied).
@@ -254,6 +265,8 @@ pub struct Healer {
     usual_rtt: std::collections::HashMap<NodeId, (f64, u32)>,
     /// Recent on-route probe rounds: when, to where, along which relays.
     on_route: VecDeque<(Instant, NodeId, Vec<NodeId>)>,
+    /// This node's recent runtime stalls (ms), and when reported.
+    lag: VecDeque<(Instant, f64)>,
     pacing: Pacing,
     rates: SuccessRates,
     next_action: u64,
@@ -310,6 +323,7 @@ impl Healer {
             undoing: BTreeMap::new(),
             usual_rtt: std::collections::HashMap::new(),
             on_route: VecDeque::new(),
+            lag: VecDeque::new(),
             pacing: Pacing::new(&cfg.plan, now),
             rates: SuccessRates::default(),
             next_action: 1,
@@ -428,7 +442,30 @@ impl Healer {
 
     /// Handles one sample taken at `now`.
     pub fn handle_sample(&mut self, now: Instant, sample: Sample) {
+        self.handle_samples(now, [sample]);
+    }
+
+    /// Handles the samples of one sampling round, all taken at `now`, as one observation of
+    /// the node: every sample is seen by the detectors before any symptom is judged, and the
+    /// loop plans once, after all of them. So two links degraded in the same round point at
+    /// this node (`incidents.self_share`) before either link is acted on, and a rise of the
+    /// link RTTs that this node's own scheduling delay explains is not taken for the links'
+    /// (the RTT the routing core measures includes the time this node took to read the
+    /// answer: a stalled runtime inflates every RTT at once). A link RTT anomaly whose excess
+    /// over its baseline is at most the longest runtime stall this node reported in the last
+    /// few seconds ([`crate::ProcessStats::loop_stall_ms`]) is left out and counted
+    /// ([`HealStats::explained_by_lag`]).
+    pub fn handle_samples(&mut self, now: Instant, samples: impl IntoIterator<Item = Sample>) {
         let now = self.advance(now);
+        let mut symptoms = Vec::new();
+        for sample in samples {
+            self.ingest(now, sample, &mut symptoms);
+        }
+        self.absorb(now, &symptoms);
+        self.step(now);
+    }
+
+    fn ingest(&mut self, now: Instant, sample: Sample, symptoms: &mut Vec<Symptom>) {
         self.stats.samples += 1;
         match &sample {
             Sample::Link(s) => {
@@ -442,12 +479,48 @@ impl Healer {
             _ => {}
         }
         let observations = self.monitor.observe(now, &sample);
-        let mut symptoms = Vec::new();
-        for d in &mut self.detectors {
-            d.observe(now, &sample, &observations, &mut symptoms);
+        if let Sample::Process(p) = &sample
+            && let Some(stall) = p.loop_stall_ms
+            && stall.is_finite()
+            && (0.0..=MAX_STALL_MS).contains(&stall)
+        {
+            self.lag.push_back((now, stall));
         }
-        self.absorb(now, &symptoms);
-        self.step(now);
+        while self
+            .lag
+            .front()
+            .is_some_and(|(at, _)| now.saturating_since(*at) > LAG_EXPLAINS)
+            || self.lag.len() > MAX_LAG_SAMPLES
+        {
+            self.lag.pop_front();
+        }
+        for d in &mut self.detectors {
+            d.observe(now, &sample, &observations, symptoms);
+        }
+    }
+
+    /// Whether this node's own recent scheduling delay explains `s`, a rise of one of our
+    /// link RTTs.
+    fn explained_by_lag(&self, now: Instant, s: &Symptom) -> bool {
+        let rtt = matches!(
+            s.kind,
+            SymptomKind::Anomaly {
+                metric: Metric::RttMs,
+                ..
+            } | SymptomKind::ChangePoint {
+                metric: Metric::RttMs
+            }
+        );
+        if !rtt || !matches!(s.subject, Subject::Link(_)) {
+            return false;
+        }
+        let stall = self
+            .lag
+            .iter()
+            .filter(|(at, _)| now.saturating_since(*at) <= LAG_EXPLAINS)
+            .map(|(_, v)| *v)
+            .fold(0.0f64, f64::max);
+        stall > 0.0 && s.value - s.expected <= stall
     }
 
     /// Forgets one of our links that is gone for good (its neighbour left and the daemon
@@ -564,6 +637,33 @@ impl Healer {
         self.restrictions.values()
     }
 
+    /// Suspected black holes that need corroboration, with the nodes behind each: relays of
+    /// open `black_hole` incidents not yet confident enough to act on (one destination
+    /// implicates them, or several that one other node explains), and their other
+    /// neighbours in the topology. Hand them to [`crate::Prober::corroborate`]: probes to the
+    /// nodes behind a relay, through it, give evidence with nothing in common but the relay.
+    pub fn corroboration_wanted(&self) -> Vec<(NodeId, Vec<NodeId>)> {
+        self.correlator
+            .open()
+            .filter(|i| {
+                i.problem == Problem::BlackHole && i.confidence < self.cfg.incidents.act_confidence
+            })
+            .filter_map(|i| match i.cause {
+                Cause::Node(relay) => Some(relay),
+                _ => None,
+            })
+            .map(|relay| {
+                let behind = self
+                    .topology
+                    .neighbors(&relay)
+                    .filter(|n| **n != self.me)
+                    .copied()
+                    .collect();
+                (relay, behind)
+            })
+            .collect()
+    }
+
     /// The latest planned actions, with the mode they were planned in.
     pub fn planned(&self) -> impl Iterator<Item = &(Mode, Action)> {
         self.planned.iter()
@@ -594,6 +694,10 @@ impl Healer {
         let mut events = Vec::new();
         for s in symptoms {
             self.stats.symptoms += 1;
+            if self.explained_by_lag(now, s) {
+                self.stats.explained_by_lag += 1;
+                continue;
+            }
             let before = events.len();
             self.correlator.absorb(now, s, &mut events);
             for e in &events[before..] {
@@ -1425,13 +1529,17 @@ mod tests {
         );
     }
 
-    /// A probe round showing `relay` as a black hole towards `dst` (a disjoint path via
-    /// `other` works, and `relay` answers its own probes).
+    /// A probe round showing `relay` as a black hole towards `dst` and towards a second
+    /// destination, `dst + 100` (corroboration: a disjoint path via `other` works to each, and
+    /// `relay` answers its own probes).
     fn black_hole_round(h: &mut Healer, at: u64, relay: u8, other: u8, dst: u8) {
+        let second = dst + 100;
         for (dst, relays, ok) in [
             (relay, vec![], true),
             (dst, vec![other], true),
             (dst, vec![relay], false),
+            (second, vec![other], true),
+            (second, vec![relay], false),
         ] {
             h.handle_sample(
                 t(at),
@@ -1445,6 +1553,49 @@ mod tests {
                 }),
             );
         }
+    }
+
+    /// Two links degraded in the same sampling round point at this node: neither link is
+    /// acted on. Fed one by one, the first link's cost was raised (and undone at once) before
+    /// the second link's symptom arrived, as in a healthy `x0t bench heal` run.
+    #[test]
+    fn links_degraded_in_one_round_point_at_this_node_before_either_is_acted_on() {
+        let mut h = healer(HealConfig::default());
+        let rtt = |i: u8, ms: f64| {
+            Sample::Link(LinkSample {
+                rtt_ms: Some(ms),
+                loss: Some(0.0),
+                ..LinkSample::up(link(i))
+            })
+        };
+        let mut exec = LocalExecutor::new();
+        for r in 0..80u64 {
+            let (a, b) = if r < 60 {
+                (1.0 + 0.01 * (r % 3) as f64, 1.2 - 0.01 * (r % 2) as f64)
+            } else {
+                (25.0, 30.0)
+            };
+            h.handle_samples(t(r * 500), [rtt(1, a), rtt(2, b)]);
+            h.execute_with(t(r * 500), &mut exec);
+        }
+        let records = drain(&mut h);
+        assert!(
+            exec.log
+                .iter()
+                .all(|(_, a)| !matches!(a.kind, ActionKind::RaiseLinkCost { .. })),
+            "{:?}",
+            exec.log
+        );
+        assert!(records.iter().any(|r| matches!(
+            r,
+            Record::IncidentOpened {
+                problem: Problem::LocalPressure,
+                ..
+            } | Record::IncidentChanged {
+                problem: Problem::LocalPressure,
+                ..
+            }
+        )));
     }
 
     #[test]
@@ -1904,6 +2055,7 @@ mod tests {
                     cores,
                     rss_bytes: rss,
                     loop_lag_ms: Some(lag),
+                    loop_stall_ms: None,
                 })
             }),
         ]

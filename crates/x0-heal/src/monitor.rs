@@ -260,6 +260,7 @@ mod tests {
                 cores: 2,
                 rss_bytes: 64 << 20,
                 loop_lag_ms: None,
+                loop_stall_ms: None,
             })
         };
         m.observe(t(0), &p(0));

@@ -15,9 +15,18 @@
 //!   path). Paths routing stopped using (through a quarantined relay or an excluded link)
 //!   are kept for `probe.keep_paths_ms` and probed in one round of `probe.slow_every`, so that
 //!   a cleared cause is seen.
-//! * **Results.** Each probe is a round of one: answered ([`Prober::handle_reply`]) or lost
-//!   after `probe.timeout_ms`. A late answer is ignored. A probe the daemon could not send
-//!   (no end-to-end session yet) is cancelled ([`Prober::cancel`]) and counts for nothing.
+//! * **Sending.** The daemon may hold each probe up to [`Prober::spread`] (one round's
+//!   interval) before it sends it, at a random moment or right beside a data packet to the
+//!   same destination, so that relays see no probe schedule.
+//! * **Results.** Each probe is a round of one: answered ([`Prober::handle_reply`]) with a
+//!   round trip (measured by the daemon from when the probe left to when its answer
+//!   arrived) of at most `probe.timeout_ms`, or lost. A probe with no answer by
+//!   [`Prober::spread`] + `probe.timeout_ms` after it was handed out is given up; an answer
+//!   whose round trip exceeded the timeout counts as lost. Lateness is judged on the
+//!   daemon's measurement, not on when this core hears of the answer: a loop that was busy
+//!   (a slow disk write, a starved thread) does not turn answered probes into lost ones. A
+//!   probe the daemon could not send (no end-to-end session yet, no link) is cancelled
+//!   ([`Prober::cancel`]) and counts for nothing.
 //!
 //! Probes cost `paths × destinations / interval`: with the defaults and two paths, at most 80
 //! probes a second per node, whatever the mesh's size.
@@ -38,6 +47,12 @@ const MAX_OUTSTANDING: usize = 4096;
 const MAX_RELAYS: usize = 15;
 /// Most paths kept per destination (current and recently used).
 const MAX_PATHS: usize = 8;
+/// Most suspected relays whose corroboration is sought at once.
+const MAX_FOCUS: usize = 8;
+/// Most destinations behind one suspected relay probed for its corroboration.
+const MAX_BEHIND: usize = 16;
+/// How long corroboration is sought after it was last asked for.
+const FOCUS_FOR: Duration = Duration::from_secs(10);
 
 /// One destination as routing sees it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +86,13 @@ struct Pending {
     relays: Vec<NodeId>,
     on_route: bool,
     due: Instant,
+}
+
+/// A suspected relay whose corroboration is sought ([`Prober::corroborate`]).
+#[derive(Debug, Clone)]
+struct Focus {
+    behind: Vec<NodeId>,
+    until: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +133,7 @@ pub struct Prober {
     transmit: VecDeque<ProbeSend>,
     results: VecDeque<PathProbe>,
     stats: ProbeStats,
+    focus: BTreeMap<NodeId, Focus>,
 }
 
 /// The first hop of a path to `dst` through `relays`.
@@ -133,7 +156,38 @@ impl Prober {
             transmit: VecDeque::new(),
             results: VecDeque::new(),
             stats: ProbeStats::default(),
+            focus: BTreeMap::new(),
         }
+    }
+
+    /// Seeks corroboration about `relay`, a suspected black hole that one destination alone
+    /// implicates (the black-hole detector needs a second, independent one before it blames
+    /// a relay, and a rotating sample may take long to come by it): for the next 10 s, every
+    /// round also probes the nodes `behind` it (its other neighbours, from the topology),
+    /// along their paths and, when `relay` is our neighbour, through it. Their evidence has
+    /// nothing in common but `relay`. At most 8 relays and 16 nodes behind each.
+    pub fn corroborate(
+        &mut self,
+        now: Instant,
+        relay: NodeId,
+        behind: impl IntoIterator<Item = NodeId>,
+    ) {
+        let behind: Vec<NodeId> = behind
+            .into_iter()
+            .filter(|n| *n != relay)
+            .take(MAX_BEHIND)
+            .collect();
+        self.focus.retain(|_, f| f.until > now);
+        if !self.focus.contains_key(&relay) && self.focus.len() >= MAX_FOCUS {
+            return;
+        }
+        self.focus.insert(
+            relay,
+            Focus {
+                behind,
+                until: now + FOCUS_FOR,
+            },
+        );
     }
 
     /// Replaces the targets. A destination that is gone is dropped (its outstanding probes
@@ -238,6 +292,36 @@ impl Prober {
             .filter(|(d, t)| !t.active || !sampled.contains(d))
             .map(|(d, _)| *d)
             .collect();
+        // Destinations behind suspected relays, with the path through the relay (when it is
+        // our neighbour) that their routing paths may not take.
+        self.focus.retain(|_, f| f.until > now);
+        let mut through: BTreeMap<NodeId, Vec<NodeId>> = BTreeMap::new();
+        let mut focused = 0;
+        for (relay, f) in &self.focus {
+            let neighbour = self
+                .targets
+                .get(relay)
+                .is_some_and(|t| t.route_first_hop == Some(*relay));
+            for dst in &f.behind {
+                if focused >= self.cfg.destinations.max(2) {
+                    break;
+                }
+                if !self.targets.contains_key(dst) {
+                    continue;
+                }
+                if !sampled.contains(dst) {
+                    sampled.push(*dst);
+                    focused += 1;
+                }
+                if neighbour {
+                    through.entry(*dst).or_insert_with(|| vec![*relay]);
+                }
+            }
+        }
+        let others: Vec<NodeId> = others
+            .into_iter()
+            .filter(|d| !sampled.contains(d))
+            .collect();
         if !others.is_empty() {
             let dwell = u64::from(self.cfg.dwell_rounds.max(1));
             if self.round.is_multiple_of(dwell) {
@@ -250,7 +334,7 @@ impl Prober {
         let slow = self
             .round
             .is_multiple_of(u64::from(self.cfg.slow_every.max(1)));
-        let due = now + ms(self.cfg.timeout_ms);
+        let due = now + self.spread() + ms(self.cfg.timeout_ms);
         for dst in &sampled {
             let Some(t) = self.targets.get(dst) else {
                 continue;
@@ -264,6 +348,11 @@ impl Prober {
             }
             if slow {
                 paths.extend(t.former.keys().map(|p| (p.clone(), false)));
+            }
+            if let Some(p) = through.get(dst)
+                && !paths.iter().any(|(q, _)| q == p)
+            {
+                paths.push((p.clone(), false));
             }
             for (relays, on_route) in paths {
                 let id = self.next_id;
@@ -307,14 +396,15 @@ impl Prober {
         }
     }
 
-    /// The answer to probe `id` arrived, `rtt` after it left (as the sender measured it).
-    pub fn handle_reply(&mut self, now: Instant, id: u64, rtt: Duration) {
+    /// The answer to probe `id` arrived, `rtt` after the probe left (as the sender measured
+    /// both: when this core hears of it does not matter).
+    pub fn handle_reply(&mut self, _now: Instant, id: u64, rtt: Duration) {
         let Some(p) = self.outstanding.remove(&id) else {
             self.stats.stray_answers += 1;
             return;
         };
-        // Overdue but not yet given up: lost all the same.
-        let in_time = p.due >= now;
+        // A round trip over the timeout is a loss, whenever it is reported.
+        let in_time = rtt <= ms(self.cfg.timeout_ms);
         if in_time {
             self.stats.answered += 1;
         } else {
@@ -335,6 +425,12 @@ impl Prober {
     /// [`crate::Sample::Probe`].
     pub fn poll_result(&mut self) -> Option<PathProbe> {
         self.results.pop_front()
+    }
+
+    /// How long the daemon may hold a probe before sending it: one round's interval. A probe
+    /// is given up this long plus `probe.timeout_ms` after it was handed out.
+    pub fn spread(&self) -> Duration {
+        ms(self.cfg.interval_ms)
     }
 
     /// When [`Prober::handle_timeout`] must be called next.
@@ -411,20 +507,50 @@ mod tests {
             t(200),
             "the next round comes before the loss"
         );
-        p.handle_timeout(t(499));
+        // Given up after the spread (200) and the timeout (500).
+        p.handle_timeout(t(699));
         let r = results(&mut p);
         assert_eq!(r.len(), 1);
         assert_eq!((r[0].received, r[0].on_route), (1, false));
         assert_eq!(r[0].rtt_ms, Some(3.0));
-        p.handle_timeout(t(500));
-        let r = results(&mut p);
+        p.handle_timeout(t(700));
+        let r: Vec<PathProbe> = results(&mut p)
+            .into_iter()
+            .filter(|r| r.relays == vec![n(1)])
+            .collect();
         assert_eq!(r.len(), 1, "the first probe via 1 is lost");
         assert_eq!((r[0].received, r[0].on_route), (0, true));
-        assert_eq!(r[0].relays, vec![n(1)]);
-        // A late answer counts for nothing.
-        p.handle_reply(t(501), s[0].id, Duration::from_millis(400));
-        assert!(results(&mut p).is_empty());
+        // An answer after it was given up counts for nothing.
+        p.handle_reply(t(701), s[0].id, Duration::from_millis(400));
+        assert!(
+            results(&mut p)
+                .iter()
+                .all(|r| r.relays != vec![n(1)] || r.received == 0)
+        );
         assert_eq!(p.stats().stray_answers, 1);
+    }
+
+    /// Lateness is the round trip the daemon measured, not when the loop heard of it: a loop
+    /// that was busy past the deadline still counts answers that came back in time (a
+    /// thread stalled by a slow disk write made every outstanding probe look lost, and a
+    /// destination look unreachable), and a slow answer heard early is still late.
+    #[test]
+    fn an_answer_is_judged_by_its_measured_round_trip() {
+        let mut p = Prober::new(ProbeConfig::default(), t(0));
+        p.set_targets(t(0), vec![target(9, &[&[1], &[2]], Some(1), false)]);
+        p.handle_timeout(t(0));
+        let s = sends(&mut p);
+        assert_eq!(s.len(), 2);
+        // The loop wakes 2 s late: both answers arrived long ago; one took 3 ms, one 600 ms.
+        p.handle_reply(t(2000), s[0].id, Duration::from_millis(3));
+        p.handle_reply(t(2000), s[1].id, Duration::from_millis(600));
+        p.handle_timeout(t(2000));
+        let r: Vec<(Vec<NodeId>, u32)> = results(&mut p)
+            .into_iter()
+            .map(|r| (r.relays, r.received))
+            .collect();
+        assert!(r.contains(&(vec![n(1)], 1)), "{r:?}");
+        assert!(r.contains(&(vec![n(2)], 0)), "{r:?}");
     }
 
     #[test]
@@ -490,6 +616,48 @@ mod tests {
             seen.extend(dsts);
         }
         assert_eq!(seen.len(), 7, "every destination was sampled");
+    }
+
+    #[test]
+    fn corroboration_probes_the_nodes_behind_a_suspect_through_it() {
+        let cfg = ProbeConfig {
+            destinations: 1,
+            ..ProbeConfig::default()
+        };
+        let mut p = Prober::new(cfg, t(0));
+        // Relay 1 is our neighbour; 20 and 21 are behind it, reached via 2 by routing.
+        let mut targets: Vec<ProbeTarget> = vec![
+            target(1, &[&[]], Some(1), false),
+            target(9, &[&[1], &[2]], Some(1), true),
+        ];
+        for d in [20, 21, 22, 23] {
+            targets.push(target(d, &[&[2]], Some(2), false));
+        }
+        p.set_targets(t(0), targets);
+        p.corroborate(t(0), n(1), [n(20), n(21), n(1)]);
+        p.handle_timeout(t(0));
+        let s = sends(&mut p);
+        for d in [20, 21] {
+            assert!(
+                s.iter().any(|x| x.dst == n(d) && x.relays == vec![n(1)]),
+                "{s:?}"
+            );
+            assert!(
+                s.iter().any(|x| x.dst == n(d) && x.relays == vec![n(2)]),
+                "{s:?}"
+            );
+            assert!(p.sampled().contains(&n(d)));
+        }
+        // Ten seconds later, if not asked again, it stops.
+        let mut late = Vec::new();
+        for r in 0..60 {
+            p.handle_timeout(t(200 + r * 200));
+            late = sends(&mut p);
+        }
+        assert!(
+            late.iter().all(|x| x.relays != vec![n(1)] || x.dst == n(9)),
+            "{late:?}"
+        );
     }
 
     #[test]

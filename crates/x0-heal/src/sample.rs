@@ -147,6 +147,11 @@ pub struct ProcessStats {
     pub rss_bytes: u64,
     /// Delay of the async runtime's timer ticks, milliseconds, if measured.
     pub loop_lag_ms: Option<f64>,
+    /// The longest delay of any timer tick since the previous sample, milliseconds, if
+    /// measured: a stall of this node's runtime. Not a metric of its own (a short stall is
+    /// nobody's problem); it explains a rise of the link RTTs measured meanwhile (see
+    /// [`crate::Healer::handle_samples`]).
+    pub loop_stall_ms: Option<f64>,
 }
 
 /// One input to the loop.

@@ -93,6 +93,12 @@ struct Faults {
     crashed: BTreeSet<u8>,
     crash_seen_at: Option<u64>,
     blackhole: BTreeSet<u8>,
+    /// A lying destination and the relay it frames: it answers only the probes that avoid
+    /// that relay (it sees which neighbour hands it each probe).
+    liar: Option<(u8, u8)>,
+    /// A stall of this node's runtime from/to (ms) of up to this many ms: every RTT measured
+    /// meanwhile is late by up to that much, as the daemon's are when its host is starved.
+    stall: Option<(u64, u64, f64)>,
 }
 
 struct World {
@@ -116,6 +122,7 @@ struct World {
     counter_reset_at: Option<u64>,
     rounds: u64,
     last_round: u64,
+    last_sample_at: u64,
 }
 
 /// Destinations and their paths (relays).
@@ -173,6 +180,7 @@ impl World {
             counter_reset_at: None,
             rounds: 0,
             last_round: 0,
+            last_sample_at: 0,
         };
         w.sync_topology();
         w.update_routes();
@@ -235,6 +243,13 @@ impl World {
         if relays
             .iter()
             .any(|r| !self.alive(*r) || self.faults.blackhole.contains(r))
+        {
+            return None;
+        }
+        if self
+            .faults
+            .liar
+            .is_some_and(|(liar, framed)| dst == liar && relays.contains(&framed))
         {
             return None;
         }
@@ -344,6 +359,9 @@ impl World {
             let answered = heard && self.rng.unit() >= one_way;
             let jitter = self.rng.normal();
             let spike = self.rng.unit() < 0.01;
+            let stall_ms = self.stalled_by();
+            // Drawn only during a stall: the other scenarios keep their random sequence.
+            let stall_share = if stall_ms > 0.0 { self.rng.unit() } else { 0.0 };
             let l = &mut self.links[i];
             l.window.push(answered);
             if l.window.len() > WINDOW {
@@ -368,6 +386,7 @@ impl World {
                 if spike {
                     rtt += 3.0;
                 }
+                rtt += stall_ms * stall_share;
                 let rtt = rtt.max(0.05);
                 l.srtt = Some(match l.srtt {
                     None => rtt,
@@ -384,25 +403,31 @@ impl World {
         self.sync_topology();
     }
 
-    /// A sampling round: link samples, the probes answered since the last round, counters.
+    /// How late the runtime is now (ms) while a stall lasts, else 0.
+    fn stalled_by(&self) -> f64 {
+        match self.faults.stall {
+            Some((from, to, ms)) if (from..to).contains(&self.t) => ms,
+            _ => 0.0,
+        }
+    }
+
+    /// A sampling round, fed as one batch as the daemon does: link samples, the probes
+    /// answered since the last round, counters.
     fn sample_round(&mut self) {
         self.rounds += 1;
         let now = self.now();
-        for i in 0..self.links.len() {
-            self.feed_link(i);
-        }
+        let mut round: Vec<Sample> = (0..self.links.len())
+            .map(|i| self.link_sample(&self.links[i]))
+            .collect();
         for (dst, relays, answered, rtt, on_route) in std::mem::take(&mut self.in_flight) {
-            self.healer.handle_sample(
-                now,
-                Sample::Probe(PathProbe {
-                    dst: n(dst),
-                    relays: relays.iter().map(|r| n(*r)).collect(),
-                    sent: 1,
-                    received: u32::from(answered),
-                    rtt_ms: answered.then_some(rtt),
-                    on_route,
-                }),
-            );
+            round.push(Sample::Probe(PathProbe {
+                dst: n(dst),
+                relays: relays.iter().map(|r| n(*r)).collect(),
+                sent: 1,
+                received: u32::from(answered),
+                rtt_ms: answered.then_some(rtt),
+                on_route,
+            }));
         }
         for (dst, ps) in paths() {
             let primary = self.primary.get(&dst).cloned().flatten();
@@ -429,30 +454,37 @@ impl World {
         self.kernel.0 += noisy(&mut self.rng, 3.0);
         self.kernel.1 += noisy(&mut self.rng, 2.0);
         self.cpu_ms += noisy(&mut self.rng, 100.0);
-        self.healer.handle_sample(
-            now,
-            Sample::Drops(DropCounters {
-                link: None,
-                by_reason: vec![("no_route".into(), self.drops)],
-            }),
-        );
-        self.healer.handle_sample(
-            now,
-            Sample::Kernel(KernelCounters {
-                drops: self.kernel.0,
-                retransmits: self.kernel.1,
-            }),
-        );
+        round.push(Sample::Drops(DropCounters {
+            link: None,
+            by_reason: vec![("no_route".into(), self.drops)],
+        }));
+        round.push(Sample::Kernel(KernelCounters {
+            drops: self.kernel.0,
+            retransmits: self.kernel.1,
+        }));
         let lag = 0.5 + 0.2 * self.rng.normal().abs();
-        self.healer.handle_sample(
-            now,
-            Sample::Process(ProcessStats {
-                cpu_time_ms: self.cpu_ms,
-                cores: 2,
-                rss_bytes: (64 << 20) + (self.rng.unit() * 1e6) as u64,
-                loop_lag_ms: Some(lag),
-            }),
-        );
+        // The longest tick delay since the last round: the stall, while one lasts.
+        let stall = lag
+            + self
+                .stalled_by()
+                .max(self.stalled_by_since(self.last_sample_at));
+        round.push(Sample::Process(ProcessStats {
+            cpu_time_ms: self.cpu_ms,
+            cores: 2,
+            rss_bytes: (64 << 20) + (self.rng.unit() * 1e6) as u64,
+            loop_lag_ms: Some(lag),
+            loop_stall_ms: Some(stall),
+        }));
+        self.last_sample_at = self.t;
+        self.healer.handle_samples(now, round);
+    }
+
+    /// The stall that overlapped the time since `from` (ms), if any.
+    fn stalled_by_since(&self, from: u64) -> f64 {
+        match self.faults.stall {
+            Some((a, b, ms)) if a < self.t && b > from => ms,
+            _ => 0.0,
+        }
     }
 
     fn step(&mut self) {
@@ -771,6 +803,77 @@ fn a_black_hole_relay_is_quarantined() {
             | ActionKind::RestartLink { .. }
     )));
     assert!(w.exec.quarantined.contains(&n(B)));
+}
+
+/// Issue 12: a malicious destination that answers only the probes avoiding an honest relay
+/// must not get that relay quarantined. D answers nothing that comes through B; its other
+/// path (via C) answers. X, the other destination behind B, is answered through B: nothing
+/// corroborates D's word. (Before corroboration B was quarantined 0.9 s after the lie began.)
+#[test]
+fn a_destination_that_lies_about_a_relay_does_not_get_it_quarantined() {
+    let (w, _) = scenario(
+        "lying-destination",
+        HealConfig::default(),
+        120_000,
+        Cause::Node(n(B)),
+        D,
+        |w| {
+            if w.t == FAULT_MS {
+                w.faults.liar = Some((D, B));
+            }
+        },
+    );
+    assert!(
+        !w.exec.quarantined.contains(&n(B)),
+        "the framed relay was quarantined: {:?}",
+        w.actions
+    );
+    assert!(
+        w.actions.iter().all(|(_, a)| a.kind.target() != Some(n(B))),
+        "an action against the framed relay: {:?}",
+        w.actions
+    );
+    // What is seen: an incident about B that is not confident enough to act on.
+    let about_b = w.records.iter().find_map(|(_, r)| match r {
+        Record::IncidentOpened {
+            cause, confidence, ..
+        } if *cause == Cause::Node(n(B)) => Some(*confidence),
+        _ => None,
+    });
+    assert!(about_b.is_some_and(|c| c < HealConfig::default().incidents.act_confidence));
+}
+
+/// A stall of this node's runtime (its host starved of CPU, as under a loaded machine) makes
+/// every RTT it measures late at once: the smoothed RTT of a 1 ms link rose to 6–19 ms in
+/// `x0t bench heal` runs and the loop raised link costs and alerted, in a healthy mesh. The
+/// daemon reports its runtime's longest timer delay; RTT rises within it are not the links'.
+/// (Before: a `link_degraded` incident and a raised cost on the first link.)
+#[test]
+fn a_stall_of_this_node_is_not_a_link_problem() {
+    for (stall_ms, seed) in [(40.0, 42), (80.0, 43), (150.0, 44)] {
+        let mut w = World::new(HealConfig::default(), seed);
+        w.run_until(FAULT_MS, |_| {});
+        assert_eq!(w.incidents_opened(), 0, "quiet warm-up");
+        w.faults.stall = Some((FAULT_MS, FAULT_MS + 1_500, stall_ms));
+        w.run_until(FAULT_MS + 30_000, |_| {});
+        assert!(w.actions.is_empty(), "stall {stall_ms} ms: {:?}", w.actions);
+        assert_eq!(w.incidents_opened(), 0, "stall {stall_ms} ms");
+        assert!(w.healer.stats().explained_by_lag > 0, "the stall was seen");
+    }
+    // A real latency rise while the node is fine is still the link's.
+    let (_, r) = scenario(
+        "latency-spike-small",
+        HealConfig::default(),
+        100_000,
+        Cause::Link(link_ab()),
+        D,
+        |w| {
+            if w.t == FAULT_MS {
+                w.link_mut(B).extra_ms = 30.0;
+            }
+        },
+    );
+    assert_eq!(r.problem, Some(Problem::LinkDegraded));
 }
 
 #[test]

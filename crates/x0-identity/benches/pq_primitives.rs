@@ -1,5 +1,5 @@
 //! Cost of the post-quantum and classical primitives a node uses, through this crate's own
-//! wrappers: what a link handshake, a join and a renewal pay.
+//! wrappers: what a link handshake, a join, a renewal and a received advert pay.
 //!
 //! `cargo bench -p x0-identity --bench pq_primitives` (add `-- --quick` for a fast pass).
 
@@ -103,5 +103,48 @@ fn mlkem(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, signatures, identity, mlkem);
+/// What a routing task pays per advert it verifies: with the origin's credential cached (one
+/// ML-DSA-65 verification) and not (the SVID chain too).
+fn adverts(c: &mut Criterion) {
+    use std::sync::Arc;
+    use x0_identity::advert::{AdvertSigner, NoRevocations, OriginVerifier};
+
+    let td = TrustDomain::new("bench.mesh").expect("trust domain");
+    let ca = MeshCa::create(td.clone(), now()).expect("CA");
+    let bundle = TrustBundle::new(td, vec![ca.cert_der().clone()]).expect("bundle");
+    let member = || {
+        let keys = Arc::new(NodeKeys::generate().expect("keys"));
+        let svid = ca
+            .issue_svid(
+                keys.tls_public_point(),
+                keys.node_id(),
+                now(),
+                DEFAULT_SVID_TTL,
+            )
+            .expect("SVID")
+            .to_vec();
+        let body = vec![0x5a; 31 + 8 * 21];
+        let (credential, signature) = AdvertSigner::new(keys.clone(), Arc::new(svid)).sign(&body);
+        (keys.node_id(), body, credential, signature)
+    };
+    let (a, b) = (member(), member());
+    let mut g = c.benchmark_group("advert");
+    let mut cached = OriginVerifier::new(bundle.clone(), Arc::new(NoRevocations));
+    g.bench_function("verify_cached", |bench| {
+        bench.iter(|| cached.verify(now(), &a.0, black_box(&a.1), &a.2, &a.3))
+    });
+    // A cache of one, fed two origins in turn: every verification checks the chain.
+    let mut uncached = OriginVerifier::new(bundle, Arc::new(NoRevocations)).with_max_cached(1);
+    let mut flip = false;
+    g.bench_function("verify_uncached", |bench| {
+        bench.iter(|| {
+            flip = !flip;
+            let m = if flip { &a } else { &b };
+            uncached.verify(now(), &m.0, black_box(&m.1), &m.2, &m.3)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, signatures, identity, mlkem, adverts);
 criterion_main!(benches);

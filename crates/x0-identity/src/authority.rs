@@ -2,68 +2,81 @@
 //!
 //! Transport-free: the link layer hands in the request, the session's exporter value and `now`,
 //! and sends back the [`ControlMessage`] returned here.
+//!
+//! Each request is handled in three steps, so that the expensive ones hold no lock:
+//!
+//! 1. **verify** ([`verify_join`], [`verify_renewal`]): the proofs of possession, pure CPU (an
+//!    ECDSA and an ML-DSA-65 verification), no store;
+//! 2. **admit** ([`admit_join`], [`admit_renewal`]): the store, one short transaction (for a
+//!    join: redeem the invitation and record the member, one fsync);
+//! 3. **issue** ([`issue_admitted`]): sign the SVID with the CA key, no store.
+//!
+//! [`handle_join`] and [`handle_renew`] run the three with one store; the daemon runs them
+//! through [`crate::ca_service::CaService`], which has its own connection and bounds how many
+//! requests are in flight.
+
+use std::time::Duration;
 
 use rustls_pki_types::{CertificateDer, UnixTime};
 use thiserror::Error;
 use tracing::{info, warn};
 use x0_wire::control::{Issued, JoinRequest, RefusalCode, Refused, RenewRequest};
-use x0_wire::{ControlMessage, NodeId};
+use x0_wire::{ControlMessage, NodeId, SignedRevocationList};
 
-use crate::ca::MeshCa;
+use crate::ca::{CaError, MeshCa};
 use crate::keys::{NodeKeys, node_id_of, sha256, verify_mldsa65, verify_p256};
 use crate::proof::{EXPORTER_LEN, ProofRole, join_transcript, link_transcript};
 use crate::spiffe::TrustDomain;
-use crate::store::{InvitationError, Membership, StateStore, StoreError};
+use crate::store::{InvitationError, MemberRecord, Membership, Redemption, StateStore, StoreError};
 use crate::svid::{Role, SvidError, TrustBundle, VerifiedSvid, spki_p256_point};
 
-fn refuse(code: RefusalCode, message: impl Into<String>) -> ControlMessage {
-    ControlMessage::Refused(Refused {
+fn refusal(code: RefusalCode, message: impl Into<String>) -> Refused {
+    Refused {
         code,
         message: message.into(),
-    })
+    }
 }
 
-fn is_revoked(store: &StateStore, node: NodeId) -> Result<bool, StoreError> {
-    Ok(store
-        .revocation_list()?
-        .is_some_and(|(_, list)| list.revoked.binary_search(&node).is_ok()))
+/// A request whose proof of possession verified: the node it is for and the keys it proved.
+#[derive(Debug, Clone, Copy)]
+pub struct Proven<'a> {
+    /// The node, derived from both keys.
+    pub node: NodeId,
+    /// Its P-256 TLS public key (uncompressed point).
+    pub tls_point: &'a [u8],
+    /// Its ML-DSA-65 public key.
+    pub mldsa_public_key: &'a [u8],
 }
 
-fn issue(
-    store: &StateStore,
-    ca: &MeshCa,
-    node: NodeId,
-    tls_point: &[u8],
-    mldsa_public_key: &[u8],
-    now: UnixTime,
-) -> Result<ControlMessage, StoreError> {
-    let ttl = store.svid_ttl()?;
-    let svid = ca.issue_svid(tls_point, node, now, ttl)?;
-    store.record_member(
-        node,
-        mldsa_public_key,
-        tls_point,
-        now.as_secs(),
-        now.as_secs() + ttl.as_secs(),
-    )?;
-    Ok(ControlMessage::Issued(Issued {
-        trust_domain: ca.trust_domain().to_string(),
-        svid_der: svid.to_vec(),
-        bundle_der: vec![ca.cert_der().to_vec()],
-        revocations: store.revocation_list()?.map(|(s, _)| s),
-    }))
+impl Proven<'_> {
+    fn member(&self, not_after_unix: u64) -> MemberRecord<'_> {
+        MemberRecord {
+            node: self.node,
+            mldsa_public_key: self.mldsa_public_key,
+            tls_point: self.tls_point,
+            not_after_unix,
+        }
+    }
 }
 
-/// Handles a join: checks both proofs of possession, redeems the invitation, issues an SVID.
-pub fn handle_join(
-    store: &mut StateStore,
-    ca: &MeshCa,
-    req: &JoinRequest,
+/// What the store admitted: issue an SVID with these.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Lifetime of the SVID to issue.
+    pub ttl: Duration,
+    /// The CA's current revocation list, sent with the SVID.
+    pub revocations: Option<SignedRevocationList>,
+    /// For a join: whether this was the invitation's first use or the same node again.
+    pub redemption: Option<Redemption>,
+}
+
+/// Step 1 of a join: checks both proofs of possession over this session's `exporter`. No store.
+pub fn verify_join<'a>(
+    req: &'a JoinRequest,
     exporter: &[u8; EXPORTER_LEN],
-    now: UnixTime,
-) -> Result<ControlMessage, StoreError> {
+) -> Result<Proven<'a>, Refused> {
     let Ok(point) = spki_p256_point(&req.tls_spki_der) else {
-        return Ok(refuse(RefusalCode::BadProof, "TLS key is not ECDSA P-256"));
+        return Err(refusal(RefusalCode::BadProof, "TLS key is not ECDSA P-256"));
     };
     let transcript = join_transcript(
         exporter,
@@ -75,36 +88,161 @@ pub fn handle_join(
         || verify_mldsa65(&req.mldsa_public_key, &transcript, &req.mldsa_signature).is_err()
     {
         warn!("join refused: proof of possession does not verify");
-        return Ok(refuse(
+        return Err(refusal(
             RefusalCode::BadProof,
             "proof of key possession does not verify",
         ));
     }
-    let node = node_id_of(point, &req.mldsa_public_key);
-    if is_revoked(store, node)? {
-        return Ok(refuse(
-            RefusalCode::Revoked,
-            format!("node {node} is revoked"),
-        ));
-    }
-    match store.redeem_invitation(&req.invitation_id, &req.secret, node, now.as_secs())? {
-        Ok(()) => {}
+    Ok(Proven {
+        node: node_id_of(point, &req.mldsa_public_key),
+        tls_point: point,
+        mldsa_public_key: &req.mldsa_public_key,
+    })
+}
+
+/// Step 2 of a join: redeems the invitation for the proven node and records it as a member, in
+/// one transaction. The same node may redeem its invitation again while it is valid (its first
+/// answer was lost); a revoked node is refused.
+pub fn admit_join(
+    store: &mut StateStore,
+    req: &JoinRequest,
+    proven: &Proven<'_>,
+    now: UnixTime,
+) -> Result<Result<Admission, Refused>, StoreError> {
+    let ttl = store.svid_ttl()?;
+    let not_after = now.as_secs().saturating_add(ttl.as_secs());
+    let redeemed = store.redeem_invitation(
+        &req.invitation_id,
+        &req.secret,
+        &proven.member(not_after),
+        now.as_secs(),
+    )?;
+    let redemption = match redeemed {
+        Ok(r) => r,
         Err(e) => {
-            warn!(node = %node, invitation = %hex::encode(req.invitation_id), "join refused: {e}");
+            warn!(node = %proven.node, invitation = %hex::encode(req.invitation_id), "join refused: {e}");
             let code = match e {
                 InvitationError::Unknown => RefusalCode::UnknownInvitation,
                 InvitationError::BadSecret => RefusalCode::BadSecret,
                 InvitationError::Used { .. } => RefusalCode::InvitationUsed,
                 InvitationError::Expired(_) => RefusalCode::InvitationExpired,
+                InvitationError::NodeRevoked => RefusalCode::Revoked,
             };
-            return Ok(refuse(code, e.to_string()));
+            let message = match e {
+                InvitationError::NodeRevoked => format!("node {} is revoked", proven.node),
+                other => other.to_string(),
+            };
+            return Ok(Err(refusal(code, message)));
         }
+    };
+    match redemption {
+        Redemption::First => info!(node = %proven.node, "node joined; SVID issued"),
+        Redemption::Repeated => info!(
+            node = %proven.node,
+            "node joined again with its invitation (its first answer was lost); SVID issued"
+        ),
     }
-    info!(node = %node, "node joined; SVID issued");
-    issue(store, ca, node, point, &req.mldsa_public_key, now)
+    Ok(Ok(Admission {
+        ttl,
+        revocations: store.revocation_list()?.map(|(s, _)| s),
+        redemption: Some(redemption),
+    }))
 }
 
-/// Handles a renewal from a member authenticated by its current SVID (`peer`).
+/// Step 1 of a renewal: the member (`peer`, authenticated by its current SVID) proves its
+/// ML-DSA-65 key over this session. No store.
+pub fn verify_renewal<'a>(
+    peer: Option<&'a VerifiedSvid>,
+    req: &'a RenewRequest,
+    exporter: &[u8; EXPORTER_LEN],
+) -> Result<Proven<'a>, Refused> {
+    let Some(peer) = peer else {
+        return Err(refusal(
+            RefusalCode::NotAuthenticated,
+            "renewal needs a valid SVID; an expired node must join again",
+        ));
+    };
+    if node_id_of(&peer.tls_point, &req.mldsa_public_key) != peer.node_id {
+        return Err(refusal(
+            RefusalCode::BadProof,
+            "ML-DSA key is not bound to this node ID",
+        ));
+    }
+    let transcript = link_transcript(ProofRole::Renewer, exporter, peer.node_id);
+    if verify_mldsa65(&req.mldsa_public_key, &transcript, &req.pop_signature).is_err() {
+        return Err(refusal(
+            RefusalCode::BadProof,
+            "proof of possession does not verify",
+        ));
+    }
+    Ok(Proven {
+        node: peer.node_id,
+        tls_point: &peer.tls_point,
+        mldsa_public_key: &req.mldsa_public_key,
+    })
+}
+
+/// Step 2 of a renewal: refuses a revoked node, records the renewal.
+pub fn admit_renewal(
+    store: &StateStore,
+    proven: &Proven<'_>,
+    now: UnixTime,
+) -> Result<Result<Admission, Refused>, StoreError> {
+    if store.is_revoked(proven.node)? {
+        return Ok(Err(refusal(
+            RefusalCode::Revoked,
+            format!("node {} is revoked", proven.node),
+        )));
+    }
+    let ttl = store.svid_ttl()?;
+    store.record_member(
+        &proven.member(now.as_secs().saturating_add(ttl.as_secs())),
+        now.as_secs(),
+    )?;
+    info!(node = %proven.node, "SVID renewed");
+    Ok(Ok(Admission {
+        ttl,
+        revocations: store.revocation_list()?.map(|(s, _)| s),
+        redemption: None,
+    }))
+}
+
+/// Step 3: signs the SVID for what the store admitted. No store.
+pub fn issue_admitted(
+    ca: &MeshCa,
+    proven: &Proven<'_>,
+    admission: Admission,
+    now: UnixTime,
+) -> Result<Issued, CaError> {
+    let svid = ca.issue_svid(proven.tls_point, proven.node, now, admission.ttl)?;
+    Ok(Issued {
+        trust_domain: ca.trust_domain().to_string(),
+        svid_der: svid.to_vec(),
+        bundle_der: vec![ca.cert_der().to_vec()],
+        revocations: admission.revocations,
+    })
+}
+
+/// Handles a join with one store: verifies both proofs of possession, redeems the invitation,
+/// issues an SVID.
+pub fn handle_join(
+    store: &mut StateStore,
+    ca: &MeshCa,
+    req: &JoinRequest,
+    exporter: &[u8; EXPORTER_LEN],
+    now: UnixTime,
+) -> Result<ControlMessage, StoreError> {
+    let proven = match verify_join(req, exporter) {
+        Ok(p) => p,
+        Err(r) => return Ok(ControlMessage::Refused(r)),
+    };
+    Ok(match admit_join(store, req, &proven, now)? {
+        Ok(admission) => ControlMessage::Issued(issue_admitted(ca, &proven, admission, now)?),
+        Err(r) => ControlMessage::Refused(r),
+    })
+}
+
+/// Handles a renewal from a member authenticated by its current SVID (`peer`), with one store.
 pub fn handle_renew(
     store: &StateStore,
     ca: &MeshCa,
@@ -113,40 +251,14 @@ pub fn handle_renew(
     exporter: &[u8; EXPORTER_LEN],
     now: UnixTime,
 ) -> Result<ControlMessage, StoreError> {
-    let Some(peer) = peer else {
-        return Ok(refuse(
-            RefusalCode::NotAuthenticated,
-            "renewal needs a valid SVID; an expired node must join again",
-        ));
+    let proven = match verify_renewal(peer, req, exporter) {
+        Ok(p) => p,
+        Err(r) => return Ok(ControlMessage::Refused(r)),
     };
-    if node_id_of(&peer.tls_point, &req.mldsa_public_key) != peer.node_id {
-        return Ok(refuse(
-            RefusalCode::BadProof,
-            "ML-DSA key is not bound to this node ID",
-        ));
-    }
-    let transcript = link_transcript(ProofRole::Renewer, exporter, peer.node_id);
-    if verify_mldsa65(&req.mldsa_public_key, &transcript, &req.pop_signature).is_err() {
-        return Ok(refuse(
-            RefusalCode::BadProof,
-            "proof of possession does not verify",
-        ));
-    }
-    if is_revoked(store, peer.node_id)? {
-        return Ok(refuse(
-            RefusalCode::Revoked,
-            format!("node {} is revoked", peer.node_id),
-        ));
-    }
-    info!(node = %peer.node_id, "SVID renewed");
-    issue(
-        store,
-        ca,
-        peer.node_id,
-        &peer.tls_point,
-        &req.mldsa_public_key,
-        now,
-    )
+    Ok(match admit_renewal(store, &proven, now)? {
+        Ok(admission) => ControlMessage::Issued(issue_admitted(ca, &proven, admission, now)?),
+        Err(r) => ControlMessage::Refused(r),
+    })
 }
 
 /// Why an `Issued` answer was not accepted.
@@ -168,6 +280,9 @@ pub enum AcceptError {
     /// Bad trust domain, or on a renewal not the one we are a member of.
     #[error("issued trust domain is invalid or not this node's")]
     TrustDomain,
+    /// The CA node's own store refused to issue (its node is revoked).
+    #[error("the CA refused: {0}")]
+    Refused(String),
     /// Storing failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -243,16 +358,36 @@ pub fn self_issue(
     ca: &MeshCa,
     now: UnixTime,
 ) -> Result<Membership, AcceptError> {
-    match issue(
-        store,
-        ca,
-        keys.node_id(),
-        keys.tls_public_point(),
-        keys.mldsa_public_key(),
-        now,
-    )? {
-        ControlMessage::Issued(issued) => accept_issued(store, keys, &issued, None, None, now),
-        _ => Err(AcceptError::NotOurs),
+    let own = Proven {
+        node: keys.node_id(),
+        tls_point: keys.tls_public_point(),
+        mldsa_public_key: keys.mldsa_public_key(),
+    };
+    let admission = match admit_renewal(store, &own, now)? {
+        Ok(a) => a,
+        Err(r) => return Err(AcceptError::Refused(r.message)),
+    };
+    let issued = issue_admitted(ca, &own, admission, now).map_err(StoreError::from)?;
+    accept_issued(store, keys, &issued, None, None, now)
+}
+
+/// What `x0t join` sends: both keys sign the join transcript of the session `exporter`.
+#[cfg(test)]
+pub(crate) fn signed_join_request(
+    keys: &NodeKeys,
+    invitation_id: [u8; 16],
+    secret: [u8; 32],
+    exporter: &[u8; EXPORTER_LEN],
+) -> JoinRequest {
+    let spki = keys.tls_spki_der().unwrap();
+    let t = join_transcript(exporter, &invitation_id, &spki, keys.mldsa_public_key());
+    JoinRequest {
+        invitation_id,
+        secret,
+        tls_spki_der: spki,
+        mldsa_public_key: keys.mldsa_public_key().to_vec(),
+        tls_signature: keys.sign_tls(&t).unwrap(),
+        mldsa_signature: keys.sign_mldsa(&t).unwrap(),
     }
 }
 
@@ -349,16 +484,7 @@ mod tests {
 
         /// What `x0t join` sends: both keys sign the join transcript of this session.
         fn request(&self, exporter: &[u8; EXPORTER_LEN]) -> JoinRequest {
-            let spki = self.keys.tls_spki_der().unwrap();
-            let t = join_transcript(exporter, &INVITE_ID, &spki, self.keys.mldsa_public_key());
-            JoinRequest {
-                invitation_id: INVITE_ID,
-                secret: SECRET,
-                tls_spki_der: spki,
-                mldsa_public_key: self.keys.mldsa_public_key().to_vec(),
-                tls_signature: self.keys.sign_tls(&t).unwrap(),
-                mldsa_signature: self.keys.sign_mldsa(&t).unwrap(),
-            }
+            signed_join_request(&self.keys, INVITE_ID, SECRET, exporter)
         }
 
         fn renew_request(&self, exporter: &[u8; EXPORTER_LEN]) -> RenewRequest {
@@ -518,11 +644,41 @@ mod tests {
             refusal(ca.join(&second.request(&EXPORTER))),
             RefusalCode::InvitationUsed
         );
+    }
+
+    /// The CA redeemed the invitation and issued an SVID, but the answer never reached the
+    /// joiner. The joiner asks again (a new session, the same keys): it must get its SVID, not
+    /// find its invitation burnt; a different node with the same token is still refused.
+    #[test]
+    fn a_joiner_whose_answer_was_lost_gets_its_svid_on_retry() {
+        let mut ca = CaNode::new();
+        let joiner = Joiner::new();
+        let lost = issued(ca.join(&joiner.request(&EXPORTER)));
+        drop(lost);
+
+        let retry = handle_join(
+            &mut ca.store,
+            &ca.ca,
+            &joiner.request(&[0x43; EXPORTER_LEN]),
+            &[0x43; EXPORTER_LEN],
+            at(NOW + 30),
+        )
+        .unwrap();
+        let m = joiner
+            .accept(&issued(retry), Some(&ca.ca.fingerprint()))
+            .unwrap();
+        assert_eq!(m.not_after_unix, NOW + 30 + 3600);
         assert_eq!(
-            refusal(ca.join(&joiner.request(&EXPORTER))),
-            RefusalCode::InvitationUsed,
-            "the same node cannot replay its join either"
+            ca.invitation().used_by,
+            Some(joiner.keys.node_id().to_string())
         );
+
+        let thief = Joiner::new();
+        assert_eq!(
+            refusal(ca.join(&thief.request(&EXPORTER))),
+            RefusalCode::InvitationUsed
+        );
+        assert!(!ca.store.is_member(thief.keys.node_id()).unwrap());
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! | [`ca`] | the mesh CA: self-signed root, X.509-SVID issuance, signed revocation lists |
 //! | [`svid`] | trust bundles and the SVID verification every peer certificate passes |
 //! | [`proof`] | proof-of-possession transcripts bound to a TLS session |
+//! | [`advert`] | link-state advert signatures, bound to members the mesh CA admitted |
 //! | [`invitation`] | one-time invitation tokens for joining nodes |
 //! | [`authority`] | join and renewal handling on the CA node, and acceptance on the member |
+//! | [`ca_service`] | the CA node's join/renewal service: own store connection, bounded |
 //! | [`store`] | the SQLite state database (WAL, 0600) holding all of the above |
 //!
 //! All cryptography is aws-lc-rs (FIPS 203/204 ML-KEM/ML-DSA, ECDSA) and rcgen/webpki for X.509.
@@ -23,8 +25,10 @@
 )]
 #![warn(missing_docs)]
 
+pub mod advert;
 pub mod authority;
 pub mod ca;
+pub mod ca_service;
 pub mod invitation;
 pub mod kem;
 pub mod keys;

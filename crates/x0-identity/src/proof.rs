@@ -22,6 +22,9 @@ pub enum ProofRole {
     Listener,
     /// A member renewing its SVID on the CA service.
     Renewer,
+    /// The CA node proving itself to a joining node on the CA service, before the joiner sends
+    /// its invitation secret.
+    CaService,
 }
 
 impl ProofRole {
@@ -30,6 +33,7 @@ impl ProofRole {
             Self::Dialer => b"dialer",
             Self::Listener => b"listener",
             Self::Renewer => b"renewer",
+            Self::CaService => b"ca-service",
         }
     }
 }
@@ -75,6 +79,11 @@ mod tests {
         let d = link_transcript(ProofRole::Dialer, &e, n);
         assert_ne!(d, link_transcript(ProofRole::Listener, &e, n));
         assert_ne!(d, link_transcript(ProofRole::Renewer, &e, n));
+        assert_ne!(d, link_transcript(ProofRole::CaService, &e, n));
+        assert_ne!(
+            link_transcript(ProofRole::Listener, &e, n),
+            link_transcript(ProofRole::CaService, &e, n)
+        );
         assert_ne!(d, link_transcript(ProofRole::Dialer, &[8u8; 32], n));
         assert_ne!(
             d,

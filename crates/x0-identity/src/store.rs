@@ -3,8 +3,10 @@
 //! One SQLite file, `state.db`, under the state directory, in WAL mode with `synchronous=FULL`,
 //! so that a write the node acknowledged (an identity, an invitation, a revocation) survives a
 //! crash or `kill -9`. The file holds private keys: it is created with mode 0600 inside a 0700
-//! directory, and opening refuses a file readable by others or a directory writable by others.
-//! A damaged file is reported, never repaired or replaced.
+//! directory. Opening refuses a directory, a database or an SQLite side file (`state.db-wal`,
+//! `state.db-shm`, `state.db-journal`) that others may read or write, that another user owns,
+//! or (for the files) that is not a plain file. A damaged file is reported, never repaired or
+//! replaced.
 //!
 //! Tables: `node_identity` (the node's keys), `ca` (the mesh CA, on the CA node only),
 //! `membership` (the node's SVID and trust bundle), `invitations`, `members` (SVIDs the CA
@@ -12,7 +14,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -42,6 +44,27 @@ pub enum StoreError {
         /// The command that fixes it.
         fix: String,
     },
+    /// A file or the directory of the store belongs to another user.
+    #[error(
+        "{path}: owned by uid {owner}, but x0t runs as uid {expected}; run `chown {expected} {path}` or run x0t as uid {owner}"
+    )]
+    WrongOwner {
+        /// The offending path.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The effective user ID of this process.
+        expected: u32,
+    },
+    /// Something other than a plain file (a symlink, a device, ...) where the store keeps a file.
+    #[error(
+        "{0}: not a regular file; x0t keeps its state in plain files and does not follow links here"
+    )]
+    NotRegularFile(PathBuf),
+    /// The store holds no node identity where one is required (an invitation names the CA
+    /// node by its node ID).
+    #[error("{0}: this node has no identity yet; run `x0t init --state-dir {0}` first")]
+    NoNodeIdentity(String),
     /// No database where one is required.
     #[error("{0}: no x0t state here; run `x0t init --state-dir {1}` first")]
     Missing(PathBuf, String),
@@ -112,6 +135,32 @@ pub enum InvitationError {
     /// Past its expiry.
     #[error("invitation expired at unix time {0}")]
     Expired(u64),
+    /// The node that wants to redeem it is revoked.
+    #[error("the joining node is revoked")]
+    NodeRevoked,
+}
+
+/// How an invitation was redeemed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redemption {
+    /// The invitation's first use.
+    First,
+    /// The node that redeemed it before asks again while it is still valid (the CA's answer was
+    /// lost on the way): it gets another SVID for the same keys.
+    Repeated,
+}
+
+/// What the CA records about a node it issues an SVID to.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberRecord<'a> {
+    /// The node.
+    pub node: NodeId,
+    /// Its ML-DSA-65 public key.
+    pub mldsa_public_key: &'a [u8],
+    /// Its P-256 TLS public key (uncompressed point).
+    pub tls_point: &'a [u8],
+    /// `notAfter` of the SVID being issued (unix seconds).
+    pub not_after_unix: u64,
 }
 
 /// The node's place in a mesh: its SVID and what it trusts.
@@ -188,6 +237,73 @@ pub fn quick_check(conn: &Connection) -> rusqlite::Result<Option<String>> {
     }
 }
 
+fn upsert_member(conn: &Connection, m: &MemberRecord<'_>, now_unix: u64) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO members (node_id, mldsa_public_key, tls_point, first_issued_at, last_issued_at, not_after)
+         VALUES (?1, ?2, ?3, ?4, ?4, ?5)
+         ON CONFLICT (node_id) DO UPDATE SET last_issued_at = excluded.last_issued_at,
+             not_after = excluded.not_after",
+        params![
+            m.node.to_string(),
+            m.mldsa_public_key,
+            m.tls_point,
+            to_i64(now_unix),
+            to_i64(m.not_after_unix)
+        ],
+    )?;
+    Ok(())
+}
+
+fn is_revoked(conn: &Connection, node: NodeId) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM revoked_nodes WHERE node_id = ?1",
+            params![node.to_string()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// SQLite's files next to the database: write-ahead log, shared-memory index, rollback journal.
+const SIDECARS: [&str; 3] = ["-wal", "-shm", "-journal"];
+
+/// Refuses `path` if any of the `forbidden` mode bits is set (the fix is `chmod`) or if it is
+/// not owned by `euid`: its owner could change it at will, whatever its mode.
+fn check_private(
+    path: &Path,
+    meta: &fs::Metadata,
+    forbidden: u32,
+    chmod: &str,
+    euid: u32,
+) -> Result<(), StoreError> {
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & forbidden != 0 {
+        return Err(StoreError::InsecurePermissions {
+            path: path.to_owned(),
+            mode,
+            fix: format!("run `{chmod} {}`", path.display()),
+        });
+    }
+    if meta.uid() != euid {
+        return Err(StoreError::WrongOwner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            expected: euid,
+        });
+    }
+    Ok(())
+}
+
+/// [`check_private`] for a file of the store (not followed if it is a symlink): a plain file,
+/// 0600 or stricter, ours.
+fn check_private_file(path: &Path, meta: &fs::Metadata, euid: u32) -> Result<(), StoreError> {
+    if !meta.file_type().is_file() {
+        return Err(StoreError::NotRegularFile(path.to_owned()));
+    }
+    check_private(path, meta, 0o077, "chmod 600", euid)
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -209,6 +325,7 @@ impl StateStore {
 
     fn open_inner(dir: &Path, create: bool) -> Result<Self, StoreError> {
         let db_path = dir.join(DB_FILE);
+        let euid = rustix::process::geteuid().as_raw();
         match fs::metadata(dir) {
             Ok(meta) => {
                 if !meta.is_dir() {
@@ -217,14 +334,15 @@ impl StateStore {
                         source: io::Error::other("not a directory"),
                     });
                 }
-                let mode = meta.permissions().mode() & 0o7777;
-                if mode & 0o022 != 0 {
-                    return Err(StoreError::InsecurePermissions {
-                        path: dir.to_owned(),
-                        mode,
-                        fix: format!("run `chmod 700 {}`", dir.display()),
-                    });
+                // A directory that holds no store (say `/tmp`) is better answered with "no
+                // state here" than with advice to chmod it.
+                if !create
+                    && fs::symlink_metadata(&db_path)
+                        .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+                {
+                    return Err(StoreError::Missing(db_path, dir.display().to_string()));
                 }
+                check_private(dir, &meta, 0o077, "chmod 700", euid)?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                 fs::DirBuilder::new()
@@ -238,17 +356,8 @@ impl StateStore {
             }
             Err(e) => return Err(io_err(dir)(e)),
         }
-        match fs::metadata(&db_path) {
-            Ok(meta) => {
-                let mode = meta.permissions().mode() & 0o7777;
-                if mode & 0o077 != 0 {
-                    return Err(StoreError::InsecurePermissions {
-                        path: db_path.clone(),
-                        mode,
-                        fix: format!("run `chmod 600 {}`", db_path.display()),
-                    });
-                }
-            }
+        match fs::symlink_metadata(&db_path) {
+            Ok(meta) => check_private_file(&db_path, &meta, euid)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                 OpenOptions::new()
                     .write(true)
@@ -261,6 +370,17 @@ impl StateStore {
                 return Err(StoreError::Missing(db_path, dir.display().to_string()));
             }
             Err(e) => return Err(io_err(&db_path)(e)),
+        }
+
+        // SQLite's own files next to the database hold recent writes (the WAL) and its lock
+        // state: a crash leaves them behind, and SQLite opens whatever it finds.
+        for sidecar in SIDECARS {
+            let path = dir.join(format!("{DB_FILE}{sidecar}"));
+            match fs::symlink_metadata(&path) {
+                Ok(meta) => check_private_file(&path, &meta, euid)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
         }
 
         let corrupt = |e: rusqlite::Error| match e.sqlite_error_code() {
@@ -519,14 +639,22 @@ impl StateStore {
         Ok(())
     }
 
-    /// Redeems an invitation for `node`, atomically: a token works once.
+    /// Redeems an invitation for `member.node` and records the member, in one transaction (one
+    /// fsync): a token admits one node.
+    ///
+    /// The same node may redeem it again while it is valid ([`Redemption::Repeated`]): if the
+    /// CA's answer to the first redemption was lost, the joiner retries with the same keys
+    /// (which the caller has checked, by the join proof, hash to `member.node`) and must get
+    /// its SVID rather than find its invitation burnt. Any other node is refused
+    /// ([`InvitationError::Used`]). A revoked node is refused and the invitation left unused.
     pub fn redeem_invitation(
         &mut self,
         id: &[u8; 16],
         secret: &[u8; 32],
-        node: NodeId,
+        member: &MemberRecord<'_>,
         now_unix: u64,
-    ) -> Result<Result<(), InvitationError>, StoreError> {
+    ) -> Result<Result<Redemption, InvitationError>, StoreError> {
+        let node = member.node.to_string();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -543,21 +671,31 @@ impl StateStore {
         if aws_lc_rs::constant_time::verify_slices_are_equal(&hash, &sha256(secret)).is_err() {
             return Ok(Err(InvitationError::BadSecret));
         }
-        if let Some(at) = used_at {
-            return Ok(Err(InvitationError::Used {
-                at: to_u64(at),
-                by: used_by.unwrap_or_default(),
-            }));
-        }
+        let redemption = match (used_at, used_by) {
+            (Some(_), Some(by)) if by == node => Redemption::Repeated,
+            (Some(at), by) => {
+                return Ok(Err(InvitationError::Used {
+                    at: to_u64(at),
+                    by: by.unwrap_or_default(),
+                }));
+            }
+            (None, _) => Redemption::First,
+        };
         if to_u64(expires_at) <= now_unix {
             return Ok(Err(InvitationError::Expired(to_u64(expires_at))));
         }
-        tx.execute(
-            "UPDATE invitations SET used_at = ?1, used_by = ?2 WHERE id = ?3",
-            params![to_i64(now_unix), node.to_string(), &id[..]],
-        )?;
+        if is_revoked(&tx, member.node)? {
+            return Ok(Err(InvitationError::NodeRevoked));
+        }
+        if redemption == Redemption::First {
+            tx.execute(
+                "UPDATE invitations SET used_at = ?1, used_by = ?2 WHERE id = ?3",
+                params![to_i64(now_unix), node, &id[..]],
+            )?;
+        }
+        upsert_member(&tx, member, now_unix)?;
         tx.commit()?;
-        Ok(Ok(()))
+        Ok(Ok(redemption))
     }
 
     /// All invitations, newest first.
@@ -590,23 +728,20 @@ impl StateStore {
         Ok(out)
     }
 
-    /// Records an SVID the CA issued to `node`.
+    /// Records an SVID the CA issues to `member.node` (a renewal; a join records it with
+    /// [`StateStore::redeem_invitation`]).
     pub fn record_member(
         &self,
-        node: NodeId,
-        mldsa_public_key: &[u8],
-        tls_point: &[u8],
+        member: &MemberRecord<'_>,
         now_unix: u64,
-        not_after_unix: u64,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO members (node_id, mldsa_public_key, tls_point, first_issued_at, last_issued_at, not_after)
-             VALUES (?1, ?2, ?3, ?4, ?4, ?5)
-             ON CONFLICT (node_id) DO UPDATE SET last_issued_at = excluded.last_issued_at,
-                 not_after = excluded.not_after",
-            params![node.to_string(), mldsa_public_key, tls_point, to_i64(now_unix), to_i64(not_after_unix)],
-        )?;
-        Ok(())
+        upsert_member(&self.conn, member, now_unix)
+    }
+
+    /// Whether the CA revoked `node` (on the CA node, whose `revoked_nodes` table is the source
+    /// of the signed lists).
+    pub fn is_revoked(&self, node: NodeId) -> Result<bool, StoreError> {
+        is_revoked(&self.conn, node)
     }
 
     /// Whether the CA issued an SVID to `node`.
@@ -889,6 +1024,133 @@ mod tests {
         StateStore::open_existing(&dir).unwrap();
     }
 
+    /// `docs/security.md`: a state directory readable by others is refused, not only a writable
+    /// one (the database is 0600, but file names, the WAL and the API token are in there too).
+    #[test]
+    fn refuses_a_directory_readable_by_others() {
+        let (_tmp, dir) = state_dir();
+        drop(StateStore::open(&dir).unwrap());
+        for open_mode in [0o755, 0o750, 0o705, 0o710] {
+            chmod(&dir, open_mode);
+            for result in [StateStore::open(&dir), StateStore::open_existing(&dir)] {
+                match result {
+                    Err(StoreError::InsecurePermissions { path, mode, fix }) => {
+                        assert_eq!(path, dir);
+                        assert_eq!(mode, open_mode);
+                        assert_eq!(fix, format!("run `chmod 700 {}`", dir.display()));
+                    }
+                    other => {
+                        panic!("mode {open_mode:o}: expected InsecurePermissions, got {other:?}")
+                    }
+                }
+            }
+            assert_eq!(mode(&dir), open_mode, "opening must not change the mode");
+        }
+        chmod(&dir, 0o700);
+        StateStore::open_existing(&dir).unwrap();
+    }
+
+    /// Leaves `state.db-wal` and `state.db-shm` behind, as a crash (or a second connection that
+    /// is still open) does.
+    fn with_sidecars(dir: &Path) -> StateStore {
+        let keep = StateStore::open(dir).unwrap();
+        keep.set_meta("k", "v").unwrap();
+        for name in ["state.db-wal", "state.db-shm"] {
+            assert!(dir.join(name).exists(), "{name}");
+        }
+        keep
+    }
+
+    #[test]
+    fn refuses_wal_and_shm_files_readable_by_others() {
+        let (_tmp, dir) = state_dir();
+        let _open = with_sidecars(&dir);
+        for name in ["state.db-wal", "state.db-shm"] {
+            let path = dir.join(name);
+            chmod(&path, 0o644);
+            match StateStore::open_existing(&dir) {
+                Err(StoreError::InsecurePermissions {
+                    path: refused,
+                    mode,
+                    fix,
+                }) => {
+                    assert_eq!(refused, path);
+                    assert_eq!(mode, 0o644);
+                    assert_eq!(fix, format!("run `chmod 600 {}`", path.display()));
+                }
+                other => panic!("{name}: expected InsecurePermissions, got {other:?}"),
+            }
+            chmod(&path, 0o600);
+        }
+        StateStore::open_existing(&dir).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_symlink_in_place_of_the_wal() {
+        let (tmp, dir) = state_dir();
+        drop(StateStore::open(&dir).unwrap());
+        let elsewhere = tmp.path().join("elsewhere");
+        fs::write(&elsewhere, b"").unwrap();
+        chmod(&elsewhere, 0o600);
+        std::os::unix::fs::symlink(&elsewhere, dir.join("state.db-wal")).unwrap();
+        match StateStore::open_existing(&dir) {
+            Err(StoreError::NotRegularFile(path)) => assert_eq!(path, dir.join("state.db-wal")),
+            other => panic!("expected NotRegularFile, got {other:?}"),
+        }
+    }
+
+    /// Another user who owns a file in the state directory can change it at will, whatever its
+    /// mode: the directory, the database, the WAL and the shared-memory file must be ours.
+    #[test]
+    fn refuses_files_owned_by_another_user() {
+        let (_tmp, dir) = state_dir();
+        let _open = with_sidecars(&dir);
+        let me = rustix::process::geteuid().as_raw();
+        let stranger = me.wrapping_add(1);
+        for path in [
+            dir.clone(),
+            dir.join(DB_FILE),
+            dir.join("state.db-wal"),
+            dir.join("state.db-shm"),
+        ] {
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let check = if path == dir {
+                check_private(&path, &meta, 0o077, "chmod 700", stranger)
+            } else {
+                check_private(&path, &meta, 0o077, "chmod 600", stranger)
+            };
+            match check {
+                Err(StoreError::WrongOwner {
+                    path: refused,
+                    owner,
+                    expected,
+                }) => {
+                    assert_eq!(refused, path);
+                    assert_eq!(owner, me);
+                    assert_eq!(expected, stranger);
+                }
+                other => panic!("{}: expected WrongOwner, got {other:?}", path.display()),
+            }
+        }
+        // For real, where the test may give a file away (as root).
+        if me == 0 {
+            let wal = dir.join("state.db-wal");
+            std::os::unix::fs::chown(&wal, Some(65534), None).unwrap();
+            match StateStore::open_existing(&dir) {
+                Err(e @ StoreError::WrongOwner { .. }) => {
+                    let text = e.to_string();
+                    assert!(
+                        text.contains("uid 65534") && text.contains("chown"),
+                        "{text}"
+                    );
+                }
+                other => panic!("expected WrongOwner, got {other:?}"),
+            }
+            std::os::unix::fs::chown(&wal, Some(0), None).unwrap();
+        }
+        StateStore::open_existing(&dir).unwrap();
+    }
+
     #[test]
     fn refuses_a_database_readable_by_others() {
         let (_tmp, dir) = state_dir();
@@ -1045,8 +1307,18 @@ mod tests {
         assert_eq!(store.meta("absent").unwrap(), None);
     }
 
+    /// A member row for `node` with placeholder keys (the store does not interpret them).
+    fn member(node: NodeId) -> MemberRecord<'static> {
+        MemberRecord {
+            node,
+            mldsa_public_key: &[7; 8],
+            tls_point: &[4; 65],
+            not_after_unix: NOW + 3600,
+        }
+    }
+
     #[test]
-    fn invitations_redeem_once() {
+    fn invitations_admit_one_node() {
         let (_tmp, dir) = state_dir();
         let mut store = StateStore::open(&dir).unwrap();
         let node = NodeId::from_bytes([1; 16]);
@@ -1057,33 +1329,32 @@ mod tests {
             store.add_invitation(id, &[0; 32], NOW, NOW + 600).is_err(),
             "IDs are unique"
         );
+        let mut redeem = |secret: &[u8; 32], id: &[u8; 16], node: NodeId, at: u64| {
+            store
+                .redeem_invitation(id, secret, &member(node), at)
+                .unwrap()
+        };
 
         assert_eq!(
-            store
-                .redeem_invitation(&id, &[0xbc; 32], node, NOW + 1)
-                .unwrap(),
+            redeem(&[0xbc; 32], &id, node, NOW + 1),
             Err(InvitationError::BadSecret)
         );
         assert_eq!(
-            store
-                .redeem_invitation(&[0xab; 16], &secret, node, NOW + 1)
-                .unwrap(),
+            redeem(&secret, &[0xab; 16], node, NOW + 1),
             Err(InvitationError::Unknown)
         );
+        assert_eq!(redeem(&secret, &id, node, NOW + 2), Ok(Redemption::First));
         assert_eq!(
-            store
-                .redeem_invitation(&id, &secret, node, NOW + 2)
-                .unwrap(),
-            Ok(())
-        );
-        assert_eq!(
-            store
-                .redeem_invitation(&id, &secret, other, NOW + 3)
-                .unwrap(),
+            redeem(&secret, &id, other, NOW + 3),
             Err(InvitationError::Used {
                 at: NOW + 2,
                 by: node.to_string()
             })
+        );
+        assert!(!store.is_member(other).unwrap());
+        assert!(
+            store.is_member(node).unwrap(),
+            "recorded with the redemption"
         );
         let listed = store.invitations().unwrap();
         assert_eq!(listed.len(), 1);
@@ -1091,6 +1362,64 @@ mod tests {
         assert_eq!(listed[0].expires_at, NOW + 600);
         assert_eq!(listed[0].used_at, Some(NOW + 2));
         assert_eq!(listed[0].used_by, Some(node.to_string()));
+    }
+
+    /// The CA redeemed the invitation but its answer never reached the joiner: the same node
+    /// asking again gets in, within the invitation's validity; nobody else does.
+    #[test]
+    fn the_same_node_may_redeem_again_while_the_invitation_is_valid() {
+        let (_tmp, dir) = state_dir();
+        let mut store = StateStore::open(&dir).unwrap();
+        let node = NodeId::from_bytes([1; 16]);
+        let (id, secret) = ([0xaa; 16], [0xbb; 32]);
+        store.add_invitation(id, &secret, NOW, NOW + 600).unwrap();
+        let mut redeem = |node: NodeId, secret: &[u8; 32], at: u64| {
+            store
+                .redeem_invitation(&id, secret, &member(node), at)
+                .unwrap()
+        };
+        assert_eq!(redeem(node, &secret, NOW + 1), Ok(Redemption::First));
+        assert_eq!(redeem(node, &secret, NOW + 5), Ok(Redemption::Repeated));
+        assert_eq!(
+            redeem(node, &[0xbc; 32], NOW + 6),
+            Err(InvitationError::BadSecret),
+            "the secret still has to match"
+        );
+        assert!(matches!(
+            redeem(NodeId::from_bytes([2; 16]), &secret, NOW + 7),
+            Err(InvitationError::Used { at, .. }) if at == NOW + 1
+        ));
+        assert_eq!(
+            redeem(node, &secret, NOW + 600),
+            Err(InvitationError::Expired(NOW + 600)),
+            "only within the invitation's validity"
+        );
+        let listed = store.invitations().unwrap();
+        assert_eq!(
+            listed[0].used_at,
+            Some(NOW + 1),
+            "first use is what is listed"
+        );
+    }
+
+    #[test]
+    fn revoked_nodes_cannot_redeem_and_leave_the_invitation_unused() {
+        let (_tmp, dir) = state_dir();
+        let mut store = StateStore::open(&dir).unwrap();
+        let node = NodeId::from_bytes([1; 16]);
+        store.revoke(&ca(), node, "test", NOW).unwrap().unwrap();
+        assert!(store.is_revoked(node).unwrap());
+        store
+            .add_invitation([1; 16], &[1; 32], NOW, NOW + 600)
+            .unwrap();
+        assert_eq!(
+            store
+                .redeem_invitation(&[1; 16], &[1; 32], &member(node), NOW + 1)
+                .unwrap(),
+            Err(InvitationError::NodeRevoked)
+        );
+        assert_eq!(store.invitations().unwrap()[0].used_at, None);
+        assert!(!store.is_member(node).unwrap());
     }
 
     #[test]
@@ -1103,15 +1432,15 @@ mod tests {
             .unwrap();
         assert_eq!(
             store
-                .redeem_invitation(&[1; 16], &[1; 32], node, NOW + 600)
+                .redeem_invitation(&[1; 16], &[1; 32], &member(node), NOW + 600)
                 .unwrap(),
             Err(InvitationError::Expired(NOW + 600))
         );
         assert_eq!(
             store
-                .redeem_invitation(&[1; 16], &[1; 32], node, NOW + 599)
+                .redeem_invitation(&[1; 16], &[1; 32], &member(node), NOW + 599)
                 .unwrap(),
-            Ok(()),
+            Ok(Redemption::First),
             "a refused redemption leaves the invitation usable"
         );
     }
@@ -1253,9 +1582,14 @@ mod tests {
         assert_eq!(listed[0].id, CRASH_ID);
         assert_eq!(
             store
-                .redeem_invitation(&CRASH_ID, &CRASH_SECRET, NodeId::from_bytes([1; 16]), NOW)
+                .redeem_invitation(
+                    &CRASH_ID,
+                    &CRASH_SECRET,
+                    &member(NodeId::from_bytes([1; 16])),
+                    NOW
+                )
                 .unwrap(),
-            Ok(())
+            Ok(Redemption::First)
         );
     }
 

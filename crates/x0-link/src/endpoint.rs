@@ -10,7 +10,9 @@
 //!
 //! One UDP port serves two ALPNs: [`LINK_ALPN`] for links between members, which require a
 //! client SVID, and [`CA_ALPN`] for the CA service (joins and renewals), where a client
-//! certificate is optional because a joining node has none yet.
+//! certificate is optional because a joining node has none yet. On the CA service the CA node
+//! answers a joiner's [`ControlMessage::CaProofRequest`] with its own ML-DSA-65 proof of
+//! possession before the request is read and handed to the shell as a [`CaRequest`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -892,11 +894,32 @@ impl LinkEndpoint {
             .await
             .map_err(|e| LinkError::failed(classify(&e).0, e.to_string()))?;
         let mut stream = ControlStream::new(send, recv, self.inner.metrics.clone());
-        let request = stream
-            .recv
-            .recv()
-            .await
-            .map_err(|e| LinkError::failed(FailureReason::Other, format!("CA request: {e}")))?;
+        let read_failed =
+            |e: ControlError| LinkError::failed(FailureReason::Other, format!("CA request: {e}"));
+        let mut request = stream.recv.recv().await.map_err(read_failed)?;
+        if request == ControlMessage::CaProofRequest {
+            // A joining node wants this node to prove, before it sends its invitation secret,
+            // that it is the CA node the invitation names: only the CA node answers.
+            if !self.inner.identity.serves_ca() {
+                return Err(LinkError::failed(
+                    FailureReason::Other,
+                    "a joining node asked for the CA node's proof, but this node is not the CA node",
+                ));
+            }
+            let hello = self.hello(ProofRole::CaService, &exporter)?;
+            stream
+                .send
+                .send(&hello)
+                .await
+                .map_err(|e| LinkError::failed(FailureReason::Other, format!("CA proof: {e}")))?;
+            request = stream.recv.recv().await.map_err(read_failed)?;
+            if request == ControlMessage::CaProofRequest {
+                return Err(LinkError::failed(
+                    FailureReason::Other,
+                    "a second CA proof request on one connection",
+                ));
+            }
+        }
         Ok(CaRequest {
             connection: conn,
             peer: verifier.verified(),

@@ -71,6 +71,12 @@ impl LocalIdentity {
         *self.chains.write().unwrap_or_else(|e| e.into_inner()) = chains;
     }
 
+    /// Whether this node serves the CA service (it presents the CA certificate there: the CA
+    /// node).
+    pub fn serves_ca(&self) -> bool {
+        self.current().ca_service.is_some()
+    }
+
     /// The node's keys.
     pub fn keys(&self) -> &Arc<NodeKeys> {
         &self.keys
@@ -79,6 +85,16 @@ impl LocalIdentity {
     /// The node ID.
     pub fn node_id(&self) -> NodeId {
         self.keys.node_id()
+    }
+
+    /// The current SVID, DER.
+    pub fn svid_der(&self) -> Vec<u8> {
+        self.current()
+            .link
+            .cert
+            .first()
+            .map(|c| c.to_vec())
+            .unwrap_or_default()
     }
 
     fn current(&self) -> Chains {
@@ -109,5 +125,12 @@ impl ResolvesClientCert for LocalIdentity {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+/// Adverts carry the SVID in force when they are signed (renewals included).
+impl x0_identity::advert::SvidSource for LocalIdentity {
+    fn current_svid(&self) -> Vec<u8> {
+        self.svid_der()
     }
 }

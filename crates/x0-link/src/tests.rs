@@ -22,7 +22,7 @@ use x0_identity::ca::MeshCa;
 use x0_identity::proof::{ProofRole, link_transcript};
 use x0_identity::store::StateStore;
 use x0_identity::svid::{Role, TrustBundle};
-use x0_identity::{NodeId, NodeKeys, TrustDomain, authority};
+use x0_identity::{NodeId, NodeKeys, TrustDomain, authority, ca_service};
 use x0_wire::control::{Hello, RefusalCode, Refused};
 use x0_wire::{ControlMessage, InvitationToken, RevocationList, SignedRevocationList};
 
@@ -125,26 +125,63 @@ impl Mesh {
 
 type Outcome = Result<Link, LinkError>;
 
-/// What the CA node needs to answer joins and renewals.
+/// The CA service as a test node runs it: the CA node's [`ca_service::CaService`] (none on a
+/// node that only poses as the CA node), every request it was handed, and answers it drops.
 struct CaService {
-    ca: Arc<MeshCa>,
-    store: Mutex<StateStore>,
+    service: Option<Arc<ca_service::CaService>>,
+    /// Every request the link layer handed up (a secret that reaches a rogue ends up here).
+    seen: Mutex<Vec<ControlMessage>>,
+    /// Answers to lose: the request is handled, then the connection closes without an answer.
+    lose_answers: AtomicUsize,
 }
 
 impl CaService {
-    fn answer(&self, req: &CaRequest) -> ControlMessage {
-        let mut store = self.store.lock().unwrap();
-        let now = UnixTime::now();
-        let answer = match &req.request {
-            ControlMessage::JoinRequest(j) => {
-                authority::handle_join(&mut store, &self.ca, j, &req.exporter, now)
-            }
-            ControlMessage::RenewRequest(r) => {
-                authority::handle_renew(&store, &self.ca, req.peer.as_ref(), r, &req.exporter, now)
-            }
-            other => Ok(refused(RefusalCode::Internal, other.name())),
+    fn real(service: Arc<ca_service::CaService>) -> Arc<Self> {
+        Arc::new(Self {
+            service: Some(service),
+            seen: Mutex::new(Vec::new()),
+            lose_answers: AtomicUsize::new(0),
+        })
+    }
+
+    /// A service that only records what it is sent.
+    fn harvesting() -> Arc<Self> {
+        Arc::new(Self {
+            service: None,
+            seen: Mutex::new(Vec::new()),
+            lose_answers: AtomicUsize::new(0),
+        })
+    }
+
+    /// The CA's own store connection.
+    fn store(&self) -> std::sync::MutexGuard<'_, StateStore> {
+        self.service.as_ref().expect("not the CA node").store()
+    }
+
+    fn seen(&self) -> Vec<ControlMessage> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The answer to send, or `None` to lose it.
+    fn answer(&self, req: &CaRequest) -> Option<ControlMessage> {
+        self.seen.lock().unwrap().push(req.request.clone());
+        let answer = match &self.service {
+            Some(service) => match service.admit() {
+                Some(permit) => permit.handle(
+                    &req.request,
+                    req.peer.as_ref(),
+                    &req.exporter,
+                    UnixTime::now(),
+                ),
+                None => ca_service::CaService::busy(),
+            },
+            None => refused(RefusalCode::NotCa, "not the CA node"),
         };
-        answer.unwrap_or_else(|e| refused(RefusalCode::Internal, &e.to_string()))
+        let lose = self
+            .lose_answers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        (!lose).then_some(answer)
     }
 }
 
@@ -267,9 +304,14 @@ fn accept_loop(
                     Ok(Accepted::Ca(req)) => {
                         let answer = match &ca {
                             Some(ca) => ca.answer(&req),
-                            None => refused(RefusalCode::NotCa, "not the CA node"),
+                            None => Some(refused(RefusalCode::NotCa, "not the CA node")),
                         };
-                        let _ = req.respond(&answer).await;
+                        match answer {
+                            Some(answer) => {
+                                let _ = req.respond(&answer).await;
+                            }
+                            None => req.connection.close(0u32.into(), b"answer lost"),
+                        }
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -297,10 +339,12 @@ impl CaNode {
         assert!(store.create_node_keys(&keys, now).unwrap());
         assert!(store.create_ca(&mesh.ca, HOUR, now).unwrap());
         let svid = mesh.issue(&keys);
-        let service = Arc::new(CaService {
-            ca: mesh.ca.clone(),
-            store: Mutex::new(store),
-        });
+        let ca = store.ca().unwrap().unwrap();
+        let service = CaService::real(ca_service::CaService::new(
+            store,
+            ca,
+            ca_service::DEFAULT_MAX_IN_FLIGHT,
+        ));
         let node = Node::start_full(
             &mesh.bundle,
             keys,
@@ -321,13 +365,12 @@ impl CaNode {
         let id = [tag; 16];
         let secret = [tag ^ 0x5a; 32];
         self.service
-            .store
-            .lock()
-            .unwrap()
+            .store()
             .add_invitation(id, &secret, unix_now(), expires_at)
             .unwrap();
         InvitationToken {
             ca_fingerprint: mesh.ca.fingerprint(),
+            ca_node: self.node.id(),
             invitation_id: id,
             secret,
             expires_at_unix: expires_at,
@@ -972,12 +1015,13 @@ struct Joined {
 
 async fn join(token: &InvitationToken) -> (Result<Joined, CaClientError>, NodeKeys) {
     let keys = NodeKeys::generate().unwrap();
-    let result = bounded(
-        "join",
-        ca_client::join(token, &keys, &LinkConfig::default()),
-    )
-    .await;
-    let outcome = result.map(|(issued, group)| {
+    (join_as(token, &keys).await, keys)
+}
+
+/// Joins with `keys` (a retry from the same state directory uses the same keys).
+async fn join_as(token: &InvitationToken, keys: &NodeKeys) -> Result<Joined, CaClientError> {
+    let result = bounded("join", ca_client::join(token, keys, &LinkConfig::default())).await;
+    result.map(|(issued, group)| {
         assert_eq!(group, "X25519MLKEM768");
         let dir = tempfile::tempdir().unwrap();
         let store = StateStore::open(&dir.path().join("member")).unwrap();
@@ -998,8 +1042,7 @@ async fn join(token: &InvitationToken) -> (Result<Joined, CaClientError>, NodeKe
             store,
             _dir: dir,
         }
-    });
-    (outcome, keys)
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1011,14 +1054,7 @@ async fn join_over_the_ca_service_then_link_to_the_ca_node() {
     let (joined, _) = join(&token).await;
     let joined = joined.unwrap();
     let membership = joined.store.membership().unwrap().unwrap();
-    assert!(
-        ca.service
-            .store
-            .lock()
-            .unwrap()
-            .is_member(joined.keys.node_id())
-            .unwrap()
-    );
+    assert!(ca.service.store().is_member(joined.keys.node_id()).unwrap());
 
     // The new member links to the CA node with what it was issued.
     let bundle =
@@ -1037,14 +1073,7 @@ async fn join_over_the_ca_service_then_link_to_the_ca_node() {
     let (again, again_keys) = join(&token).await;
     let err = again.err().expect("a used invitation was accepted twice");
     assert_eq!(err.refusal(), Some(RefusalCode::InvitationUsed), "{err}");
-    assert!(
-        !ca.service
-            .store
-            .lock()
-            .unwrap()
-            .is_member(again_keys.node_id())
-            .unwrap()
-    );
+    assert!(!ca.service.store().is_member(again_keys.node_id()).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1055,14 +1084,7 @@ async fn expired_invitation_is_refused() {
     let (result, keys) = join(&token).await;
     let err = result.err().expect("an expired invitation was accepted");
     assert_eq!(err.refusal(), Some(RefusalCode::InvitationExpired), "{err}");
-    assert!(
-        !ca.service
-            .store
-            .lock()
-            .unwrap()
-            .is_member(keys.node_id())
-            .unwrap()
-    );
+    assert!(!ca.service.store().is_member(keys.node_id()).unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1080,7 +1102,7 @@ async fn join_with_a_wrong_ca_fingerprint_fails_before_anything_is_sent() {
     assert!(matches!(err, CaClientError::Link { .. }), "{err}");
     assert!(err.refusal().is_none());
     {
-        let store = ca.service.store.lock().unwrap();
+        let store = ca.service.store();
         assert!(!store.is_member(keys.node_id()).unwrap());
         let invitations = store.invitations().unwrap();
         assert_eq!(invitations.len(), 1);
@@ -1090,6 +1112,125 @@ async fn join_with_a_wrong_ca_fingerprint_fails_before_anything_is_sent() {
     // The invitation is intact: the right pin joins.
     let (joined, _) = join(&good).await;
     joined.unwrap();
+}
+
+/// A node posing as the CA node on the CA service: it presents `svid` (for `keys`) and the
+/// (public) CA certificate, and records whatever a joiner sends it.
+fn pretender(mesh: &Mesh, keys: Arc<NodeKeys>, svid: Vec<u8>) -> (Node, Arc<CaService>) {
+    let harvest = CaService::harvesting();
+    let node = Node::start_full(
+        &mesh.bundle,
+        keys,
+        svid,
+        Some(mesh.ca.cert_der().to_vec()),
+        LinkConfig::default(),
+        Some(harvest.clone()),
+    );
+    (node, harvest)
+}
+
+/// Asserts the join failed as "not the CA node", with nothing handed to the pretender.
+fn assert_no_secret_sent(result: Result<Joined, CaClientError>, harvest: &CaService, expect: &str) {
+    match result
+        .err()
+        .expect("joined through a node that is not the CA node")
+    {
+        CaClientError::NotTheCaNode { detail, .. } => {
+            assert!(detail.contains(expect), "{detail}");
+        }
+        other => panic!("expected NotTheCaNode, got {other}"),
+    }
+    assert!(
+        harvest.seen().is_empty(),
+        "the pretender was sent {:?}",
+        harvest.seen()
+    );
+}
+
+/// Any member holds an SVID under the pinned CA, and the CA certificate is public: a member
+/// that presents both on the CA service (after, say, taking over the bootstrap address) must
+/// not be taken for the CA node. The joiner aborts at the handshake, before sending anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_posing_as_the_ca_node_is_sent_no_secret() {
+    let mesh = Mesh::new();
+    let ca = CaNode::start(&mesh);
+    let token = ca.invite(&mesh, 4, unix_now() + 600);
+    let member_keys = Arc::new(NodeKeys::generate().unwrap());
+    let member_svid = mesh.issue(&member_keys);
+    let (mut pretender, harvest) = pretender(&mesh, member_keys.clone(), member_svid);
+
+    let mut redirected = token.clone();
+    redirected.bootstrap = pretender.addr.to_string();
+    let (result, _) = join(&redirected).await;
+    assert_no_secret_sent(result, &harvest, &member_keys.node_id().to_string());
+    pretender.next_refusal().await;
+
+    // The invitation is intact: at the CA node it works.
+    assert_eq!(ca.service.store().invitations().unwrap()[0].used_at, None);
+    let (joined, _) = join(&token).await;
+    joined.unwrap();
+}
+
+/// Someone holding the CA node's TLS key (ECDSA broken, or the key stolen) and a valid SVID of
+/// the CA node, but not its ML-DSA-65 key, passes the handshake and still gets no secret: the
+/// CA node's proof of possession is checked first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_nodes_certificate_without_its_mldsa_key_is_sent_no_secret() {
+    let mesh = Mesh::new();
+    let ca = CaNode::start(&mesh);
+    let token = ca.invite(&mesh, 5, unix_now() + 600);
+    let ca_keys = &ca.node.keys;
+    let stolen = NodeKeys::from_stored(
+        ca_keys.tls_pkcs8_der(),
+        NodeKeys::generate().unwrap().mldsa_seed(),
+    )
+    .unwrap();
+    let ca_svid = mesh.issue(ca_keys);
+    let (pretender, harvest) = pretender(&mesh, Arc::new(stolen), ca_svid);
+
+    let mut redirected = token.clone();
+    redirected.bootstrap = pretender.addr.to_string();
+    let (result, _) = join(&redirected).await;
+    assert_no_secret_sent(result, &harvest, "ML-DSA-65 key");
+    assert_eq!(ca.service.store().invitations().unwrap()[0].used_at, None);
+}
+
+/// The CA redeems the invitation and issues the SVID, but the answer is lost on the way. The
+/// same joiner (same keys) joining again gets its SVID; another node with the token does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_is_recovered_by_joining_again_with_the_same_keys() {
+    let mesh = Mesh::new();
+    let ca = CaNode::start(&mesh);
+    let token = ca.invite(&mesh, 6, unix_now() + 600);
+    let keys = NodeKeys::generate().unwrap();
+
+    ca.service.lose_answers.store(1, Ordering::Relaxed);
+    let err = join_as(&token, &keys)
+        .await
+        .err()
+        .expect("an answer that was never sent arrived");
+    assert!(
+        matches!(err, CaClientError::AnswerLost { .. }),
+        "expected AnswerLost, got {err}"
+    );
+    assert!(
+        err.to_string().contains("running the same join again"),
+        "{err}"
+    );
+    assert!(ca.service.store().is_member(keys.node_id()).unwrap());
+
+    let joined = join_as(&token, &keys).await.unwrap();
+    assert_eq!(joined.keys.node_id(), keys.node_id());
+
+    let (other, other_keys) = join(&token).await;
+    let err = other
+        .err()
+        .expect("a used invitation admitted a second node");
+    assert_eq!(err.refusal(), Some(RefusalCode::InvitationUsed), "{err}");
+    assert!(!ca.service.store().is_member(other_keys.node_id()).unwrap());
+    let stats = ca.service.service.as_ref().unwrap().stats();
+    assert_eq!(stats.joins_issued.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.joins_repeated.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1123,9 +1264,7 @@ async fn renewal_issues_a_fresh_svid_and_is_refused_after_revocation() {
     // Revoked in the CA's store: the CA answers with a refusal.
     let signed = ca
         .service
-        .store
-        .lock()
-        .unwrap()
+        .store()
         .revoke(&mesh.ca, member.id(), "test", unix_now())
         .unwrap()
         .unwrap();
@@ -1447,4 +1586,44 @@ async fn delayed_sends_raise_the_rtt_and_dropped_sends_keep_a_link_from_forming(
         "a link formed with every datagram dropped"
     );
     assert!(!drop.asked.lock().unwrap().is_empty());
+}
+
+#[test]
+fn advert_signatures_carry_the_current_svid_and_follow_the_revocations() {
+    use x0_identity::advert::{AdvertSigner, OriginError, OriginVerifier};
+
+    let mesh = Mesh::new();
+    let keys = Arc::new(NodeKeys::generate().unwrap());
+    let first = mesh.issue(&keys);
+    let identity = LocalIdentity::new(keys.clone(), first.clone(), None).unwrap();
+    assert_eq!(identity.svid_der(), first);
+    let trust = TrustState::new(mesh.bundle.clone(), Arc::new(LinkMetrics::default()));
+    let signer = AdvertSigner::new(keys.clone(), identity.clone());
+    let mut verifier = OriginVerifier::new(mesh.bundle.clone(), trust.clone());
+    let now = UnixTime::now();
+    let (cred, sig) = signer.sign(b"body");
+    assert_eq!(
+        verifier.verify(now, &keys.node_id(), b"body", &cred, &sig),
+        Ok(())
+    );
+    // A renewal shows in the next advert.
+    let renewed = mesh.issue_at(&keys, unix_now(), 2 * HOUR);
+    identity.set_svid(renewed.clone(), None);
+    let (cred2, sig2) = signer.sign(b"body");
+    assert!(cred2.windows(renewed.len()).any(|w| w == renewed));
+    assert_eq!(
+        verifier.verify(now, &keys.node_id(), b"body", &cred2, &sig2),
+        Ok(())
+    );
+    // So does a revocation.
+    let generation = verifier.generation();
+    trust
+        .apply_revocations(&mesh.revocations(1, &[keys.node_id()]))
+        .unwrap();
+    assert_ne!(verifier.generation(), generation);
+    assert!(!verifier.admits(&keys.node_id()));
+    assert_eq!(
+        verifier.verify(now, &keys.node_id(), b"body", &cred2, &sig2),
+        Err(OriginError::Revoked)
+    );
 }

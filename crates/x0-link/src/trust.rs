@@ -150,6 +150,17 @@ impl TrustState {
     }
 }
 
+/// Advert origins are checked against the same revocations as links.
+impl x0_identity::advert::RevocationView for TrustState {
+    fn is_revoked(&self, node: &NodeId) -> bool {
+        self.snapshot().is_revoked(*node)
+    }
+
+    fn revocation_serial(&self) -> u64 {
+        self.snapshot().revocation_serial
+    }
+}
+
 fn check_sizes(
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
@@ -344,34 +355,104 @@ impl ClientCertVerifier for SpiffeVerifier {
     }
 }
 
-/// A joining node's verifier: it knows only the CA fingerprint from the invitation, so it
-/// accepts a server whose chain contains a CA certificate with that fingerprint and whose leaf
-/// is a valid node SVID under that CA.
+/// A joining node's verifier. It knows the CA fingerprint and the CA node's node ID from the
+/// invitation: it accepts a server whose chain contains a CA certificate with that fingerprint
+/// and whose leaf is a valid SVID, under that CA, of that very node. The CA certificate is
+/// public and every member holds an SVID under it, so without the node ID any member could
+/// pose as the CA node and collect invitation secrets.
+///
+/// The TLS handshake proves the leaf's ECDSA key only; the joiner still checks the CA node's
+/// ML-DSA-65 proof before it sends the secret (see [`crate::ca_client::join`]).
 #[derive(Debug)]
 pub struct PinnedCaVerifier {
     trust_domain: TrustDomain,
     fingerprint: [u8; 32],
-    bundle: Mutex<Option<TrustBundle>>,
+    ca_node: NodeId,
+    accepted: Mutex<Option<(TrustBundle, VerifiedSvid)>>,
+    refusal: Mutex<Option<(FailureReason, String)>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl PinnedCaVerifier {
-    /// Pins the CA whose certificate hashes to `fingerprint`.
-    pub fn new(trust_domain: TrustDomain, fingerprint: [u8; 32]) -> Arc<Self> {
+    /// Pins the CA whose certificate hashes to `fingerprint`, served by node `ca_node`.
+    pub fn new(trust_domain: TrustDomain, fingerprint: [u8; 32], ca_node: NodeId) -> Arc<Self> {
         Arc::new(Self {
             trust_domain,
             fingerprint,
-            bundle: Mutex::new(None),
+            ca_node,
+            accepted: Mutex::new(None),
+            refusal: Mutex::new(None),
             algorithms: signature_algorithms(),
         })
     }
 
     /// The bundle made from the pinned CA, once a handshake accepted it.
     pub fn bundle(&self) -> Option<TrustBundle> {
-        self.bundle
+        self.accepted().map(|(b, _)| b)
+    }
+
+    /// The CA node's verified SVID, once a handshake accepted it.
+    pub fn verified(&self) -> Option<VerifiedSvid> {
+        self.accepted().map(|(_, v)| v)
+    }
+
+    /// Why the server's certificate was refused, if it was.
+    pub fn refusal(&self) -> Option<(FailureReason, String)> {
+        self.refusal
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    fn accepted(&self) -> Option<(TrustBundle, VerifiedSvid)> {
+        self.accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(TrustBundle, VerifiedSvid), (FailureReason, String, Error)> {
+        check_sizes(end_entity, intermediates)
+            .map_err(|(r, e)| (r, "certificate chain too large".to_owned(), e))?;
+        let ca = intermediates
+            .iter()
+            .find(|c| sha256(c) == self.fingerprint)
+            .ok_or((
+                FailureReason::UntrustedIssuer,
+                "no CA certificate with the invitation's fingerprint".to_owned(),
+                Error::InvalidCertificate(CertificateError::UnknownIssuer),
+            ))?;
+        let bundle = TrustBundle::new(self.trust_domain.clone(), vec![ca.clone().into_owned()])
+            .map_err(|e| {
+                let detail = e.to_string();
+                let err = Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+                    Arc::new(e),
+                )));
+                (FailureReason::BadCertificate, detail, err)
+            })?;
+        let svid = bundle
+            .verify(end_entity, &[], now, Role::Server)
+            .map_err(|e| {
+                let detail = e.to_string();
+                let (reason, err) = svid_refusal(e);
+                (reason, detail, err)
+            })?;
+        if svid.node_id != self.ca_node {
+            return Err((
+                FailureReason::UnexpectedPeer,
+                format!(
+                    "node {} answered, but the invitation names the CA node {}",
+                    svid.node_id, self.ca_node
+                ),
+                Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure),
+            ));
+        }
+        Ok((bundle, svid))
     }
 }
 
@@ -384,20 +465,17 @@ impl ServerCertVerifier for PinnedCaVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        check_sizes(end_entity, intermediates).map_err(|(_, e)| e)?;
-        let ca = intermediates
-            .iter()
-            .find(|c| sha256(c) == self.fingerprint)
-            .ok_or(Error::InvalidCertificate(CertificateError::UnknownIssuer))?;
-        let bundle = TrustBundle::new(self.trust_domain.clone(), vec![ca.clone().into_owned()])
-            .map_err(|e| {
-                Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(e))))
-            })?;
-        bundle
-            .verify(end_entity, &[], now, Role::Server)
-            .map_err(|e| svid_refusal(e).1)?;
-        *self.bundle.lock().unwrap_or_else(|e| e.into_inner()) = Some(bundle);
-        Ok(ServerCertVerified::assertion())
+        match self.check(end_entity, intermediates, now) {
+            Ok(accepted) => {
+                *self.accepted.lock().unwrap_or_else(|e| e.into_inner()) = Some(accepted);
+                Ok(ServerCertVerified::assertion())
+            }
+            Err((reason, detail, err)) => {
+                debug!("refusing the bootstrap node's certificate: {detail}");
+                *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some((reason, detail));
+                Err(err)
+            }
+        }
     }
 
     fn verify_tls12_signature(

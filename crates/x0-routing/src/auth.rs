@@ -5,26 +5,54 @@
 //! must hash to the origin's node ID, and the signature is pure ML-DSA-65 over the advert body.
 //! The simulator uses [`InsecureDigestAuth`], a keyed digest that is *not* a signature, so that
 //! 10,000 simulated nodes do not spend their time verifying 10⁸ ML-DSA signatures.
+//!
+//! **Admission.** Only members the mesh CA admitted may originate adverts: the daemon's verifier
+//! (`x0_identity::advert`) also checks the origin's SVID, attached to the advert's key
+//! material, against the mesh CA and the revocation list ([`Verdict::NotAdmitted`],
+//! [`Verdict::Revoked`]). When the set of admitted members shrinks (a new revocation list), the
+//! verifier's [`AdvertAuth::admission_generation`] changes and the router drops the adverts of
+//! every origin [`AdvertAuth::admits`] no longer admits.
 
 use x0_wire::NodeId;
 
 /// The outcome of checking an advert's origin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Verdict {
-    /// Signed by the origin.
+    /// Signed by the origin, an admitted member.
     Valid,
-    /// The signature (or the key's binding to the origin) does not verify.
+    /// The signature (or the key's binding to the origin) does not verify. The neighbour that
+    /// sent it is penalised.
     BadSignature,
     /// No key known or attached for this origin.
     UnknownOrigin,
+    /// The origin was never admitted: its credential was not issued by the mesh CA for it (a
+    /// minted origin). The neighbour that sent it is penalised: an honest one verified it.
+    NotAdmitted,
+    /// The origin was admitted once but is no longer: revoked, or its credential expired longer
+    /// ago than an advert lives. Not penalised: the neighbour may not know yet.
+    Revoked,
 }
 
 /// Signs our adverts and verifies others'.
 pub trait AdvertAuth {
     /// Key material to attach to our adverts (may be empty) and our signature over `body`.
     fn sign(&mut self, body: &[u8]) -> (Vec<u8>, Vec<u8>);
-    /// Checks `signature` over `body` by `origin`, given the attached key material.
+    /// Checks `signature` over `body` by `origin`, given the attached key material, and that
+    /// `origin` is an admitted member.
     fn verify(&mut self, origin: &NodeId, body: &[u8], key: &[u8], signature: &[u8]) -> Verdict;
+    /// Changes whenever members may have lost their admission (a new revocation list): the
+    /// router then asks [`AdvertAuth::admits`] about every origin it holds. Constant (0) by
+    /// default.
+    fn admission_generation(&self) -> u64 {
+        0
+    }
+    /// Whether `origin`, whose advert was verified earlier, is still admitted. Always by
+    /// default.
+    fn admits(&mut self, origin: &NodeId) -> bool {
+        let _ = origin;
+        true
+    }
 }
 
 /// FOR SIMULATION AND TESTS ONLY: a keyed 64-bit digest that anyone knowing the (public) key can

@@ -36,6 +36,23 @@ pub struct RouterConfig {
     pub retransmit_interval: Duration,
     /// Most advert datagrams sent per neighbour per second (flooding rate limit). Default 2,000.
     pub flood_rate_per_s: u32,
+    /// Signature verifications each neighbour may cause per second (the refill of its budget).
+    /// An advert that needs one beyond the budget is dropped unacknowledged, so its sender
+    /// retransmits it later (after `retransmit_interval`, doubling). Default 1,000 (an ML-DSA-65
+    /// verification takes 36–60 µs: at most ~6 % of a core per neighbour).
+    pub verify_rate_per_s: u32,
+    /// Most verifications a neighbour's budget holds (a new neighbour starts full, so a database
+    /// exchange is verified at once). Default 2,000.
+    pub verify_burst: u32,
+    /// Tokens a bad signature costs the neighbour that sent it, on top of the verification
+    /// itself; its budget may go down to `-verify_burst`, so a neighbour that keeps sending bad
+    /// signatures has its adverts ignored for a while. Honest neighbours forward only adverts
+    /// they verified, so they never pay it. Default 100.
+    pub bad_signature_penalty: u32,
+    /// Most origins the link-state database holds (ours included). Adverts of new origins
+    /// beyond it are refused (`rejected_lsdb_full`). Default 16,384: above the largest mesh we
+    /// simulate (10,000), and ~100 MB of ML-DSA-signed adverts at worst.
+    pub max_origins: usize,
     /// Delay between a topology change and the SPF run that follows (coalesces bursts; fast
     /// reroute covers local failures meanwhile). Default 10 ms.
     pub spf_delay: Duration,
@@ -61,6 +78,10 @@ impl Default for RouterConfig {
             change_holddown: Duration::from_secs(10),
             retransmit_interval: Duration::from_millis(300),
             flood_rate_per_s: 2000,
+            verify_rate_per_s: 1000,
+            verify_burst: 2000,
+            bad_signature_penalty: 100,
+            max_origins: 16_384,
             spf_delay: Duration::from_millis(10),
             k_paths: 2,
             frr_hold: Duration::from_secs(2),
@@ -94,6 +115,12 @@ impl RouterConfig {
         }
         if self.retransmit_interval.is_zero() || self.flood_rate_per_s == 0 {
             return err("retransmit_interval and flood_rate_per_s must be positive");
+        }
+        if self.verify_rate_per_s == 0 || self.verify_burst == 0 {
+            return err("verify_rate_per_s and verify_burst must be positive");
+        }
+        if self.max_origins == 0 {
+            return err("max_origins must be at least 1");
         }
         if self.k_paths == 0 {
             return err("k_paths must be at least 1");

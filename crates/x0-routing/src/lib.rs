@@ -34,6 +34,8 @@ pub mod stats;
 pub mod time;
 
 #[cfg(test)]
+mod insider_tests;
+#[cfg(test)]
 mod tests;
 
 pub use auth::{AdvertAuth, InsecureDigestAuth, Verdict};

@@ -218,6 +218,16 @@ impl Lsdb {
         Offer::Installed { links_changed }
     }
 
+    /// Removes `origin`'s entry; returns whether there was one.
+    pub fn remove(&mut self, origin: &NodeId) -> bool {
+        let Ok(i) = self.position(origin) else {
+            return false;
+        };
+        let (_, old) = Arc::make_mut(&mut self.entries).remove(i);
+        self.digest ^= entry_hash(origin, old.stored.body.seq);
+        true
+    }
+
     /// Removes entries whose lifetime ended; returns their origins.
     pub fn expire(&mut self, now: Instant) -> Vec<NodeId> {
         if now < self.next_sweep {
@@ -366,6 +376,19 @@ mod tests {
         );
         assert_eq!(db.len(), 1);
         assert_eq!(db.next_expiry(), Some(Instant::from_millis(119_000)));
+    }
+
+    #[test]
+    fn removing_an_origin_updates_the_digest() {
+        let mut db = Lsdb::new();
+        db.offer(advert(1, 3, &[]), Instant::ZERO);
+        let one = db.digest();
+        db.offer(advert(2, 1, &[]), Instant::ZERO);
+        assert!(db.remove(&NodeId::from_bytes([2; 16])));
+        assert!(!db.remove(&NodeId::from_bytes([2; 16])));
+        assert_eq!(db.digest(), one);
+        assert_eq!(db.len(), 1);
+        assert_eq!(db.seq_of(&NodeId::from_bytes([2; 16])), None);
     }
 
     #[test]

@@ -15,8 +15,10 @@
 //! Our own advert is re-originated at once (at most every `min_originate_interval`) when a link
 //! comes up or goes down, a link's quality class changes or its cost changes by more than
 //! `significant_cost_change`; smaller cost changes wait for the periodic refresh. If a neighbour
-//! sends us an advert of ours with a higher sequence number (from before a reboot), we jump past
-//! it and re-originate.
+//! sends us a validly signed advert of ours with a higher sequence number (from before a
+//! reboot), we jump past it and re-originate, within the same rate limit; one whose signature
+//! does not verify changes nothing. Sequence numbers never wrap: at `u64::MAX` origination stops
+//! ([`RouterEvent::SequenceExhausted`]).
 //!
 //! Routes: computed lazily, on the first query at least `spf_delay` after a topology change
 //! (coalescing bursts; a router nobody asks for routes never runs SPF), over the links both ends
@@ -95,6 +97,11 @@ pub enum RouterEvent {
     },
     /// The routing table was recomputed after a topology change.
     RoutesRecomputed,
+    /// Our advert sequence number reached `u64::MAX`: we cannot advertise any change of our
+    /// links any more. Reported once. Only an advert signed with our own key can get us there
+    /// (the key leaked, or the persisted number was edited); the way out is in
+    /// `docs/routing.md` ("Sequence numbers").
+    SequenceExhausted,
 }
 
 /// A forwarding decision.
@@ -128,6 +135,10 @@ struct Neighbor {
     acks: Vec<(NodeId, u64)>,
     tokens: f64,
     refilled: Instant,
+    /// Signature verifications this neighbour may still cause (refilled at
+    /// `verify_rate_per_s`; negative after bad signatures).
+    verify_tokens: f64,
+    verify_refilled: Instant,
     advertised_cost: u32,
     advertised_class: QualityClass,
     /// When a cost-only change may next trigger an advert.
@@ -187,6 +198,10 @@ pub struct Router {
     me: NodeId,
     auth: Box<dyn AdvertAuth + Send>,
     seq: u64,
+    /// Whether [`RouterEvent::SequenceExhausted`] was reported.
+    seq_exhausted: bool,
+    /// The verifier's admission generation our database was last checked against.
+    admission_seen: u64,
     links: BTreeMap<LinkId, Neighbor>,
     by_neighbor: BTreeMap<NodeId, LinkId>,
     lsdb: Lsdb,
@@ -236,11 +251,14 @@ impl Router {
         now: Instant,
     ) -> Self {
         let refresh_at = now + cfg.advert_refresh;
+        let admission_seen = auth.admission_generation();
         Self {
             cfg,
             me,
+            admission_seen,
             auth,
             seq: last_seq,
+            seq_exhausted: false,
             links: BTreeMap::new(),
             by_neighbor: BTreeMap::new(),
             lsdb: Lsdb::new(),
@@ -516,8 +534,43 @@ impl Router {
         self.next_timeout = self.compute_timeout();
     }
 
+    /// Drops the adverts of origins that lost their admission, if the verifier says the
+    /// admitted set may have shrunk ([`AdvertAuth::admission_generation`]). Runs at every
+    /// [`Router::handle_timeout`]; a shell that just applied a revocation list may call it for
+    /// an immediate effect.
+    pub fn recheck_admission(&mut self, now: Instant) {
+        self.purge_unadmitted(now);
+        self.run(now);
+        self.next_timeout = self.compute_timeout();
+    }
+
+    fn purge_unadmitted(&mut self, now: Instant) {
+        let generation = self.auth.admission_generation();
+        if generation == self.admission_seen {
+            return;
+        }
+        self.admission_seen = generation;
+        let origins: Vec<NodeId> = self
+            .lsdb
+            .iter()
+            .map(|(o, _)| *o)
+            .filter(|o| *o != self.me)
+            .collect();
+        let mut purged = false;
+        for origin in origins {
+            if !self.auth.admits(&origin) && self.lsdb.remove(&origin) {
+                self.stats.origins_purged += 1;
+                purged = true;
+            }
+        }
+        if purged {
+            self.topology_changed(now);
+        }
+    }
+
     /// Runs everything due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.purge_unadmitted(now);
         // Silent neighbours.
         let dead: Vec<LinkId> = self
             .links
@@ -940,7 +993,17 @@ impl Router {
         self.originate_wanted = false;
         self.next_originate_allowed = now + self.cfg.min_originate_interval;
         self.refresh_at = now + self.cfg.advert_refresh;
-        self.seq += 1;
+        let Some(seq) = self.seq.checked_add(1) else {
+            // The sequence space is used up: nothing we could sign would supersede our last
+            // advert. Refuse (never wrap), say so once, and keep routing on what we have.
+            self.stats.own_seq_exhausted += 1;
+            if !self.seq_exhausted {
+                self.seq_exhausted = true;
+                self.events.push_back(RouterEvent::SequenceExhausted);
+            }
+            return;
+        };
+        self.seq = seq;
         let mut links: Vec<AdvertisedLink> = Vec::with_capacity(self.links.len());
         for n in self.links.values_mut() {
             let neighbor = n.session.neighbor();
@@ -1014,34 +1077,32 @@ impl Router {
         self.stats.adverts_received += 1;
         let origin = body.origin;
         let seq = body.seq;
-        // Always acknowledge what we were sent, so the sender stops retransmitting.
         if let Some(n) = self.links.get_mut(&link) {
-            n.acks.push((origin, seq));
             // Implicit ack: the neighbour already has this version.
             acknowledge(n, &origin, seq);
         }
         if origin == self.me {
-            let ours_differs = self
-                .lsdb
-                .get(&self.me)
-                .is_none_or(|e| e.stored.advert != advert);
-            if seq > self.seq || (seq == self.seq && ours_differs) {
-                // Ours from before a restart: jump past it and re-advertise the present.
-                self.seq = seq;
-                self.originate_wanted = true;
-                self.next_originate_allowed = now;
-                self.stats.own_seq_recovered += 1;
+            if self.on_own_advert(now, link, &advert, seq) {
+                self.ack(link, origin, seq);
             }
             return;
         }
         if self.lsdb.seq_of(&origin).is_some_and(|ours| ours > seq) {
+            self.ack(link, origin, seq);
             self.old_advert_counted(now, link, origin, seq);
             return;
         }
-        match self
-            .auth
-            .verify(&origin, &advert.body, &advert.origin_key, &advert.signature)
-        {
+        if self.lsdb.get(&origin).is_none() && self.lsdb.len() >= self.cfg.max_origins {
+            self.ack(link, origin, seq);
+            self.stats.rejected_lsdb_full += 1;
+            return;
+        }
+        let Some(verdict) = self.verify_from(now, link, &origin, &advert) else {
+            return; // over the sender's budget: it retransmits
+        };
+        // Acknowledge what is settled, so the sender stops retransmitting it.
+        self.ack(link, origin, seq);
+        match verdict {
             Verdict::Valid => {}
             Verdict::BadSignature => {
                 self.stats.rejected_bad_signature += 1;
@@ -1049,6 +1110,14 @@ impl Router {
             }
             Verdict::UnknownOrigin => {
                 self.stats.rejected_unknown_origin += 1;
+                return;
+            }
+            Verdict::NotAdmitted => {
+                self.stats.rejected_not_admitted += 1;
+                return;
+            }
+            Verdict::Revoked => {
+                self.stats.rejected_revoked += 1;
                 return;
             }
         }
@@ -1079,6 +1148,92 @@ impl Router {
             if *l != link {
                 schedule_send(n, origin, seq, now);
             }
+        }
+    }
+
+    /// An advert claiming to be ours. A copy of what we hold, or older, is only acknowledged.
+    /// A newer one (a higher number, or our current number with other contents) is ours from
+    /// before a restart *if its signature verifies*: we jump past it, within the origination
+    /// rate limit. Anything else is a forgery and changes nothing: without the check, a
+    /// neighbour could make us re-sign and flood at will, or push our number to `u64::MAX`.
+    ///
+    /// Returns whether the advert is settled (to be acknowledged): false when verifying it was
+    /// over the sender's budget.
+    fn on_own_advert(&mut self, now: Instant, link: LinkId, advert: &Advert, seq: u64) -> bool {
+        let newer = seq > self.seq
+            || (seq == self.seq
+                && self
+                    .lsdb
+                    .get(&self.me)
+                    .is_some_and(|e| e.body().seq == seq && e.stored.advert != *advert));
+        if !newer {
+            return true;
+        }
+        let me = self.me;
+        match self.verify_from(now, link, &me, advert) {
+            None => return false,
+            Some(Verdict::Valid) => {}
+            Some(_) => {
+                self.stats.rejected_own_forged += 1;
+                return true;
+            }
+        }
+        // Ours from before a restart: the next advert goes past it. `next_originate_allowed`
+        // is left alone, so that replays cannot make us originate faster than
+        // `min_originate_interval`.
+        self.seq = self.seq.max(seq);
+        self.originate_wanted = true;
+        self.stats.own_seq_recovered += 1;
+        true
+    }
+
+    /// Verifies `advert` by `origin`, received on `link`, within that neighbour's budget of
+    /// verifications: `None` (and counted as deferred) when the budget is spent. A forgery (a
+    /// bad signature, or an origin the mesh CA never admitted) costs the neighbour
+    /// `bad_signature_penalty` more tokens.
+    fn verify_from(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        origin: &NodeId,
+        advert: &Advert,
+    ) -> Option<Verdict> {
+        let n = self.links.get_mut(&link)?;
+        let rate = f64::from(self.cfg.verify_rate_per_s);
+        let burst = f64::from(self.cfg.verify_burst);
+        let elapsed = now.saturating_since(n.verify_refilled).as_secs_f64();
+        n.verify_tokens = (n.verify_tokens + elapsed * rate).min(burst);
+        n.verify_refilled = now;
+        if n.verify_tokens < 1.0 {
+            self.stats.adverts_deferred += 1;
+            return None;
+        }
+        n.verify_tokens -= 1.0;
+        self.stats.signature_verifications += 1;
+        let verdict = self
+            .auth
+            .verify(origin, &advert.body, &advert.origin_key, &advert.signature);
+        if matches!(verdict, Verdict::BadSignature | Verdict::NotAdmitted) {
+            self.penalise(link);
+        }
+        Some(verdict)
+    }
+
+    /// Charges a neighbour that sent a forgery: its verification budget shrinks (down to
+    /// `-verify_burst`, so that its adverts are ignored for a while).
+    fn penalise(&mut self, link: LinkId) {
+        if let Some(n) = self.links.get_mut(&link) {
+            let floor = -f64::from(self.cfg.verify_burst);
+            n.verify_tokens =
+                (n.verify_tokens - f64::from(self.cfg.bad_signature_penalty)).max(floor);
+            self.stats.neighbor_penalties += 1;
+        }
+    }
+
+    /// Queues an acknowledgement of `(origin, seq)` to the neighbour on `link`.
+    fn ack(&mut self, link: LinkId, origin: NodeId, seq: u64) {
+        if let Some(n) = self.links.get_mut(&link) {
+            n.acks.push((origin, seq));
         }
     }
 
@@ -1233,6 +1388,8 @@ fn new_neighbor(cfg: &RouterConfig, neighbor: NodeId, now: Instant) -> Neighbor 
         acks: Vec::new(),
         tokens: f64::from(cfg.flood_rate_per_s),
         refilled: now,
+        verify_tokens: f64::from(cfg.verify_burst),
+        verify_refilled: now,
         advertised_cost: UNMEASURED_COST,
         advertised_class: QualityClass::Bad,
         cost_change_allowed: now,

@@ -35,10 +35,33 @@ pub struct RouterStats {
     pub rejected_stale: u64,
     /// Adverts whose signature does not verify (dropped).
     pub rejected_bad_signature: u64,
+    /// Signature verifications performed (each within its sender's budget).
+    pub signature_verifications: u64,
+    /// Adverts dropped unacknowledged because their sender's verification budget was spent
+    /// (`verify_rate_per_s`); the sender retransmits them.
+    pub adverts_deferred: u64,
+    /// Forgeries (bad signatures, origins the mesh CA never admitted) charged to the neighbour
+    /// that sent them (`bad_signature_penalty`).
+    pub neighbor_penalties: u64,
     /// Adverts from origins we cannot authenticate (dropped).
     pub rejected_unknown_origin: u64,
-    /// Times a neighbour showed us our own advert with a higher sequence number.
+    /// Adverts from origins the mesh CA never admitted (dropped; the sender is penalised).
+    pub rejected_not_admitted: u64,
+    /// Adverts from origins no longer admitted: revoked, or their SVID long expired (dropped).
+    pub rejected_revoked: u64,
+    /// Adverts of new origins refused because the database holds `max_origins` already.
+    pub rejected_lsdb_full: u64,
+    /// Origins whose advert was removed from the database because they lost their admission.
+    pub origins_purged: u64,
+    /// Times a neighbour showed us a validly signed advert of our own with a higher sequence
+    /// number (or the same number and other contents): we jump past it.
     pub own_seq_recovered: u64,
+    /// Adverts claiming to be our own whose signature does not verify (dropped; they change
+    /// nothing).
+    pub rejected_own_forged: u64,
+    /// Originations refused because our sequence number reached `u64::MAX` (see
+    /// [`crate::RouterEvent::SequenceExhausted`]).
+    pub own_seq_exhausted: u64,
     /// Neighbours declared down after silence.
     pub neighbors_down_silent: u64,
     /// Neighbours whose link the caller reported down.

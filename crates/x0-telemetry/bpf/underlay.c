@@ -9,8 +9,10 @@
 //   x0_tc_egress   (tcx egress)   frames sent, per destination address
 //   x0_xdp_count   (XDP)          frames received, per source address
 //
-// They count packets and bytes per (interface, direction, peer address, protocol class) in a
-// per-CPU hash map, and frames they cannot parse (truncated or bad headers) per interface.
+// They count packets and bytes per (interface, direction, peer address, protocol class), and
+// frames they cannot parse (truncated or bad headers) per interface. The first FLOW_SLOTS
+// flows each CPU sees are counted in that CPU's slots (x0_flow_slots, one per-CPU array
+// entry); later flows in a per-CPU hash map (x0_flows).
 // None of them ever drops, redirects or modifies a frame: TC returns TC_ACT_UNSPEC (TCX_NEXT:
 // on to the next program, then the stack), XDP returns XDP_PASS.
 //
@@ -38,6 +40,8 @@
 // Per-interface counters (iface_key.counter). Every parse result other than PARSED_IP names
 // one of them.
 #define PARSED_IP 0xffffffff
+// parse_pulled could not pull the headers in: the first parse stands.
+#define PULL_FAILED 0xfffffffe
 #define IFACE_NON_IP_PACKETS 0
 #define IFACE_NON_IP_BYTES 1
 #define IFACE_FLOW_TABLE_FULL 2
@@ -47,6 +51,15 @@
 
 // Most IPv6 extension headers walked before the protocol is taken as it stands.
 #define MAX_IPV6_EXT_HEADERS 4
+
+// The programs run between the stack's own work, so their code and data are mostly cold
+// in the caches: what a common packet (IPv4, a flow with a slot) runs is kept short and
+// straight, and the rare paths (tables, malformed frames, pulling headers) are subprograms
+// of their own (__noinline), so that they take no room in its cache lines.
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+// Flows each CPU counts in its own slots rather than in the hash map.
+#define FLOW_SLOTS 4
 
 // Bytes TC makes sure are in the linear part of the skb before parsing (Ethernet, two VLAN
 // tags, IPv6, four extension headers of ordinary size, TCP with options).
@@ -67,6 +80,23 @@ struct flow_value {
 	__u64 malformed; // IP header fine, transport header truncated
 };
 
+// A CPU's slots. A slot is claimed by the first packet of a flow while free slots are left,
+// and keeps that flow for good: on each CPU a flow is counted in a slot or in x0_flows, never
+// both, so the loader adds the two up. The busy flows of a node (its few underlay peers) get
+// slots, and each of their packets then costs one array lookup, which the verifier inlines,
+// and one cache line, instead of a hash lookup's chain of bucket, element and per-CPU value:
+// the programs run between the stack's own work, so their cache lines are mostly cold.
+struct flow_slot {
+	struct flow_key key; // all zero while free
+	struct flow_value value;
+};
+
+struct flow_slots {
+	__u32 used; // slots claimed, in order; written after the slot's key
+	__u32 pad;
+	struct flow_slot slot[FLOW_SLOTS];
+};
+
 struct iface_key {
 	__u32 ifindex;
 	__u32 counter; // IFACE_*
@@ -78,6 +108,13 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct flow_value);
 } x0_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_slots);
+} x0_flow_slots SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -96,7 +133,7 @@ struct ipv6_ext_hdr {
 	__u8 hdrlen;
 };
 
-static __always_inline void count_iface(__u32 ifindex, __u32 counter, __u64 value)
+static __noinline void count_iface(__u32 ifindex, __u32 counter, __u64 value)
 {
 	struct iface_key key = {.ifindex = ifindex, .counter = counter};
 	__u64 *slot = bpf_map_lookup_elem(&x0_iface, &key);
@@ -111,9 +148,38 @@ static __always_inline void count_iface(__u32 ifindex, __u32 counter, __u64 valu
 		*slot += value;
 }
 
-static __always_inline void count_flow(struct flow_key *key, __u64 packets, __u64 bytes,
-				       __u64 malformed)
+static __always_inline int same_key(const struct flow_key *a, const struct flow_key *b)
 {
+	const __u64 *x = (const __u64 *)a;
+	const __u64 *y = (const __u64 *)b;
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2];
+}
+
+static __always_inline void add_to(struct flow_value *value, __u64 packets, __u64 bytes,
+				   __u64 malformed)
+{
+	value->packets += packets;
+	value->bytes += bytes;
+	value->malformed += malformed;
+}
+
+// A flow this CPU has no slot for: claims a free slot, or else counts it in the hash map.
+static __noinline void count_new_flow(struct flow_key *key, __u64 packets, __u64 bytes,
+				      __u64 malformed)
+{
+	__u32 zero = 0;
+	struct flow_slots *slots = bpf_map_lookup_elem(&x0_flow_slots, &zero);
+	if (slots) {
+		__u32 used = slots->used;
+		if (used < FLOW_SLOTS) {
+			struct flow_slot *slot = &slots->slot[used];
+			__builtin_memcpy(&slot->key, key, sizeof(*key));
+			add_to(&slot->value, packets, bytes, malformed);
+			// Fully ordered: the key is in place before a reader sees the slot used.
+			__sync_fetch_and_add(&slots->used, 1);
+			return;
+		}
+	}
 	struct flow_value *value = bpf_map_lookup_elem(&x0_flows, key);
 	if (!value) {
 		struct flow_value first = {.packets = packets, .bytes = bytes, .malformed = malformed};
@@ -125,9 +191,27 @@ static __always_inline void count_flow(struct flow_key *key, __u64 packets, __u6
 			return;
 		}
 	}
-	value->packets += packets;
-	value->bytes += bytes;
-	value->malformed += malformed;
+	add_to(value, packets, bytes, malformed);
+}
+
+// Counts the packet in this CPU's slot for its flow (the common case), or hands it on.
+static __always_inline void count_flow(struct flow_key *key, __u64 packets, __u64 bytes,
+				       __u64 malformed)
+{
+	__u32 zero = 0;
+	struct flow_slots *slots = bpf_map_lookup_elem(&x0_flow_slots, &zero);
+	if (unlikely(!slots))
+		return;
+	__u32 used = slots->used;
+#pragma unroll
+	for (int i = 0; i < FLOW_SLOTS; i++) {
+		struct flow_slot *slot = &slots->slot[i];
+		if (i < used && same_key(&slot->key, key)) {
+			add_to(&slot->value, packets, bytes, malformed);
+			return;
+		}
+	}
+	count_new_flow(key, packets, bytes, malformed);
 }
 
 static __always_inline __u8 class_of(__u8 proto)
@@ -154,10 +238,10 @@ static __always_inline __u64 check_transport(void *l4, void *end, __u8 proto, __
 	*len = 0;
 	switch (proto) {
 	case IPPROTO_TCP: {
-		if (l4 + 20 > end)
+		if (unlikely(l4 + 20 > end))
 			return 1;
 		__u32 doff = ((__u8 *)l4)[12] >> 4;
-		if (doff < 5)
+		if (unlikely(doff < 5))
 			return 1;
 		*len = doff * 4;
 		return 0;
@@ -184,7 +268,7 @@ static __always_inline __u32 parse_frame(void *data, void *end, __u64 len, int g
 	*malformed = 0;
 	*headers = 0;
 	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end)
+	if (unlikely((void *)(eth + 1) > end))
 		return IFACE_TRUNCATED_ETHERNET;
 	__be16 proto = eth->h_proto;
 	void *cursor = eth + 1;
@@ -192,7 +276,7 @@ static __always_inline __u32 parse_frame(void *data, void *end, __u64 len, int g
 
 #pragma unroll
 	for (int i = 0; i < 2; i++) { // 802.1Q and 802.1ad (QinQ) tags
-		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD))
+		if (!unlikely(proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD)))
 			break;
 		struct vlan_hdr *vlan = cursor;
 		if ((void *)(vlan + 1) > end)
@@ -204,17 +288,17 @@ static __always_inline __u32 parse_frame(void *data, void *end, __u64 len, int g
 
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = cursor;
-		if ((void *)(ip + 1) > end)
+		if (unlikely((void *)(ip + 1) > end))
 			return IFACE_TRUNCATED_IP;
 		__u32 ihl = ip->ihl * 4;
 		__u32 tot_len = bpf_ntohs(ip->tot_len);
-		if (ip->version != 4 || ihl < sizeof(*ip))
+		if (unlikely(ip->version != 4 || ihl < sizeof(*ip)))
 			return IFACE_BAD_IP_HEADER;
 		// A GSO packet over 64 KiB (BIG TCP) carries a total length of 0.
 		if (!(gso && tot_len == 0)) {
-			if (tot_len < ihl)
+			if (unlikely(tot_len < ihl))
 				return IFACE_BAD_IP_HEADER;
-			if (l3_offset + tot_len > len)
+			if (unlikely(l3_offset + tot_len > len))
 				return IFACE_TRUNCATED_IP;
 		}
 		key->family = 4;
@@ -283,11 +367,16 @@ static __always_inline __u32 parse_frame(void *data, void *end, __u64 len, int g
 	return IFACE_NON_IP_PACKETS;
 }
 
+static __always_inline int likely_parsed(__u32 result)
+{
+	return __builtin_expect(result == PARSED_IP, 1);
+}
+
 // Counts one parsed frame (or, with segs > 1, one GSO/GRO packet of segs wire frames).
 static __always_inline void record(struct flow_key *key, __u32 result, __u64 malformed,
 				   __u32 headers, __u64 len, __u32 segs)
 {
-	if (result == PARSED_IP) {
+	if (likely_parsed(result)) {
 		if (segs == 0)
 			segs = 1;
 		// Every segment on the wire repeats the headers.
@@ -299,9 +388,28 @@ static __always_inline void record(struct flow_key *key, __u32 result, __u64 mal
 		count_iface(key->ifindex, IFACE_NON_IP_BYTES, len);
 }
 
+// The headers run on into the skb's fragments (rare: the stack keeps them linear): pulls them
+// into the linear part and parses again. `key` keeps its ifindex and direction. Returns
+// PULL_FAILED, with `key`, `malformed` and `headers` untouched, when the pull fails.
+static __noinline __u32 parse_pulled(struct __sk_buff *skb, struct flow_key *key,
+				     __u64 *malformed, __u32 *headers)
+{
+	__u32 len = skb->len;
+	if (bpf_skb_pull_data(skb, len < TC_PULL_LEN ? len : TC_PULL_LEN) != 0)
+		return PULL_FAILED;
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u32 ifindex = key->ifindex;
+	__u8 direction = key->direction;
+	__builtin_memset(key, 0, sizeof(*key));
+	key->ifindex = ifindex;
+	key->direction = direction;
+	return parse_frame(data, end, len, skb->gso_segs > 1, key, malformed, headers);
+}
+
 static __always_inline void count_skb(struct __sk_buff *skb, __u8 direction)
 {
-	struct flow_key key;
+	struct flow_key key __attribute__((aligned(8)));
 	__u64 malformed;
 	__u32 headers;
 	__u32 len = skb->len;
@@ -315,17 +423,10 @@ static __always_inline void count_skb(struct __sk_buff *skb, __u8 direction)
 	__u32 result = parse_frame(data, end, len, segs > 1, &key, &malformed, &headers);
 	int short_headers = result == IFACE_TRUNCATED_ETHERNET || result == IFACE_TRUNCATED_IP ||
 			    (result == PARSED_IP && malformed);
-	if (short_headers && len > (__u32)(end - data)) {
-		// The headers run on into the skb's fragments (rare: the stack keeps them linear).
-		// Pull them into the linear part and parse again; the common path never pulls.
-		if (bpf_skb_pull_data(skb, len < TC_PULL_LEN ? len : TC_PULL_LEN) == 0) {
-			data = (void *)(long)skb->data;
-			end = (void *)(long)skb->data_end;
-			__builtin_memset(&key, 0, sizeof(key));
-			key.ifindex = skb->ifindex;
-			key.direction = direction;
-			result = parse_frame(data, end, len, segs > 1, &key, &malformed, &headers);
-		}
+	if (unlikely(short_headers && len > (__u32)(end - data))) {
+		__u32 pulled = parse_pulled(skb, &key, &malformed, &headers);
+		if (pulled != PULL_FAILED)
+			result = pulled;
 	}
 	record(&key, result, malformed, headers, len, segs);
 }
@@ -351,7 +452,7 @@ int x0_xdp_count(struct xdp_md *ctx)
 	void *end = (void *)(long)ctx->data_end;
 	// The whole frame, all fragments (jumbo frames on veth or multi-buffer drivers).
 	__u64 len = bpf_xdp_get_buff_len(ctx);
-	struct flow_key key;
+	struct flow_key key __attribute__((aligned(8)));
 	__u64 malformed;
 	__u32 headers;
 

@@ -89,6 +89,21 @@ pub enum TelemetryError {
         /// The loader's error.
         cause: Box<aya::maps::MapError>,
     },
+    /// The kernel refused to turn on BPF run-time statistics (`BPF_ENABLE_STATS`, Linux 5.8+,
+    /// CAP_SYS_ADMIN).
+    #[error("turning on the kernel's BPF run-time statistics: {cause}")]
+    RunTimeStats {
+        /// The syscall's error.
+        cause: std::io::Error,
+    },
+    /// The kernel's information on a loaded program could not be read.
+    #[error("reading the kernel's information on eBPF program {program}: {}", Chain(cause.as_ref()))]
+    ProgramInfo {
+        /// The program's name.
+        program: String,
+        /// The loader's error.
+        cause: Box<aya::programs::ProgramError>,
+    },
 }
 
 impl TelemetryError {
@@ -105,6 +120,8 @@ impl TelemetryError {
             Self::NoSuchInterface { cause, .. } => cause,
             Self::Netns { cause, .. } => cause,
             Self::Map { cause, .. } => cause.as_ref(),
+            Self::RunTimeStats { cause } => cause,
+            Self::ProgramInfo { cause, .. } => cause.as_ref(),
         };
         chain_has_permission_error(cause)
     }

@@ -19,8 +19,9 @@
 //! [`TelemetryError`] that says why in one sentence; [`TelemetryError::is_permission_error`]
 //! tells the daemon to run on without eBPF (`x0t_ebpf_enabled 0`). [`Telemetry::sample`]
 //! reads cumulative counters, [`Telemetry::next_delta`] the counts since the previous call:
-//! the stream the self-healing loop consumes. Dropping the [`Telemetry`] detaches and unloads
-//! every program. `docs/ebpf.md` has the details and the kernel requirements.
+//! the stream the self-healing loop consumes. [`Telemetry::program_run_stats`] reads the
+//! kernel's run time and run count of each program while [`RunTimeStats`] is held. Dropping
+//! the [`Telemetry`] detaches and unloads every program. `docs/ebpf.md` has the details and the kernel requirements.
 //!
 //! ```no_run
 //! use x0_telemetry::{Telemetry, TelemetryConfig};
@@ -56,6 +57,7 @@ mod error;
 mod maps;
 mod netns;
 pub mod objects;
+mod run_stats;
 mod sample;
 
 use std::path::PathBuf;
@@ -69,6 +71,7 @@ use aya::{Btf, Ebpf, EbpfLoader, Endianness};
 pub use btf::BtfReadError;
 pub use drop_reason::{DropReason, DropReasonNames};
 pub use error::TelemetryError;
+pub use run_stats::{ProgramRunStats, RunTimeStats};
 pub use sample::{
     Delta, Direction, FlowCounters, FlowKey, InterfaceSample, MalformedKind, Protocol, Sample,
     TcpState, TcpTransition,
@@ -146,9 +149,10 @@ pub struct TelemetryConfig {
     pub hook: UnderlayHook,
     /// Attach the drop, retransmit and TCP state tracepoints (needs kernel BTF, Linux ≥ 5.17).
     pub tracepoints: bool,
-    /// Most (interface, direction, peer, protocol) flows the underlay counter tracks; later ones
-    /// are counted in [`InterfaceSample::flow_table_full`]. Also the most peers tracked for
-    /// retransmits.
+    /// Most (interface, direction, peer, protocol) flows the underlay counter tracks in its
+    /// table, besides the first four flows of each CPU, which it keeps in per-CPU slots; later
+    /// ones are counted in [`InterfaceSample::flow_table_full`]. Also the most peers tracked
+    /// for retransmits.
     pub max_flows: u32,
 }
 
@@ -275,6 +279,35 @@ impl Telemetry {
             .flat_map(|ebpf| ebpf.programs())
             .filter_map(|(_, program)| program.info().ok())
             .map(|info| info.id())
+            .collect()
+    }
+
+    /// Every loaded program's run time and run count, as the kernel keeps them while
+    /// [`RunTimeStats`] (or the sysctl `kernel.bpf_stats_enabled`) is on; zero otherwise.
+    pub fn program_run_stats(&self) -> Result<Vec<ProgramRunStats>, TelemetryError> {
+        self.underlay
+            .iter()
+            .chain(self.tracing.iter())
+            .flat_map(|ebpf| ebpf.programs())
+            .filter_map(|(name, program)| {
+                let info = match program.info() {
+                    Ok(info) => info,
+                    // In the object but not used by this configuration (XDP under TC).
+                    Err(aya::programs::ProgramError::NotLoaded) => return None,
+                    Err(cause) => {
+                        return Some(Err(TelemetryError::ProgramInfo {
+                            program: name.to_owned(),
+                            cause: Box::new(cause),
+                        }));
+                    }
+                };
+                Some(Ok(ProgramRunStats {
+                    name: name.to_owned(),
+                    id: info.id(),
+                    run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                    run_count: info.run_count(),
+                }))
+            })
             .collect()
     }
 

@@ -19,6 +19,8 @@ use crate::sample::{
 
 /// Underlay: (ifindex, family, class, direction, peer address) → packets, bytes, malformed.
 pub(crate) const FLOWS: &str = "x0_flows";
+/// Underlay: each CPU's slots for its first flows (one per-CPU array entry).
+pub(crate) const FLOW_SLOTS: &str = "x0_flow_slots";
 /// Underlay: (ifindex, counter) → value.
 pub(crate) const IFACE: &str = "x0_iface";
 /// kfree_skb: reason → drops.
@@ -33,6 +35,11 @@ pub(crate) const OVERFLOW: &str = "x0_overflow";
 pub(crate) type FlowKeyBytes = [u8; 24];
 pub(crate) type FlowValue = [u64; 3];
 pub(crate) type IfaceKey = [u32; 2];
+/// `struct flow_slots`: u32 used, u32 pad, then `FLOW_SLOT_COUNT` × (24-byte key, 3 × u64).
+pub(crate) type FlowSlotsValue = [u64; 1 + FLOW_SLOT_COUNT * 6];
+
+/// `FLOW_SLOTS` in the C source.
+pub(crate) const FLOW_SLOT_COUNT: usize = 4;
 pub(crate) type PeerKeyBytes = [u8; 20];
 
 pub(crate) const TCP_STATE_SLOTS: u32 = 16;
@@ -103,6 +110,29 @@ pub(crate) fn decode_flow_key(key: &FlowKeyBytes) -> Option<(u32, FlowKey)> {
     ))
 }
 
+/// The claimed slots of one CPU's `struct flow_slots`: (key, packets/bytes/malformed). A slot
+/// is claimed once and keeps its flow, and `used` is written after the key, so a slot counted
+/// in `used` holds its whole key; a `used` beyond the slots is capped.
+pub(crate) fn decode_flow_slots(value: &FlowSlotsValue) -> Vec<(FlowKeyBytes, FlowValue)> {
+    // `used` is the first u32 in memory: the low half on little-endian machines.
+    let first = value[0].to_ne_bytes();
+    let used = u32::from_ne_bytes([first[0], first[1], first[2], first[3]]);
+    let used = usize::try_from(used)
+        .unwrap_or(usize::MAX)
+        .min(FLOW_SLOT_COUNT);
+    value[1..]
+        .chunks_exact(6)
+        .take(used)
+        .map(|slot| {
+            let mut key = [0u8; 24];
+            for (bytes, word) in key.chunks_exact_mut(8).zip(&slot[..3]) {
+                bytes.copy_from_slice(&word.to_ne_bytes());
+            }
+            (key, [slot[3], slot[4], slot[5]])
+        })
+        .collect()
+}
+
 /// `struct peer_key`: u8 family, 3 pad, 16 address.
 pub(crate) fn decode_peer_key(key: &PeerKeyBytes) -> Option<IpAddr> {
     address(key[0], &key[4..])
@@ -147,21 +177,28 @@ fn map_error(map: &'static str) -> impl Fn(aya::maps::MapError) -> TelemetryErro
 pub(crate) fn read_underlay(ebpf: &Ebpf, sample: &mut Sample) -> Result<(), TelemetryError> {
     let flows: PerCpuHashMap<&MapData, FlowKeyBytes, FlowValue> =
         PerCpuHashMap::try_from(map(ebpf, FLOWS)?).map_err(map_error(FLOWS))?;
+    // On each CPU a flow is in a slot or in the hash map, never both: add them up.
+    let mut add = |key: &FlowKeyBytes, [packets, bytes, malformed]: FlowValue| {
+        let Some((ifindex, flow)) = decode_flow_key(key) else {
+            return;
+        };
+        if let Some(iface) = sample.interfaces.iter_mut().find(|i| i.ifindex == ifindex) {
+            iface.flows.entry(flow).or_default().add(FlowCounters {
+                packets,
+                bytes,
+                malformed,
+            });
+        }
+    };
     for entry in flows.iter() {
         let (key, values) = entry.map_err(map_error(FLOWS))?;
-        let Some((ifindex, flow)) = decode_flow_key(&key) else {
-            continue;
-        };
-        let [packets, bytes, malformed] = sum(&values);
-        if let Some(iface) = sample.interfaces.iter_mut().find(|i| i.ifindex == ifindex) {
-            iface.flows.insert(
-                flow,
-                FlowCounters {
-                    packets,
-                    bytes,
-                    malformed,
-                },
-            );
+        add(&key, sum(&values));
+    }
+    let slots: PerCpuArray<&MapData, FlowSlotsValue> =
+        PerCpuArray::try_from(map(ebpf, FLOW_SLOTS)?).map_err(map_error(FLOW_SLOTS))?;
+    for cpu in slots.get(&0, 0).map_err(map_error(FLOW_SLOTS))?.iter() {
+        for (key, value) in decode_flow_slots(cpu) {
+            add(&key, value);
         }
     }
 
@@ -290,6 +327,38 @@ mod tests {
     }
 
     #[test]
+    fn flow_slots_decode_the_claimed_ones() {
+        let word = |k: &FlowKeyBytes, i: usize| {
+            u64::from_ne_bytes(k[i * 8..i * 8 + 8].try_into().unwrap())
+        };
+        let a = flow_key(7, 4, 1, &[10, 0, 0, 1]);
+        let b = flow_key_dir(7, 4, 1, 1, &[10, 0, 0, 1]);
+        let mut value: FlowSlotsValue = [0; 25];
+        let mut used = [0u8; 8];
+        used[..4].copy_from_slice(&2u32.to_ne_bytes());
+        value[0] = u64::from_ne_bytes(used);
+        for (slot, (key, counts)) in [(a, [5, 500, 0]), (b, [3, 300, 1])].iter().enumerate() {
+            let at = 1 + slot * 6;
+            for i in 0..3 {
+                value[at + i] = word(key, i);
+            }
+            value[at + 3..at + 6].copy_from_slice(counts);
+        }
+        // A third slot with a key but not yet counted in `used`: left out.
+        value[13] = word(&a, 0);
+        let slots = decode_flow_slots(&value);
+        assert_eq!(slots, vec![(a, [5, 500, 0]), (b, [3, 300, 1])]);
+        assert_eq!(
+            decode_flow_key(&slots[1].0).unwrap().1.direction,
+            Direction::Egress
+        );
+        // A `used` beyond the slots is capped, never an out-of-range read.
+        value[0] = u64::from_ne_bytes([255, 255, 255, 255, 0, 0, 0, 0]);
+        assert_eq!(decode_flow_slots(&value).len(), FLOW_SLOT_COUNT);
+        assert!(decode_flow_slots(&[0; 25]).is_empty());
+    }
+
+    #[test]
     fn peer_keys_decode() {
         let mut k = [0u8; 20];
         k[0] = 4;
@@ -345,6 +414,13 @@ mod tests {
             PERCPU_HASH,
             size_of::<FlowKeyBytes>(),
             size_of::<FlowValue>(),
+        );
+        expect(
+            &underlay,
+            FLOW_SLOTS,
+            PERCPU_ARRAY,
+            4,
+            size_of::<FlowSlotsValue>(),
         );
         expect(&underlay, IFACE, PERCPU_HASH, size_of::<IfaceKey>(), 8);
         expect(&tp, DROPS, PERCPU_HASH, 4, 8);

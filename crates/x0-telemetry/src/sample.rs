@@ -99,7 +99,7 @@ pub struct FlowCounters {
 }
 
 impl FlowCounters {
-    fn add(&mut self, other: Self) {
+    pub(crate) fn add(&mut self, other: Self) {
         self.packets = self.packets.saturating_add(other.packets);
         self.bytes = self.bytes.saturating_add(other.bytes);
         self.malformed = self.malformed.saturating_add(other.malformed);

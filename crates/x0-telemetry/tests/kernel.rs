@@ -19,8 +19,8 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use nix::sched::{CloneFlags, setns};
 use x0_telemetry::Direction::{Egress, Ingress};
 use x0_telemetry::{
-    MalformedKind, Protocol, Sample, TcpState, Telemetry, TelemetryConfig, TelemetryError,
-    UnderlayHook, XdpAttachMode,
+    MalformedKind, Protocol, RunTimeStats, Sample, TcpState, Telemetry, TelemetryConfig,
+    TelemetryError, UnderlayHook, XdpAttachMode,
 };
 
 const VETH_A: &str = "x0a";
@@ -462,6 +462,131 @@ fn tc_counts_gso_segments_of_a_tcp_stream() {
     // Not more than one ACK-sized frame per data segment on top (handshake, FIN, window probes).
     assert!(tcp.packets <= 2 * segments, "{tcp:?}");
     assert_eq!(tcp.malformed, 0);
+}
+
+/// More flows on one CPU than it has slots for (8 peers, all sent from CPU 0): the first
+/// ones are counted in the CPU's slots, the rest in the flow table, and the sample adds both
+/// up exactly, under TC and under XDP.
+#[test]
+fn flows_beyond_the_cpu_slots_are_counted_in_the_table() {
+    let test = "slots";
+    if !ready_or_skip(test, &[("ip", "iproute2")]) {
+        return;
+    }
+    const PEERS: u8 = 8;
+    const DATAGRAMS: u64 = 7;
+    let pair = NetnsPair::up(test, 8);
+    let peers: Vec<Ipv4Addr> = (0..PEERS)
+        .map(|i| Ipv4Addr::new(10, 231, 8, 10 + i))
+        .collect();
+    for peer in &peers {
+        ok(
+            "ip",
+            &[
+                "-n",
+                &pair.a,
+                "addr",
+                "add",
+                &format!("{peer}/24"),
+                "dev",
+                VETH_A,
+            ],
+        );
+    }
+    let receiver = NetnsPair::inside(&pair.b, || UdpSocket::bind((pair.addr_b, 0)).unwrap());
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let to = receiver.local_addr().unwrap();
+    let mut first_cpu = nix::sched::CpuSet::new();
+    first_cpu.set(0).unwrap();
+
+    for hook in [UnderlayHook::Tc, UnderlayHook::Xdp(XdpAttachMode::Generic)] {
+        let config = TelemetryConfig {
+            interfaces: vec![VETH_B.into()],
+            netns: Some(NetnsPair::path(&pair.b)),
+            hook,
+            tracepoints: false,
+            ..TelemetryConfig::default()
+        };
+        let telemetry = Telemetry::start(&config).unwrap_or_else(|e| panic!("{e}"));
+        NetnsPair::inside(&pair.a, || {
+            // veth hands the frame to the receiving stack on the sending CPU.
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &first_cpu).unwrap();
+            for peer in &peers {
+                let sender = UdpSocket::bind((*peer, 0)).unwrap();
+                for i in 0..DATAGRAMS {
+                    sender.send_to(&[i as u8; 32], to).unwrap();
+                }
+            }
+        });
+        let mut buf = [0u8; 64];
+        for _ in 0..u64::from(PEERS) * DATAGRAMS {
+            receiver.recv_from(&mut buf).unwrap();
+        }
+        let s = telemetry.sample().unwrap();
+        let iface = s.interface(VETH_B).unwrap();
+        for peer in &peers {
+            let udp = iface.flow(Ingress, (*peer).into(), Protocol::Udp);
+            assert_eq!(udp.packets, DATAGRAMS, "{hook:?} {peer}: {iface:#?}");
+            assert_eq!(udp.bytes, DATAGRAMS * (14 + 20 + 8 + 32), "{hook:?} {peer}");
+        }
+        assert_eq!(iface.flow_table_full, 0);
+    }
+}
+
+/// With run-time statistics on, the kernel counts each run of the TC programs and the time
+/// it took: at least one ingress run per datagram received, one egress run per reply.
+#[test]
+fn run_time_stats_count_every_program_run() {
+    let test = "stats";
+    if !ready_or_skip(test, &[("ip", "iproute2")]) {
+        return;
+    }
+    let pair = NetnsPair::up(test, 7);
+    let config = TelemetryConfig {
+        interfaces: vec![VETH_B.into()],
+        netns: Some(NetnsPair::path(&pair.b)),
+        tracepoints: false,
+        ..TelemetryConfig::default()
+    };
+    let telemetry = Telemetry::start(&config).unwrap_or_else(|e| panic!("{e}"));
+    let stats = RunTimeStats::enable().unwrap_or_else(|e| panic!("{e}"));
+    let before = telemetry.program_run_stats().unwrap();
+    let mut names: Vec<&str> = before.iter().map(|p| p.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["x0_tc_egress", "x0_tc_ingress"]);
+    assert!(
+        before
+            .iter()
+            .all(|p| telemetry.program_ids().contains(&p.id))
+    );
+
+    // 50 datagrams to b, each echoed back to a.
+    const DATAGRAMS: u64 = 50;
+    let echo = NetnsPair::inside(&pair.b, || UdpSocket::bind((pair.addr_b, 0)).unwrap());
+    echo.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let to = echo.local_addr().unwrap();
+    let sender = NetnsPair::inside(&pair.a, || UdpSocket::bind((pair.addr_a, 0)).unwrap());
+    sender
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    for i in 0..DATAGRAMS {
+        sender.send_to(&i.to_be_bytes(), to).unwrap();
+        let (n, from) = echo.recv_from(&mut buf).unwrap();
+        echo.send_to(&buf[..n], from).unwrap();
+        sender.recv_from(&mut buf).unwrap();
+    }
+    let after = telemetry.program_run_stats().unwrap();
+    drop(stats);
+    for program in &after {
+        let earlier = before.iter().find(|p| p.id == program.id).unwrap();
+        let ran = program.since(earlier);
+        eprintln!("{ran:?}: {:?} ns per run", ran.ns_per_run());
+        assert!(ran.run_count >= DATAGRAMS, "{ran:?}");
+        assert!(ran.run_time_ns > 0, "{ran:?}");
+    }
 }
 
 #[test]

@@ -5,8 +5,11 @@
 //! * the **link** (ALPN `x0t/1`): both ends first send [`Hello`] (their ML-DSA-65 public key and
 //!   a proof-of-possession signature over the TLS exporter), then [`ControlMessage::Revocations`]
 //!   whenever they hold a newer revocation list than the peer announced;
-//! * the **CA service** (ALPN `x0t-ca/1`): a joining node sends [`JoinRequest`], a member renews
-//!   its SVID with [`RenewRequest`]; the CA node answers [`Issued`] or [`Refused`].
+//! * the **CA service** (ALPN `x0t-ca/1`): a joining node first sends
+//!   [`ControlMessage::CaProofRequest`] and the CA node answers with a [`Hello`] proving its
+//!   ML-DSA-65 key over this session; only then does the joiner send [`JoinRequest`] with the
+//!   invitation secret. A member renews its SVID with [`RenewRequest`]. The CA node answers a
+//!   request with [`Issued`] or [`Refused`].
 //!
 //! A frame is `type u8 | length u32 | payload`. Length limits are enforced on the header, before
 //! the payload is read, so a peer cannot make us buffer more than [`MAX_FRAME_LEN`].
@@ -36,6 +39,7 @@ mod tag {
     pub(super) const RENEW_REQUEST: u8 = 0x11;
     pub(super) const ISSUED: u8 = 0x12;
     pub(super) const REFUSED: u8 = 0x13;
+    pub(super) const CA_PROOF_REQUEST: u8 = 0x14;
 }
 
 /// A parsed frame header.
@@ -146,6 +150,8 @@ pub enum RefusalCode {
     NotAuthenticated,
     /// The CA could not complete the request.
     Internal,
+    /// The CA node is handling as many requests as it allows at once; try again shortly.
+    Busy,
     /// A code this build does not know.
     Other(u16),
 }
@@ -162,6 +168,7 @@ impl RefusalCode {
             Self::NotCa => 7,
             Self::NotAuthenticated => 8,
             Self::Internal => 9,
+            Self::Busy => 10,
             Self::Other(c) => c,
         }
     }
@@ -177,6 +184,7 @@ impl RefusalCode {
             7 => Self::NotCa,
             8 => Self::NotAuthenticated,
             9 => Self::Internal,
+            10 => Self::Busy,
             c => Self::Other(c),
         }
     }
@@ -209,6 +217,10 @@ pub enum ControlMessage {
     Issued(Issued),
     /// Request refused.
     Refused(Refused),
+    /// A joining node asks the CA node to prove, with a [`Hello`] over this session, that it
+    /// holds the ML-DSA-65 key of the node ID named in the invitation, before the joiner sends
+    /// its secret.
+    CaProofRequest,
 }
 
 impl ControlMessage {
@@ -261,6 +273,7 @@ impl ControlMessage {
                 p.u16(r.code.to_u16()).bytes_u16(r.message.as_bytes());
                 tag::REFUSED
             }
+            Self::CaProofRequest => tag::CA_PROOF_REQUEST,
         };
         let payload = p.into_inner();
         let mut w = Writer::new();
@@ -330,6 +343,7 @@ impl ControlMessage {
                 code: RefusalCode::from_u16(r.u16("code")?),
                 message: r.str_u16("message", MAX_MESSAGE_TEXT)?.to_owned(),
             }),
+            tag::CA_PROOF_REQUEST => Self::CaProofRequest,
             other => {
                 return Err(DecodeError::UnknownTag {
                     field: "control message",
@@ -360,6 +374,7 @@ impl ControlMessage {
             Self::RenewRequest(_) => "renew_request",
             Self::Issued(_) => "issued",
             Self::Refused(_) => "refused",
+            Self::CaProofRequest => "ca_proof_request",
         }
     }
 }
@@ -464,6 +479,7 @@ mod tests {
                 code: RefusalCode::from_u16(c),
                 message: m,
             })),
+            Just(ControlMessage::CaProofRequest),
         ]
     }
 
@@ -483,6 +499,16 @@ mod tests {
         assert!(matches!(
             ControlMessage::decode(0x7f, &[]),
             Err(DecodeError::UnknownTag { tag: 0x7f, .. })
+        ));
+    }
+
+    #[test]
+    fn ca_proof_request_is_an_empty_frame_and_refuses_a_payload() {
+        let frame = ControlMessage::CaProofRequest.encode();
+        assert_eq!(frame, [tag::CA_PROOF_REQUEST, 0, 0, 0, 0]);
+        assert!(matches!(
+            ControlMessage::decode(tag::CA_PROOF_REQUEST, &[0]),
+            Err(DecodeError::TrailingBytes(1))
         ));
     }
 

@@ -15,6 +15,7 @@
 //! | [`control`] | framed messages on a link's control stream and on the CA service |
 //! | [`revocation`] | CA-signed lists of revoked node IDs, flooded over links |
 //! | [`routing`] | liveness probes, link-state adverts and their acknowledgements |
+//! | [`origin`] | the credential (SVID and ML-DSA key) an advert's origin attaches |
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -25,6 +26,7 @@ pub mod codec;
 pub mod control;
 pub mod invite;
 pub mod node_id;
+pub mod origin;
 pub mod revocation;
 pub mod routing;
 
@@ -32,4 +34,5 @@ pub use codec::DecodeError;
 pub use control::{ControlMessage, DataChannel, FrameHeader};
 pub use invite::InvitationToken;
 pub use node_id::NodeId;
+pub use origin::OriginCredential;
 pub use revocation::{RevocationList, SignedRevocationList};

@@ -13,8 +13,8 @@
 //! AdvertAck = count u16 | (origin [16] | seq u64) * count
 //! ```
 //!
-//! The advert body is what the origin signs; `origin_key` is opaque key material for the
-//! verifier (empty when the verifier already knows the key).
+//! The advert body is what the origin signs; `origin_key` is key material for the verifier: in
+//! the daemon an [`crate::origin::OriginCredential`] (the origin's SVID and ML-DSA-65 key).
 
 use crate::NodeId;
 use crate::codec::{DecodeError, Reader, Writer};
@@ -168,6 +168,30 @@ pub struct Advert {
     pub origin_key: Vec<u8>,
     /// The origin's signature over `body`.
     pub signature: Vec<u8>,
+}
+
+/// What kind of routing message a datagram holds, from its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MessageKind {
+    /// A liveness probe.
+    Probe,
+    /// A link-state advert.
+    Advert,
+    /// Advert acknowledgements.
+    AdvertAck,
+}
+
+/// The kind of a routing datagram, read from its type byte alone (`None`: not a routing
+/// message). For a shell that keeps probes ahead of adverts: probes decide whether a link is
+/// alive and must never wait behind signature verifications.
+pub fn peek_kind(datagram: &[u8]) -> Option<MessageKind> {
+    match *datagram.first()? {
+        tag::PROBE => Some(MessageKind::Probe),
+        tag::ADVERT => Some(MessageKind::Advert),
+        tag::ADVERT_ACK => Some(MessageKind::AdvertAck),
+        _ => None,
+    }
 }
 
 /// The origin and sequence number of an advert datagram, read without decoding the rest; for
@@ -400,6 +424,8 @@ mod tests {
         });
         assert_eq!(peek_advert(&probe.encode()), None);
         assert_eq!(peek_advert(&[0x22, 0, 1]), None);
+        assert_eq!(peek_kind(&[]), None);
+        assert_eq!(peek_kind(&[0x21]), None);
     }
 
     #[test]
@@ -447,6 +473,12 @@ mod tests {
         #[test]
         fn peek_agrees_with_decode(msg in message()) {
             let bytes = msg.encode();
+            let kind = match &msg {
+                RoutingMessage::Probe(_) => MessageKind::Probe,
+                RoutingMessage::Advert(..) => MessageKind::Advert,
+                RoutingMessage::AdvertAck(_) => MessageKind::AdvertAck,
+            };
+            prop_assert_eq!(peek_kind(&bytes), Some(kind));
             if let RoutingMessage::Advert(_, body) = &msg {
                 prop_assert_eq!(peek_advert(&bytes), Some((body.origin, body.seq)));
             } else {

@@ -57,49 +57,25 @@ pub enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Simulate a mesh running the real routing core (deterministic, virtual time).
-    Sim(SimArgs),
+    Sim(x0_bench::sim::SimArgs),
     /// Real-kernel lab: network namespaces joined by veth links (needs root; docs/lab.md).
     #[command(subcommand)]
-    Lab(crate::lab::LabCommand),
+    Lab(x0_bench::lab::LabCommand),
     /// Watch a real mesh form, lose a relay and heal itself (no root needed).
-    Demo(crate::demo::DemoArgs),
+    Demo(x0_bench::demo::DemoArgs),
 }
 
-#[derive(Debug, Args)]
-pub struct SimArgs {
-    /// Scenario file (TOML; see docs/sim.md and scenarios/).
-    #[arg(long, value_name = "FILE")]
-    pub scenario: PathBuf,
-    /// Seed of the run (overrides the scenario's).
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Print the report as JSON on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Directory for the JSON report (and the plot and telemetry, if asked for).
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
-    /// Source/destination pairs sampled for forwarding checks.
-    #[arg(long, default_value_t = 2000)]
-    pub sample_pairs: usize,
-    /// Write a PNG timeline of the run (events, detect/reroute/converge, control traffic) to
-    /// `DIR/sim-<scenario>.png` (needs --out).
-    #[arg(long, requires = "out")]
-    pub plot: bool,
-    /// Write per-link and per-node telemetry with fault labels (links.csv, nodes.csv) to DIR,
-    /// or to the --out directory when DIR is left out.
-    #[arg(long, value_name = "DIR", num_args = 0..=1)]
-    pub telemetry: Option<Option<PathBuf>>,
-    /// Telemetry sampling interval, virtual time (e.g. "1s", "250ms").
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub telemetry_interval: std::time::Duration,
-    /// Links to sample in the telemetry [default: all up to 2,000 nodes, else 5,000].
-    #[arg(long, value_name = "N")]
-    pub telemetry_max_links: Option<usize>,
-}
-
+/// The state directory of a command that reads or changes an existing one.
 #[derive(Debug, Args)]
 pub struct StateDirArg {
+    /// State directory (made by `x0t init`, `x0t ca init` or `x0t join`; must exist).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: PathBuf,
+}
+
+/// The state directory of a command that makes one (`init`, `ca init`, `join`).
+#[derive(Debug, Args)]
+pub struct NewStateDirArg {
     /// State directory (created 0700 if missing).
     #[arg(long, value_name = "DIR")]
     pub state_dir: PathBuf,
@@ -138,7 +114,7 @@ pub enum AuditCommand {
 #[derive(Debug, Args)]
 pub struct InitArgs {
     #[command(flatten)]
-    pub state: StateDirArg,
+    pub state: NewStateDirArg,
     /// Trust domain of the mesh, if already known (fixes the overlay address before joining).
     #[arg(long, value_name = "DOMAIN")]
     pub trust_domain: Option<String>,
@@ -198,7 +174,7 @@ pub enum CaCommand {
         #[arg(long, value_name = "DOMAIN")]
         trust_domain: String,
         #[command(flatten)]
-        state: StateDirArg,
+        state: NewStateDirArg,
         /// Lifetime of issued SVIDs.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "1h")]
         svid_ttl: Duration,
@@ -237,10 +213,10 @@ pub enum CaCommand {
 
 #[derive(Debug, Args)]
 pub struct JoinArgs {
-    /// Invitation token (`x0t1.…`), or `-` to read it from stdin.
+    /// Invitation token (`x0t2.…`), or `-` to read it from stdin.
     pub token: String,
     #[command(flatten)]
-    pub state: StateDirArg,
+    pub state: NewStateDirArg,
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
@@ -270,23 +246,23 @@ pub enum BenchCommand {
     },
     /// Overlay TCP throughput (iperf3) and ping RTT over 1 and 3 hops in network namespaces:
     /// raw veth, wireguard-go, Nebula, Yggdrasil and x0t side by side (needs root).
-    Throughput(crate::bench_throughput::ThroughputArgs),
+    Throughput(x0_bench::throughput::ThroughputArgs),
     /// Throughput cost of the x0-telemetry eBPF programs: iperf3 over one veth between two
     /// namespaces, alternating runs without and with the programs attached (needs root).
-    EbpfOverhead(crate::bench_ebpf::EbpfOverheadArgs),
+    EbpfOverhead(x0_bench::ebpf::EbpfOverheadArgs),
     /// Outage and loss of a 1000 packet/s UDP stream through the overlay when its relay
     /// fails (veth down, daemon killed), in a 4-node ring of namespaces (needs root).
-    Failover(crate::bench_failover::FailoverArgs),
+    Failover(x0_bench::failover::FailoverArgs),
     /// Self-healing in the lab (real daemons in a ring of namespaces, needs root) or, with
     /// --sim, in the simulator: detect and recover times per fault scenario.
-    Heal(crate::bench_heal::HealArgs),
+    Heal(x0_bench::heal::HealArgs),
     /// Cost of `/metrics` scraped every 100 ms on a running 3-node mesh on loopback: per-scrape
     /// latency and the daemon's CPU with and without scraping.
-    MetricsScrape(crate::bench_scrape::ScrapeArgs),
+    MetricsScrape(x0_bench::scrape::ScrapeArgs),
     /// Sends a paced stream of sequenced UDP packets (used by `bench failover`).
     #[command(hide = true)]
-    UdpSource(crate::bench_failover::UdpSourceArgs),
+    UdpSource(x0_bench::failover::UdpSourceArgs),
     /// Receives such a stream and writes a summary (used by `bench failover`).
     #[command(hide = true)]
-    UdpSink(crate::bench_failover::UdpSinkArgs),
+    UdpSink(x0_bench::failover::UdpSinkArgs),
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::Serialize;
-use x0_identity::authority::{AcceptError, accept_issued, self_issue};
+use x0_identity::authority::{AcceptError, accept_issued};
 use x0_identity::keys::{sha256, verify_mldsa65};
 use x0_identity::svid::cert_pem;
 use x0_identity::{MeshCa, MeshPrefix, NodeKeys, StateStore, TrustDomain};
@@ -19,13 +19,9 @@ use crate::cli::{
     AuditCommand, BenchCommand, CaCommand, Command, IdentityCommand, InitArgs, JoinArgs,
     KnowledgeArgs,
 };
-use crate::exit::{self, CmdResult, Exit};
-use crate::time::{now, now_secs, rfc3339};
-
-/// Key in `meta` recording the trust domain the node belongs to.
-pub const META_TRUST_DOMAIN: &str = "trust_domain";
-/// Key in `meta` recording the address the CA node's daemon advertises.
-pub const META_ADVERTISE: &str = "advertise_addr";
+use x0_node::exit::{self, CmdResult, Exit};
+use x0_node::state::{META_ADVERTISE, META_TRUST_DOMAIN, node_trust_domain, refresh_ca_node_svid};
+use x0_node::time::{now, now_secs, rfc3339};
 
 pub fn run(cmd: Command) -> CmdResult {
     match cmd {
@@ -61,13 +57,13 @@ pub fn run(cmd: Command) -> CmdResult {
         }) => ca_revoke(&node_id, &state.state_dir, &reason, json),
         Command::Join(args) => join(args),
         Command::Bench(BenchCommand::Handshake { count, json, out }) => {
-            crate::bench::handshake(count, json, &out)
+            x0_bench::handshake::run(count, json, &out)
         }
-        Command::Bench(BenchCommand::Throughput(args)) => crate::bench_throughput::run(args),
-        Command::Bench(BenchCommand::Failover(args)) => crate::bench_failover::run(args),
-        Command::Bench(BenchCommand::Heal(args)) => crate::bench_heal::run(args),
-        Command::Bench(BenchCommand::EbpfOverhead(args)) => crate::bench_ebpf::run(args),
-        Command::Bench(BenchCommand::MetricsScrape(args)) => crate::bench_scrape::run(args),
+        Command::Bench(BenchCommand::Throughput(args)) => x0_bench::throughput::run(args),
+        Command::Bench(BenchCommand::Failover(args)) => x0_bench::failover::run(args),
+        Command::Bench(BenchCommand::Heal(args)) => x0_bench::heal::run(args),
+        Command::Bench(BenchCommand::EbpfOverhead(args)) => x0_bench::ebpf::run(args),
+        Command::Bench(BenchCommand::MetricsScrape(args)) => x0_bench::scrape::run(args),
         Command::Status(args) => crate::ctl::run(crate::ctl::View::Status, &args),
         Command::Peers(args) => crate::ctl::run(crate::ctl::View::Peers, &args),
         Command::Links(args) => crate::ctl::run(crate::ctl::View::Links, &args),
@@ -77,11 +73,11 @@ pub fn run(cmd: Command) -> CmdResult {
         Command::Fault(cmd) => crate::fault::run(cmd),
         Command::Audit(AuditCommand::Verify { at, json }) => audit_verify(&at, json),
         Command::Audit(AuditCommand::Export { at }) => audit_export(&at),
-        Command::Bench(BenchCommand::UdpSource(args)) => crate::bench_failover::udp_source(args),
-        Command::Bench(BenchCommand::UdpSink(args)) => crate::bench_failover::udp_sink(args),
-        Command::Sim(args) => crate::sim::run(args),
-        Command::Lab(cmd) => crate::lab::run(cmd),
-        Command::Demo(args) => crate::demo::run(args),
+        Command::Bench(BenchCommand::UdpSource(args)) => x0_bench::failover::udp_source(args),
+        Command::Bench(BenchCommand::UdpSink(args)) => x0_bench::failover::udp_sink(args),
+        Command::Sim(args) => x0_bench::sim::run(args),
+        Command::Lab(cmd) => x0_bench::lab::run(cmd),
+        Command::Demo(args) => x0_bench::demo::run(args),
         Command::Up(_) => Err(Exit::failure("internal: `up` is dispatched by main")),
     }
 }
@@ -99,19 +95,6 @@ fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce(&T) -> String) 
 
 fn trust_domain_arg(s: &str) -> Result<TrustDomain, Exit> {
     TrustDomain::new(s).map_err(|e| Exit::usage(e.to_string()))
-}
-
-/// The trust domain this node belongs to: from its SVID, its CA, or `init --trust-domain`.
-pub fn node_trust_domain(store: &StateStore) -> Result<Option<TrustDomain>, Exit> {
-    if let Some(m) = store.membership()? {
-        return Ok(Some(m.trust_domain));
-    }
-    if let Some(ca) = store.ca()? {
-        return Ok(Some(ca.trust_domain().clone()));
-    }
-    Ok(store
-        .meta(META_TRUST_DOMAIN)?
-        .and_then(|s| TrustDomain::new(&s).ok()))
 }
 
 fn require_keys(store: &StateStore) -> Result<NodeKeys, Exit> {
@@ -138,21 +121,6 @@ fn require_ca(store: &StateStore) -> Result<MeshCa, Exit> {
             ),
         )
     })
-}
-
-/// On the CA node, (re)issues the node's own SVID if it has none or it is past half-life.
-pub fn refresh_ca_node_svid(store: &StateStore) -> Result<bool, Exit> {
-    let (Some(keys), Some(ca)) = (store.node_keys()?, store.ca()?) else {
-        return Ok(false);
-    };
-    if let Some(m) = store.membership()? {
-        let ttl = store.svid_ttl()?.as_secs();
-        if m.not_after_unix > now_secs() + ttl / 2 {
-            return Ok(false);
-        }
-    }
-    self_issue(store, &keys, &ca, now()).map_err(|e| Exit::failure(e.to_string()))?;
-    Ok(true)
 }
 
 #[derive(Serialize)]
@@ -547,6 +515,11 @@ fn join_error(token: &InvitationToken, e: CaClientError) -> Exit {
             RefusalCode::UnknownInvitation => {
                 "the CA does not know this invitation (wrong mesh, or the CA was re-created)".into()
             }
+            RefusalCode::Busy => format!(
+                "the CA node is busy with other joins; nothing was used up, try again in a few \
+                 seconds ({})",
+                r.message
+            ),
             _ => format!("the CA refused to admit this node: {}", r.message),
         },
         CaClientError::Link {
@@ -654,7 +627,7 @@ fn join(args: JoinArgs) -> CmdResult {
 fn knowledge_dir(at: &KnowledgeArgs) -> Result<std::path::PathBuf, Exit> {
     match (&at.state_dir, &at.config) {
         (Some(dir), _) => Ok(dir.clone()),
-        (None, Some(cfg)) => crate::config::Config::load(cfg)
+        (None, Some(cfg)) => x0_node::config::Config::load(cfg)
             .map(|c| c.state_dir)
             .map_err(|e| Exit::usage(e.to_string())),
         (None, None) => Err(Exit::usage("give --state-dir DIR or --config FILE")),

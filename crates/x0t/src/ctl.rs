@@ -6,26 +6,15 @@
 //! configuration file (`--config`: its `[api] listen` and `token_file`). When nothing answers
 //! the command says so and exits 69 (EX_UNAVAILABLE).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use serde::de::DeserializeOwned;
-
-use crate::api::{Health, IncidentInfo, LinkInfo, NodeInfo, PeerInfo, RouteInfo, Topology};
-use crate::config::{Config, DEFAULT_API_LISTEN};
-use crate::exit::{self, CmdResult, Exit};
-
-/// Time to connect to the daemon's API.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Time for a whole request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest answer read.
-const MAX_ANSWER: usize = 64 * 1024 * 1024;
+use x0_node::api::{Health, IncidentInfo, LinkInfo, NodeInfo, PeerInfo, RouteInfo, Topology};
+use x0_node::client::Client;
+use x0_node::exit::{CmdResult, Exit};
+use x0_node::text::{print_json, printable, table};
 
 /// Where the daemon's API is, and how to print.
 #[derive(Debug, Clone, Args)]
@@ -42,6 +31,11 @@ pub struct ApiArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The client for the daemon `args` point at.
+pub fn client(args: &ApiArgs) -> Result<Client, Exit> {
+    Client::locate(args.api, args.config.as_deref(), args.token_file.as_deref())
 }
 
 /// Which view to show.
@@ -63,7 +57,7 @@ pub enum View {
 
 /// Runs one of the commands.
 pub fn run(view: View, args: &ApiArgs) -> CmdResult {
-    let client = Client::new(args)?;
+    let client = client(args)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -104,226 +98,12 @@ pub fn run(view: View, args: &ApiArgs) -> CmdResult {
     })
 }
 
-pub(crate) fn print_json<T: serde::Serialize + ?Sized>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-}
-
 fn show<T: serde::Serialize + ?Sized>(json: bool, v: &T, text: impl FnOnce(&T) -> String) {
     if json {
         print_json(v);
     } else {
         print!("{}", text(v));
     }
-}
-
-/// An HTTP client for one daemon's API.
-#[derive(Debug)]
-pub(crate) struct Client {
-    addr: SocketAddr,
-    token: Option<String>,
-}
-
-/// Where a daemon listening on `listen` is reached from this machine.
-fn connect_addr(listen: SocketAddr) -> SocketAddr {
-    match listen.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
-        }
-        IpAddr::V6(v6) if v6.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), listen.port())
-        }
-        _ => listen,
-    }
-}
-
-fn read_token(path: &Path) -> Result<String, Exit> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Exit::new(
-            exit::NO_INPUT,
-            format!("{}: cannot read the API token: {e}", path.display()),
-        )
-    })?;
-    Ok(text.trim().to_owned())
-}
-
-impl Client {
-    pub(crate) fn new(args: &ApiArgs) -> Result<Self, Exit> {
-        let (addr, mut token_file) = match &args.config {
-            Some(path) => {
-                let config = Config::load(path).map_err(|e| Exit::usage(e.to_string()))?;
-                if !config.api.enabled {
-                    return Err(Exit::usage(format!(
-                        "{}: the daemon's API is disabled (api.enabled = false)",
-                        path.display()
-                    )));
-                }
-                (config.api.listen_addr(), config.api.token_file)
-            }
-            None => (args.api.unwrap_or(DEFAULT_API_LISTEN), None),
-        };
-        if let Some(t) = &args.token_file {
-            token_file = Some(t.clone());
-        }
-        let token = token_file.as_deref().map(read_token).transpose()?;
-        Ok(Self {
-            addr: connect_addr(addr),
-            token,
-        })
-    }
-
-    fn unavailable(&self, why: impl std::fmt::Display) -> Exit {
-        Exit::new(
-            exit::UNAVAILABLE,
-            format!(
-                "no x0t daemon answers at {} ({why}); is `x0t up` running? \
-                 (--api HOST:PORT or --config FILE point at another one)",
-                self.addr
-            ),
-        )
-    }
-
-    /// GETs `path` and returns the status and body.
-    async fn fetch(&self, path: &str) -> Result<(u16, Bytes), Exit> {
-        self.exchange(hyper::Method::GET, path, None).await
-    }
-
-    /// Sends one request (with a JSON body, if any) and returns the status and body.
-    async fn exchange(
-        &self,
-        method: hyper::Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<(u16, Bytes), Exit> {
-        let stream =
-            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(self.addr))
-                .await
-                .map_err(|_| self.unavailable("connection timed out"))?
-                .map_err(|e| self.unavailable(e))?;
-        let exchange = async {
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
-            let mut req = hyper::Request::builder()
-                .method(method)
-                .uri(path)
-                .header(hyper::header::HOST, self.addr.to_string())
-                .header(hyper::header::ACCEPT, "application/json");
-            if body.is_some() {
-                req = req.header(hyper::header::CONTENT_TYPE, "application/json");
-            }
-            if let Some(t) = &self.token {
-                req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
-            }
-            let req = req
-                .body(Full::new(Bytes::from(body.unwrap_or_default())))
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .map_err(hyper_io)?;
-            let resp = sender.send_request(req).await?;
-            let status = resp.status().as_u16();
-            let body = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .map_err(hyper_io)?
-                .to_bytes();
-            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, body))
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| self.unavailable("no answer in time"))?
-            .map_err(|e| self.unavailable(e))
-    }
-
-    /// GETs `path` and decodes the JSON answer, refusing non-2xx answers.
-    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Exit> {
-        let body = self.send(hyper::Method::GET, path, None).await?;
-        self.decode(path, &body)
-    }
-
-    /// Sends a request and returns the body of a 2xx answer; other answers are errors.
-    pub(crate) async fn send(
-        &self,
-        method: hyper::Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Bytes, Exit> {
-        let (status, body) = self.exchange(method, path, body).await?;
-        if status == 401 {
-            return Err(Exit::new(
-                exit::NO_PERM,
-                format!(
-                    "the daemon at {} wants an API token: pass --token-file FILE (its \
-                     api.token_file) or --config FILE",
-                    self.addr
-                ),
-            ));
-        }
-        if !(200..300).contains(&status) {
-            let message = serde_json::from_slice::<crate::api::ApiError>(&body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            return Err(Exit::failure(format!(
-                "the daemon at {} answered {status} to {path}: {message}",
-                self.addr
-            )));
-        }
-        Ok(body)
-    }
-
-    /// GETs `path` and decodes the JSON answer whatever the status (`/health` answers 503 with
-    /// a body when the node is not ready).
-    async fn get_any_status<T: DeserializeOwned>(&self, path: &str) -> Result<T, Exit> {
-        let (_, body) = self.fetch(path).await?;
-        self.decode(path, &body)
-    }
-
-    pub(crate) fn decode<T: DeserializeOwned>(&self, path: &str, body: &[u8]) -> Result<T, Exit> {
-        serde_json::from_slice(body).map_err(|e| {
-            Exit::new(
-                exit::DATA,
-                format!(
-                    "the answer of {} to {path} is not what this x0t expects ({e}); is it an \
-                     x0t daemon of the same version?",
-                    self.addr
-                ),
-            )
-        })
-    }
-}
-
-/// Any error as a boxed error (for the `?`s in one request).
-fn hyper_io(e: std::io::Error) -> Box<dyn std::error::Error + Send + Sync> {
-    Box::new(e)
-}
-
-/// A plain text table: a header row, then rows, columns padded to their widest cell.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                let pad = widths[i] - cell.chars().count();
-                s.push_str(cell);
-                s.push_str(&" ".repeat(pad + 2));
-            }
-        }
-        s.trim_end().to_owned() + "\n"
-    };
-    let mut out = line(headers.to_vec());
-    for row in rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    out
 }
 
 fn dash(v: Option<&str>) -> String {
@@ -367,7 +147,10 @@ fn status_text(node: &NodeInfo, health: &Health) -> String {
     for r in &health.reasons {
         s.push_str(&format!("  - {}: {}\n", r.code, r.message));
     }
-    s
+    // Line by line, so that only the lines stay lines.
+    s.lines()
+        .map(|l| printable(l).into_owned() + "\n")
+        .collect()
 }
 
 fn peers_table(peers: &[PeerInfo]) -> String {
@@ -520,7 +303,7 @@ fn incidents_table(incidents: &[IncidentInfo]) -> String {
         .map(|i| {
             vec![
                 format!("i{}", i.id),
-                crate::time::rfc3339(i.opened_at_unix_ms / 1000),
+                x0_node::time::rfc3339(i.opened_at_unix_ms / 1000),
                 if i.open {
                     "open".into()
                 } else {
@@ -548,37 +331,4 @@ fn incidents_table(incidents: &[IncidentInfo]) -> String {
         ],
         &rows,
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_pad_columns_to_the_widest_cell() {
-        let t = table(
-            &["A", "LONGER"],
-            &[
-                vec!["xyz".into(), "1".into()],
-                vec!["x".into(), "22".into()],
-            ],
-        );
-        assert_eq!(t, "A    LONGER\nxyz  1\nx    22\n");
-    }
-
-    #[test]
-    fn an_unspecified_listen_address_is_reached_on_loopback() {
-        assert_eq!(
-            connect_addr("0.0.0.0:5471".parse().unwrap()),
-            "127.0.0.1:5471".parse::<SocketAddr>().unwrap()
-        );
-        assert_eq!(
-            connect_addr("[::]:1".parse().unwrap()),
-            "[::1]:1".parse::<SocketAddr>().unwrap()
-        );
-        assert_eq!(
-            connect_addr("192.0.2.1:9".parse().unwrap()),
-            "192.0.2.1:9".parse::<SocketAddr>().unwrap()
-        );
-    }
 }

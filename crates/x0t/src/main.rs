@@ -1,42 +1,19 @@
 //! `x0t`: the x0tta6bl4 daemon and its command-line tool.
 //!
-//! One thin binary over the library crates: `init`, `identity`, `ca`, `join` work on a state
-//! directory; `up` runs the daemon; `bench` measures. Exit codes follow sysexits: 64 usage or
+//! A thin binary over two libraries: `x0-node`, the daemon's runtime (`up`), and `x0-bench`,
+//! the benchmarks, lab and demo drivers (`bench`, `lab`, `sim`, `demo`). Here live only the
+//! command-line syntax, the one-shot commands on a state directory (`init`, `identity`, `ca`,
+//! `join`, `audit`) and the views of a running daemon (`status`, `peers`, … , `fault`). Exit codes follow sysexits: 64 usage or
 //! configuration error, 65 bad input data, 66 missing state, 77 insecure permissions, 1 any
 //! other failure.
 
 // A binary: `pub` items are crate-visible by nature.
 #![allow(unreachable_pub)]
 
-mod api;
-mod bench;
-mod bench_ebpf;
-mod bench_failover;
-mod bench_heal;
-mod bench_heal_sim;
-mod bench_scrape;
-mod bench_throughput;
 mod cli;
 mod commands;
-mod config;
 mod ctl;
-mod daemon;
-mod dataio;
-mod dataplane;
-mod demo;
-mod ebpf;
-mod exit;
 mod fault;
-mod heal;
-mod lab;
-mod logging;
-mod metrics;
-mod netwatch;
-mod routing;
-mod routing_auth;
-mod shed;
-mod sim;
-mod time;
 
 use std::process::ExitCode;
 
@@ -56,18 +33,18 @@ fn main() -> ExitCode {
         Err(e) => {
             let code = match e.kind() {
                 clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
-                _ => exit::USAGE,
+                _ => x0_node::exit::USAGE,
             };
             let _ = e.print();
             return ExitCode::from(code);
         }
     };
     let result = match cli.command {
-        Command::Up(args) => daemon::run(args),
+        Command::Up(args) => x0_node::daemon::run(&args.config),
         other => {
             // Benchmarks provoke refusals and classical links on purpose: keep their log quiet.
             let quiet = matches!(other, Command::Bench(_));
-            logging::init_cli(cli.verbose, quiet);
+            x0_node::logging::init_cli(cli.verbose, quiet);
             commands::run(other)
         }
     };

@@ -366,6 +366,30 @@ fn every_endpoint_answers_with_its_shape_and_events_report_a_joining_peer() {
             "{name} is not documented in docs/metrics.md"
         );
     }
+    // And the other way round: every metric docs/metrics.md lists is served (the eBPF
+    // counters once the programs are attached, which needs root: tested apart).
+    for name in docs
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `x0t_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|n| format!("x0t_{n}"))
+        .filter(|n| n == "x0t_ebpf_enabled" || !n.starts_with("x0t_ebpf_"))
+    {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "docs/metrics.md lists {name}, which the daemon does not serve:\n{text}"
+        );
+    }
+    // Counters of events that have not happened yet are there, at zero.
+    for series in [
+        "x0t_links_closed_total{cause=\"idle_timeout\"} 0",
+        "x0t_svid_renewals_total{result=\"error\"} 0",
+        "x0t_heal_incidents_total{problem=\"black_hole\"} 0",
+        "x0t_heal_actions_total{kind=\"quarantine_node\",mode=\"act\"} 0",
+        "x0t_heal_action_results_total{kind=\"restart_link\",result=\"failed\"} 0",
+    ] {
+        assert!(text.contains(series), "no {series} in:\n{text}");
+    }
     match promtool_check(&text) {
         Some((ok, out)) => assert!(ok, "promtool check metrics:\n{out}\n{text}"),
         None => {
@@ -394,7 +418,8 @@ fn every_endpoint_answers_with_its_shape_and_events_report_a_joining_peer() {
     let spec = oas3::from_json(&doc.body).unwrap();
     spec.validate_version().unwrap();
     let paths: Vec<String> = spec.paths.unwrap().keys().cloned().collect();
-    assert_eq!(paths.len(), 13, "{paths:?}");
+    assert_eq!(paths.len(), 14, "{paths:?}");
+    assert!(paths.iter().any(|p| p == "/openapi.json"), "{paths:?}");
     // `/v1/faults/{id}` only takes DELETE (tests/fault.rs).
     for p in paths
         .iter()
@@ -503,13 +528,28 @@ fn bad_requests_get_4xx_answers_and_the_daemon_keeps_serving() {
         .as_bytes(),
     );
     assert_eq!(r.status, 413);
-    // Huge headers.
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("65536"),
+        "{}",
+        r.body
+    );
+    // Huge headers: hyper answers on its own, with the JSON body every error has.
     let big = "x".repeat(20 * 1024);
     let r = raw(
         &api,
         format!("GET /health HTTP/1.1\r\nHost: {api}\r\nX-Big: {big}\r\n\r\n").as_bytes(),
     );
     assert_eq!(r.status, 431);
+    assert!(
+        r.head.contains("content-type: application/json"),
+        "{}",
+        r.head
+    );
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("16384"),
+        "{}",
+        r.body
+    );
     // Bad queries.
     assert_eq!(get(&api, "/v1/routes?dst=not-a-node").status, 400);
     assert_eq!(get(&api, "/v1/routes?dst=%zz").status, 400);
@@ -517,6 +557,45 @@ fn bad_requests_get_4xx_answers_and_the_daemon_keeps_serving() {
     // Not HTTP at all.
     let r = raw(&api, b"\x16\x03\x01\x00\xa5garbage\r\n\r\n");
     assert_eq!(r.status, 400);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an HTTP/1.1 request")
+    );
+    // A good request, then garbage on the same connection: the first answer is untouched.
+    let r = raw(
+        &api,
+        format!("GET /health HTTP/1.1\r\nHost: {api}\r\n\r\nGARBAGE\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("\"live\":true")
+            && r.body.ends_with("request (bad request line or header)\"}"),
+        "{}",
+        r.body
+    );
+    // A web page posting a "simple" form to the API (no JSON content type, or another origin).
+    let r = request(
+        &api,
+        "POST",
+        "/v1/faults",
+        &[("Content-Type", "text/plain")],
+        "{\"kind\":\"blackhole\"}",
+    );
+    assert_eq!(r.status, 415, "{}", r.body);
+    let r = request(
+        &api,
+        "POST",
+        "/v1/faults",
+        &[
+            ("Content-Type", "application/json"),
+            ("Origin", "http://evil.example"),
+        ],
+        "{\"kind\":\"blackhole\"}",
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.json()["error"].as_str().unwrap().contains("cross-origin"));
     // A page from another origin (DNS rebinding) cannot read the unauthenticated API.
     let r = raw(
         &api,
@@ -633,6 +712,73 @@ fn a_non_loopback_api_needs_a_token() {
     let o = run(&["up", "--config", s(&cfg)]);
     assert_eq!(o.status.code(), Some(77), "{}", stderr(&o));
     assert!(stderr(&o).contains("chmod 600"), "{}", stderr(&o));
+}
+
+/// Runs `x0t up` and waits for it to exit; panics (after killing it) if it is still running
+/// after 20 s.
+fn up_must_fail(cfg: &Path) -> std::process::Output {
+    let mut child = x0t()
+        .args(["up", "--config", s(cfg)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + T;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!("x0t up kept running:\n{}", stderr(&o));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_daemon_whose_api_address_is_taken_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    ca_node(&a, &[]);
+    // Something else holds the port, on every address.
+    let taken = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for (name, extra) in [
+        (
+            "loopback",
+            format!("\n[api]\nlisten = \"127.0.0.1:{port}\"\n"),
+        ),
+        (
+            "token",
+            format!("\n[api]\nlisten = \"0.0.0.0:{port}\"\ntoken_file = \"api-token\"\n"),
+        ),
+        (
+            "loopback-token",
+            format!("\n[api]\nlisten = \"127.0.0.1:{port}\"\ntoken_file = \"api-token\"\n"),
+        ),
+    ] {
+        let cfg = config(dir.path(), name, &a, &[], &extra);
+        let o = up_must_fail(&cfg);
+        assert_eq!(o.status.code(), Some(69), "{name}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!(":{port}"))
+                && err.contains("`api.listen`")
+                && err.contains("in use"),
+            "{name}: {err}"
+        );
+    }
+    // The default address taken (by this test, or by whoever holds it already): the same.
+    let _default = TcpListener::bind("127.0.0.1:5471");
+    let cfg = config(dir.path(), "default", &a, &[], "\n[api]\nenabled = true\n");
+    let o = up_must_fail(&cfg);
+    assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`api.listen` is not set; 127.0.0.1:5471 is its default"),
+        "{}",
+        stderr(&o)
+    );
+    drop(taken);
 }
 
 #[test]
@@ -850,4 +996,60 @@ fn ebpf_telemetry_is_exported_when_permitted_and_reported_off_when_not() {
             .trim_end_matches("_total");
         assert!(doc.contains(name), "{name} is not in docs/metrics.md");
     }
+}
+
+/// A stand-in daemon API that answers every request on one connection with `body` (JSON).
+fn fake_api(body: String) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn peer_supplied_text_cannot_drive_the_terminal() {
+    // A peer's QUIC close reason, as the daemon reports it in `last_error`: an escape sequence
+    // that clears the screen and retitles the window, a fake line, a right-to-left override.
+    let reason = "closed by peer: bye\u{1b}[2J\u{1b}]0;owned\u{7}\nPEER  fake-row\u{202e}";
+    let peers = serde_json::json!([{
+        "node_id": "00112233445566778899aabbccddeeff",
+        "addr": "127.0.0.1:7101",
+        "configured": true,
+        "linked": false,
+        "overlay_addr": null,
+        "last_error": reason,
+        "dial_failures": 3,
+    }]);
+    let api = fake_api(peers.to_string());
+    let o = run(&["peers", "--api", &api]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        !out.chars()
+            .any(|c| c != '\n' && (c.is_control() || c == '\u{202e}')),
+        "{out:?}"
+    );
+    assert!(
+        out.contains(r"bye\u{1b}[2J\u{1b}]0;owned\u{7}\u{a}PEER"),
+        "{out}"
+    );
+    // The JSON keeps the text as it is (escaped as JSON).
+    let api = fake_api(peers.to_string());
+    let v = run_json(&["peers", "--api", &api, "--json"]);
+    assert_eq!(v[0]["last_error"], reason);
 }

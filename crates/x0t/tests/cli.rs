@@ -308,3 +308,40 @@ fn invite_needs_a_known_bootstrap_address() {
     assert_eq!(o.status.code(), Some(64));
     assert!(stderr(&o).contains("--bootstrap"), "{}", stderr(&o));
 }
+
+#[test]
+fn state_dir_help_says_created_only_where_it_is() {
+    let help = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.push("--help");
+        let o = run(&all);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        stdout(&o)
+    };
+    for args in [&["init"][..], &["ca", "init"], &["join"]] {
+        assert!(help(args).contains("created 0700 if missing"), "{args:?}");
+    }
+    for args in [
+        &["identity", "show"][..],
+        &["identity", "sign"],
+        &["ca", "invite"],
+        &["ca", "revoke"],
+    ] {
+        let text = help(args);
+        assert!(!text.contains("created"), "{args:?}: {text}");
+        assert!(text.contains("must exist"), "{args:?}: {text}");
+    }
+    // And they do as they say: a missing directory is not created.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    for args in [
+        &["identity", "show", "--state-dir"][..],
+        &["ca", "invite", "--state-dir"],
+    ] {
+        let mut all = args.to_vec();
+        all.push(s(&missing));
+        let o = run(&all);
+        assert_eq!(o.status.code(), Some(66), "{args:?}: {}", stderr(&o));
+        assert!(!missing.exists(), "{args:?} created the directory");
+    }
+}

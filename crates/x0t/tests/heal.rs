@@ -380,15 +380,18 @@ fn next_hop(api: &str, dst: &str) -> Option<String> {
 
 #[test]
 fn a_black_holing_relay_is_found_by_end_to_end_probes_and_quarantined() {
-    // A square a – b – c – d – a: c has two node-disjoint paths from a (via b and via d).
+    // A square a – b – c – d – a, and e behind b and d: c and e each have two node-disjoint
+    // paths from a (via b and via d). A relay is blamed only when two destinations behind it
+    // corroborate each other (one could lie), so a sees its probes to both c and e lost
+    // through the black hole while the other relay answers.
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let [a, b, c, d] = ["a", "b", "c", "d"].map(|n| dir.join(n));
+    let [a, b, c, d, e] = ["a", "b", "c", "d", "e"].map(|n| dir.join(n));
     let danger = "\n[danger_fault_injection]\nenabled = true\n";
     ca_node(&a, &[]);
     let da = Daemon::start("a", &config(dir, "a", &a, &[], ""));
     da.listen_addr();
-    for n in [&b, &c, &d] {
+    for n in [&b, &c, &d, &e] {
         join(&a, n);
     }
     let db = Daemon::start("b", &config(dir, "b", &b, &[&da.listen_addr()], danger));
@@ -397,13 +400,20 @@ fn a_black_holing_relay_is_found_by_end_to_end_probes_and_quarantined() {
         "c",
         &config(dir, "c", &c, &[&db.listen_addr(), &dd.listen_addr()], ""),
     );
-    let (b_id, c_id, d_id) = (node_id(&b), node_id(&c), node_id(&d));
+    let de = Daemon::start(
+        "e",
+        &config(dir, "e", &e, &[&db.listen_addr(), &dd.listen_addr()], ""),
+    );
+    let (b_id, c_id, d_id, e_id) = (node_id(&b), node_id(&c), node_id(&d), node_id(&e));
     let api = da.api_addr();
     // Converged, and a's probes to c answered along both paths.
     let started = Instant::now();
     let replies = r#"x0t_dataplane_probes_total{event="reply_received"}"#;
-    while next_hop(&api, &c_id).is_none() || metric(&api, replies) < 30.0 {
-        assert!(started.elapsed() < T, "the square never converged");
+    while next_hop(&api, &c_id).is_none()
+        || next_hop(&api, &e_id).is_none()
+        || metric(&api, replies) < 30.0
+    {
+        assert!(started.elapsed() < T, "the mesh never converged");
         std::thread::sleep(Duration::from_millis(100));
     }
     let relay = next_hop(&api, &c_id).unwrap();
@@ -453,12 +463,12 @@ fn a_black_holing_relay_is_found_by_end_to_end_probes_and_quarantined() {
     for act in actions.as_array().unwrap() {
         if let Some(t) = act["target"].as_str() {
             assert!(
-                !t.contains(&other[..8]) && !t.contains(&c_id[..8]),
+                !t.contains(&other[..8]) && !t.contains(&c_id[..8]) && !t.contains(&e_id[..8]),
                 "an action on a healthy node: {act:#}"
             );
         }
     }
-    drop(dc);
+    drop((dc, de));
 }
 
 fn bytes_of(p: &Path) -> Vec<u8> {

@@ -11,9 +11,21 @@
 //! * if a failing path and a working path are node-disjoint, the failing path's relays that
 //!   are on no working path, and that answer cleanly themselves (every direct probe to them
 //!   in the window answered, when they are probed directly), are suspects: each gets a
-//!   `path_black_hole` symptom, with a
-//!   confidence of `(1 − 0.3ⁿ) / s` for `n` destinations implicating it and `s` suspects on
-//!   the path (one destination through a one-relay path: 0.7; two destinations: 0.91);
+//!   `path_black_hole` symptom;
+//! * **corroboration**: a destination can lie (answer only the probes that avoid a relay, and
+//!   drop, as a relay itself, what comes to it through that relay), so one destination is not
+//!   enough to blame a relay. Each finding is *evidence* against the suspect: the destination
+//!   and the failing path, whose other nodes (the destination and the path's other relays)
+//!   could explain the loss just as well. A suspect is **corroborated** when at least
+//!   `blackhole_min_destinations` pieces of evidence (from as many destinations) have pairwise
+//!   disjoint other nodes: then no single other node explains the losses, and with at most
+//!   `blackhole_min_destinations − 1` liars at least one of them is true. A corroborated
+//!   suspect's confidence is `(1 − 0.3ⁿ) / s` for `n` destinations implicating it and `s`
+//!   suspects on the path (two destinations through one-relay paths: 0.91); an uncorroborated
+//!   one's is [`UNCORROBORATED`]` / s` (0.5), below `incidents.act_confidence` (0.6): its
+//!   incident opens, nothing is done about it. In a mesh where only one destination lies
+//!   behind a relay (every other path through it also crosses that destination, as in a ring
+//!   of four), a black hole there is reported, never acted on;
 //! * a failing path whose first relay is a neighbour whose link is down, missing probes or
 //!   lossy (≥ 3 %), or was so in the last 2 s, is a link problem, not a black hole: it
 //!   implicates nobody, and its failed rounds from that time are not counted;
@@ -49,6 +61,45 @@ const EXCUSE: Duration = Duration::from_secs(2);
 /// Link loss at or above which the link, not the relay behind it, explains lost probes (two
 /// probes of the routing core's 64-probe window).
 const LOSSY_LINK: f64 = 0.03;
+/// Confidence of an uncorroborated finding (before dividing by the suspects on its path):
+/// below the default `incidents.act_confidence` (0.6), so it opens an incident and raises no
+/// action.
+pub const UNCORROBORATED: f64 = 0.5;
+/// Most pieces of evidence kept per suspect (the most recent).
+const MAX_EVIDENCE: usize = 16;
+
+/// One destination's evidence against a suspect.
+#[derive(Debug, Clone)]
+struct Evidence {
+    at: Instant,
+    /// The nodes other than the suspect that could explain the loss as well: the
+    /// destination and the failing path's other relays.
+    others: BTreeSet<NodeId>,
+}
+
+/// Whether `need` of `sets` are pairwise disjoint (a small exact search: at most
+/// [`MAX_EVIDENCE`] sets).
+fn disjoint_choice(sets: &[&BTreeSet<NodeId>], need: usize) -> bool {
+    fn pick(sets: &[&BTreeSet<NodeId>], from: usize, need: usize, used: &mut Vec<usize>) -> bool {
+        if need == 0 {
+            return true;
+        }
+        for i in from..sets.len() {
+            if sets.len() - i < need {
+                return false;
+            }
+            if used.iter().all(|&u| sets[u].is_disjoint(sets[i])) {
+                used.push(i);
+                if pick(sets, i + 1, need - 1, used) {
+                    return true;
+                }
+                used.pop();
+            }
+        }
+        false
+    }
+    pick(sets, 0, need, &mut Vec::with_capacity(need))
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Round {
@@ -71,12 +122,13 @@ pub struct PathDifferential {
     window: Duration,
     min_failures: u32,
     min_successes: u32,
+    min_destinations: usize,
     max_dsts: usize,
     dsts: HashMap<NodeId, Destination>,
     /// Neighbours whose link was last seen down, missing probes or lossy, and when.
     impaired: HashMap<NodeId, Instant>,
-    /// Per suspect, the destinations that implicated it and when.
-    implicated: HashMap<NodeId, BTreeMap<NodeId, Instant>>,
+    /// Per suspect, the evidence of each destination that implicated it.
+    implicated: HashMap<NodeId, BTreeMap<NodeId, Evidence>>,
     /// Paths whose latest round lost probes.
     losing: HashSet<(NodeId, Vec<NodeId>)>,
     /// Links that left the topology and have not come back.
@@ -103,6 +155,9 @@ impl PathDifferential {
             window: ms(cfg.blackhole_window_ms),
             min_failures: cfg.blackhole_min_failures,
             min_successes: cfg.blackhole_min_successes,
+            min_destinations: usize::try_from(cfg.blackhole_min_destinations)
+                .unwrap_or(usize::MAX)
+                .max(1),
             max_dsts: cfg.max_series,
             dsts: HashMap::new(),
             impaired: HashMap::new(),
@@ -129,7 +184,7 @@ impl PathDifferential {
         }
         self.dsts.retain(|_, d| !d.paths.is_empty());
         for by_dst in self.implicated.values_mut() {
-            by_dst.retain(|_, at| now.saturating_since(*at) <= window);
+            by_dst.retain(|_, e| now.saturating_since(e.at) <= window);
         }
         self.implicated.retain(|_, m| !m.is_empty());
         let dsts = &self.dsts;
@@ -298,10 +353,32 @@ impl PathDifferential {
             }
         }
         for (suspect, failing, working, n_suspects) in findings {
+            if !self.implicated.contains_key(&suspect) && self.implicated.len() >= self.max_dsts {
+                continue;
+            }
+            let others: BTreeSet<NodeId> = failing
+                .iter()
+                .copied()
+                .chain(std::iter::once(dst))
+                .filter(|n| *n != suspect)
+                .collect();
             let by_dst = self.implicated.entry(suspect).or_default();
-            by_dst.insert(dst, now);
+            by_dst.insert(dst, Evidence { at: now, others });
+            while by_dst.len() > MAX_EVIDENCE {
+                let Some(oldest) = by_dst.iter().min_by_key(|(_, e)| e.at).map(|(d, _)| *d) else {
+                    break;
+                };
+                by_dst.remove(&oldest);
+            }
+            let sets: Vec<&BTreeSet<NodeId>> = by_dst.values().map(|e| &e.others).collect();
+            let corroborated = disjoint_choice(&sets, self.min_destinations);
             let n = i32::try_from(by_dst.len()).unwrap_or(i32::MAX);
-            let conf = (1.0 - 0.3f64.powi(n)).min(0.95) / n_suspects.max(1) as f64;
+            let full = (1.0 - 0.3f64.powi(n)).min(0.95);
+            let conf = if corroborated {
+                full
+            } else {
+                full.min(UNCORROBORATED)
+            } / n_suspects.max(1) as f64;
             out.push(Symptom {
                 detector: "path_differential",
                 subject: Subject::Node(suspect),
@@ -437,8 +514,11 @@ mod tests {
         }
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].subject, Subject::Node(n(r)));
-        assert!((found[0].confidence - 0.7).abs() < 1e-9);
-        // A second destination through the same relay raises the confidence.
+        assert!(
+            (found[0].confidence - UNCORROBORATED).abs() < 1e-9,
+            "one destination alone is not enough to act on"
+        );
+        // A second destination through the same relay corroborates it.
         let mut more = Vec::new();
         for i in 3..6 {
             feed(&mut d, i * 100, probe(8, &[b], 1, 1));
@@ -446,6 +526,67 @@ mod tests {
         }
         assert_eq!(more.len(), 1);
         assert!((more[0].confidence - 0.91).abs() < 1e-9);
+    }
+
+    /// A destination that answers only the probes that avoid relay `r` (it sees which
+    /// neighbour hands it a probe, and which relays the probe names) makes `r` look like a
+    /// black hole for itself alone: never enough to act on, however long it goes on.
+    #[test]
+    fn a_lying_destination_alone_cannot_get_a_relay_blamed() {
+        let act = crate::config::IncidentConfig::default().act_confidence;
+        let mut d = PathDifferential::new(&cfg());
+        let (r, b, liar, honest) = (2, 3, 9, 8);
+        for i in 0..100 {
+            feed(&mut d, i * 100, probe(liar, &[b], 1, 1));
+            // Another destination through the same relay is answered.
+            feed(&mut d, i * 100, probe(honest, &[r], 1, 1));
+            feed(&mut d, i * 100, probe(honest, &[b], 1, 1));
+            for s in feed(&mut d, i * 100, probe(liar, &[r], 1, 0)) {
+                assert!(s.confidence < act, "round {i}: {s:?}");
+            }
+        }
+    }
+
+    /// The liar is also a relay on another destination's path through `r` (a ring of four:
+    /// from us, every path through `r` crosses `liar`): two destinations implicate `r`, but
+    /// one node explains both, so `r` is not corroborated. Two destinations whose failing
+    /// paths share nothing but `r` are.
+    #[test]
+    fn evidence_explained_by_one_other_node_is_not_corroboration() {
+        let act = crate::config::IncidentConfig::default().act_confidence;
+        // Ring 1 – 2 – 9 – 3 – 1, we are 1: 9 via [2] or [3]; 3 directly or via [2, 9].
+        let (r, other, liar) = (2, 3, 9);
+        let mut d = PathDifferential::new(&cfg());
+        let mut seen = Vec::new();
+        for i in 0..50 {
+            let t = i * 100;
+            feed(&mut d, t, probe(liar, &[other], 1, 1));
+            seen.extend(feed(&mut d, t, probe(liar, &[r], 1, 0)));
+            feed(&mut d, t, probe(other, &[], 1, 1));
+            seen.extend(feed(&mut d, t, probe(other, &[r, liar], 1, 0)));
+        }
+        assert!(seen.iter().any(|s| s.subject == Subject::Node(n(r))));
+        assert!(seen.iter().all(|s| s.confidence < act), "{seen:?}");
+        // Independent evidence: 8 behind r as well, with an alternative of its own.
+        let mut found = Vec::new();
+        for i in 50..55 {
+            let t = i * 100;
+            feed(&mut d, t, probe(8, &[other], 1, 1));
+            found = feed(&mut d, t, probe(8, &[r], 1, 0));
+        }
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].confidence >= act, "{found:?}");
+    }
+
+    #[test]
+    fn disjoint_choice_is_exact() {
+        let set = |v: &[u8]| v.iter().map(|&i| n(i)).collect::<BTreeSet<NodeId>>();
+        let (a, b, c) = (set(&[1, 2]), set(&[2, 3]), set(&[3]));
+        assert!(disjoint_choice(&[&a, &b, &c], 2), "{{1,2}} and {{3}}");
+        assert!(!disjoint_choice(&[&a, &b, &c], 3));
+        assert!(!disjoint_choice(&[&a, &b], 2));
+        assert!(disjoint_choice(&[&a], 1));
+        assert!(disjoint_choice(&[], 0));
     }
 
     #[test]
