@@ -17,7 +17,7 @@ use x0_wire::NodeId;
 use x0_wire::routing::Probe;
 
 use crate::config::RouterConfig;
-use crate::quality::LinkQuality;
+use crate::quality::{LinkQuality, loss_floor};
 use crate::time::Instant;
 
 /// Probe sequence numbers remembered for the receive-loss window.
@@ -142,11 +142,21 @@ impl Session {
 
     /// Loss measured on the neighbour's probes.
     pub fn rx_loss(&self) -> f64 {
-        let Some(highest) = self.rx_highest else {
+        let (lost, span) = self.rx_window();
+        if span == 0 {
             return 0.0;
+        }
+        f64::from(lost) / f64::from(span)
+    }
+
+    /// Probes of the neighbour's lost and expected in the receive window; `(0, 0)` while
+    /// fewer than `MIN_LOSS_SAMPLES` were expected.
+    fn rx_window(&self) -> (u32, u32) {
+        let Some(highest) = self.rx_highest else {
+            return (0, 0);
         };
         if self.rx_seen < MIN_LOSS_SAMPLES {
-            return 0.0;
+            return (0, 0);
         }
         let span = self.rx_seen.min(LOSS_WINDOW).min(highest.saturating_add(1));
         let mask = if span >= 64 {
@@ -155,7 +165,18 @@ impl Session {
             (1u64 << span) - 1
         };
         let got = (self.rx_bits & mask).count_ones();
-        1.0 - f64::from(got) / f64::from(span.max(1))
+        (span.saturating_sub(got), span)
+    }
+
+    /// The least round-trip loss the probes show with confidence (see
+    /// [`crate::quality::loss_floor`]): one lost probe among the first few is not a collapse.
+    /// The neighbour's figure for our probes stands on at most as many probes as we sent.
+    pub fn loss_floor(&self) -> f64 {
+        let (lost, span) = self.rx_window();
+        let rx = loss_floor(lost, span);
+        let sent = self.tx_seq.min(LOSS_WINDOW);
+        let tx = loss_floor((self.tx_loss * f64::from(sent)).round() as u32, sent);
+        1.0 - (1.0 - rx) * (1.0 - tx)
     }
 
     /// Loss the neighbour reports on our probes.
@@ -235,7 +256,8 @@ impl Session {
             }
         }
         let round_trip_loss = 1.0 - (1.0 - self.rx_loss()) * (1.0 - self.tx_loss);
-        self.quality.update(round_trip_loss, now)
+        let floor = self.loss_floor();
+        self.quality.update_with_floor(round_trip_loss, floor, now)
     }
 
     /// Records that the link carries traffic; tightens the probe interval at once.

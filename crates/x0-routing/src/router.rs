@@ -1365,7 +1365,14 @@ fn wants_advert(cfg: &RouterConfig, n: &mut Neighbor, now: Instant, factor: u32)
     let (old_class, new_class) = (n.advertised_class as i32, class as i32);
     let steps = (new_class - old_class).abs();
     let bad = class == QualityClass::Bad || n.advertised_class == QualityClass::Bad;
-    if steps >= 2 || (steps == 1 && bad) {
+    // A fall of two classes from what we advertised must be significant: one-step moves on
+    // noise (a 64-probe window cannot tell 1 % loss from 3 %) add up to two steps, and each
+    // advert is a flood over the whole mesh. The loss floor must put the link that low too.
+    let significant = new_class < old_class || {
+        let sure = QualityClass::classify(n.session.loss_floor(), q.rtt_ms());
+        sure as i32 - old_class >= 2
+    };
+    if (steps >= 2 && significant) || (steps == 1 && bad) {
         return true;
     }
     let delta = cost.abs_diff(n.advertised_cost);

@@ -62,6 +62,10 @@ pub struct RouterStats {
     /// Originations refused because our sequence number reached `u64::MAX` (see
     /// [`crate::RouterEvent::SequenceExhausted`]).
     pub own_seq_exhausted: u64,
+    /// Newer adverts held back because their origin's previous advert was accepted less than
+    /// `min_advert_arrival` earlier (counted once per advert held back; see
+    /// `docs/routing.md`, "Per-origin acceptance limit").
+    pub adverts_rate_limited: u64,
     /// Neighbours declared down after silence.
     pub neighbors_down_silent: u64,
     /// Neighbours whose link the caller reported down.
