@@ -49,6 +49,14 @@ pub struct RouterConfig {
     /// signatures has its adverts ignored for a while. Honest neighbours forward only adverts
     /// they verified, so they never pay it. Default 100.
     pub bad_signature_penalty: u32,
+    /// Shortest time between two adverts of one origin that we install and flood on (OSPF's
+    /// MinLSArrival). A newer advert arriving sooner after the one it replaces is verified,
+    /// acknowledged and held (one per origin, the newest), and installed and flooded when the
+    /// interval has passed; what it replaced meanwhile is counted (`adverts_rate_limited`). An
+    /// origin re-signing rapidly thus makes every node re-flood and recompute routes at most
+    /// once per interval; an honest origin's second change within it waits at most this long,
+    /// once (later hops receive it already spaced). Default 200 ms.
+    pub min_advert_arrival: Duration,
     /// Most origins the link-state database holds (ours included). Adverts of new origins
     /// beyond it are refused (`rejected_lsdb_full`). Default 16,384: above the largest mesh we
     /// simulate (10,000), and ~100 MB of ML-DSA-signed adverts at worst.
@@ -81,6 +89,7 @@ impl Default for RouterConfig {
             verify_rate_per_s: 1000,
             verify_burst: 2000,
             bad_signature_penalty: 100,
+            min_advert_arrival: Duration::from_millis(200),
             max_origins: 16_384,
             spf_delay: Duration::from_millis(10),
             k_paths: 2,

@@ -507,7 +507,8 @@ fn the_database_holds_at_most_max_origins() {
     assert_eq!(b.router.lsdb().len(), 4, "ours and three others");
     assert_eq!(b.router.stats().rejected_lsdb_full, 4);
     assert_eq!(b.router.stats().neighbor_penalties, 0);
-    // Known origins still get their new versions.
+    // Known origins still get their new versions (a version per `min_advert_arrival`).
+    b.run_for(b.router.config().min_advert_arrival);
     b.deliver(2, &advert(id(4), 2, &[id(2)], MESH_KEY));
     assert_eq!(b.router.lsdb().seq_of(&id(4)), Some(2));
 }
@@ -537,4 +538,97 @@ fn a_revoked_origin_is_purged_and_its_adverts_refused_without_penalty() {
         0,
         "not the sender's fault"
     );
+}
+
+// ---- per-origin acceptance limit (OSPF MinLSArrival) ---------------------------------------
+
+/// The sequence numbers of `origin`'s adverts the router sent on `link`, in order.
+fn flooded(b: &Bench, link: LinkId, origin: NodeId) -> Vec<u64> {
+    b.sent
+        .iter()
+        .filter(|(l, _)| *l == link)
+        .filter_map(|(_, bytes)| match RoutingMessage::decode(bytes) {
+            Ok(RoutingMessage::Advert(_, body)) if body.origin == origin => Some(body.seq),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_origin_re_signing_rapidly_is_installed_and_flooded_once_per_interval() {
+    // An insider re-signs its advert (validly) every millisecond and sends each version to
+    // neighbour 2's link. Without the limit every version is installed, flooded to neighbour
+    // 3 and changes the topology: 50 floods in 50 ms.
+    let mut b = Bench::converged(0);
+    b.sent.clear();
+    let rogue = id(9);
+    let interval = b.router.config().min_advert_arrival;
+    for seq in 1..=50u64 {
+        b.deliver(2, &advert(rogue, seq, &[id(2)], MESH_KEY));
+        b.run_for(Duration::from_millis(1));
+    }
+    let s = b.router.stats().clone();
+    assert_eq!(
+        b.router.lsdb().seq_of(&rogue),
+        Some(1),
+        "only the first one so far"
+    );
+    assert_eq!(
+        s.adverts_rate_limited, 49,
+        "every later one was held back and counted"
+    );
+    assert_eq!(flooded(&b, 3, rogue), [1]);
+    // Every version was acknowledged (the sender does not retransmit what we hold back).
+    for seq in 1..=50u64 {
+        assert!(
+            b.sent.iter().any(|(l, bytes)| *l == 2
+                && matches!(RoutingMessage::decode(bytes), Ok(RoutingMessage::AdvertAck(a))
+                    if a.contains(&(rogue, seq)))),
+            "version {seq} acknowledged"
+        );
+    }
+    // When the interval has passed, the newest version held is installed and flooded: the
+    // intermediate ones never are.
+    b.run_for(interval);
+    assert_eq!(b.router.lsdb().seq_of(&rogue), Some(50));
+    assert_eq!(flooded(&b, 3, rogue), [1, 50]);
+    assert_eq!(b.router.stats().adverts_installed, s.adverts_installed + 1);
+    // An origin that keeps to the interval is installed and flooded at once.
+    b.run_for(interval);
+    b.deliver(2, &advert(rogue, 51, &[id(2)], MESH_KEY));
+    assert_eq!(b.router.lsdb().seq_of(&rogue), Some(51));
+    assert_eq!(flooded(&b, 3, rogue), [1, 50, 51]);
+    assert_eq!(b.router.stats().adverts_rate_limited, 49);
+}
+
+// ---- flooding economy ------------------------------------------------------------------------
+
+/// Whether the router acknowledged `(origin, seq)` on `link`.
+fn acked(b: &Bench, link: LinkId, origin: NodeId, seq: u64) -> bool {
+    b.sent.iter().any(|(l, bytes)| {
+        *l == link
+            && matches!(RoutingMessage::decode(bytes), Ok(RoutingMessage::AdvertAck(a))
+                if a.contains(&(origin, seq)))
+    })
+}
+
+#[test]
+fn a_copy_that_crossed_ours_is_acknowledged_by_ours_not_by_an_ack() {
+    let mut b = Bench::converged(0);
+    b.sent.clear();
+    let origin = id(9);
+    let copy = advert(origin, 1, &[id(2)], MESH_KEY);
+    b.deliver(2, &copy);
+    assert!(acked(&b, 2, origin, 1), "learnt from 2: acknowledged");
+    assert_eq!(flooded(&b, 3, origin), [1], "and sent on to 3");
+    // Neighbour 3 had it from elsewhere and sent it to us before ours arrived: ours, on its
+    // way, acknowledges it; an explicit ack would be a datagram for nothing.
+    b.deliver(3, &copy);
+    assert!(!acked(&b, 3, origin, 1));
+    assert_eq!(b.router.stats().acks_implied, 1);
+    // If ours was lost, 3 retransmits: nothing of ours is pending any more, so that copy is
+    // acknowledged.
+    b.deliver(3, &copy);
+    assert!(acked(&b, 3, origin, 1));
+    assert_eq!(b.router.stats().acks_implied, 1);
 }

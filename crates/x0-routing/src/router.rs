@@ -45,7 +45,7 @@ use crate::auth::{AdvertAuth, Verdict};
 use crate::config::RouterConfig;
 use crate::graph::{Graph, NO_NODE, NodeIx};
 use crate::liveness::Session;
-use crate::lsdb::{AdvertInterner, Lsdb, Offer, StoredAdvert};
+use crate::lsdb::{AdvertInterner, Lsdb, Offer, StoredAdvert, supersedes};
 use crate::paths::{ShortestPathTree, dijkstra, disjoint_paths};
 use crate::quality::QualityClass;
 use crate::stats::RouterStats;
@@ -186,6 +186,16 @@ fn scaled(cost: u32, factor: u32) -> u32 {
     cost.saturating_mul(factor.max(1))
 }
 
+/// A newer advert held back by the per-origin acceptance limit (`min_advert_arrival`).
+#[derive(Debug)]
+struct Held {
+    stored: Arc<StoredAdvert>,
+    /// The link it came in on (not flooded back there).
+    from: LinkId,
+    /// When it is installed and flooded.
+    release: Instant,
+}
+
 #[derive(Debug)]
 struct Frr {
     until: Instant,
@@ -226,6 +236,11 @@ pub struct Router {
     work_pending: bool,
     /// Restrictions from the self-healing loop.
     restrictions: Restrictions,
+    /// Per origin, the newest advert held back by the acceptance limit (at most one per origin
+    /// in the database, so bounded by `max_origins`).
+    held: BTreeMap<NodeId, Held>,
+    /// Release times of `held`.
+    held_release: BTreeSet<(Instant, NodeId)>,
 }
 
 impl std::fmt::Debug for Router {
@@ -276,6 +291,8 @@ impl Router {
             next_timeout: refresh_at,
             work_pending: false,
             restrictions: Restrictions::default(),
+            held: BTreeMap::new(),
+            held_release: BTreeSet::new(),
         }
     }
 
@@ -561,6 +578,7 @@ impl Router {
             if !self.auth.admits(&origin) && self.lsdb.remove(&origin) {
                 self.stats.origins_purged += 1;
                 purged = true;
+                self.drop_held(&origin);
             }
         }
         if purged {
@@ -617,6 +635,7 @@ impl Router {
                 }
             }
         }
+        self.release_held(now);
         // Expiry.
         if !self.lsdb.expire(now).is_empty() {
             self.topology_changed(now);
@@ -740,6 +759,9 @@ impl Router {
         }
         if let Some(e) = self.lsdb.next_expiry() {
             t = t.min(e);
+        }
+        if let Some(&(r, _)) = self.held_release.first() {
+            t = t.min(r);
         }
         for n in self.links.values() {
             t = t
@@ -1051,10 +1073,25 @@ impl Router {
 
     /// An advert we already hold (or an older version): acknowledge it and, if older, send the
     /// neighbour ours.
+    ///
+    /// A copy of what we hold that crossed ours on the way (we had sent the neighbour this
+    /// very version and it is not acknowledged yet) is not acknowledged explicitly: our copy
+    /// acknowledges it implicitly when it arrives (OSPF's "duplicate treated as an implied
+    /// acknowledgement", RFC 2328 § 13.5). If ours is lost, the neighbour retransmits and the
+    /// retransmission, finding nothing pending here, is acknowledged. In a flood most copies
+    /// a node receives are such crossings: this saves one datagram per copy.
     fn old_advert(&mut self, now: Instant, link: LinkId, origin: NodeId, seq: u64) {
         if let Some(n) = self.links.get_mut(&link) {
-            n.acks.push((origin, seq));
+            let crossed = n
+                .pending
+                .get(&origin)
+                .is_some_and(|p| p.seq == seq && p.backoff > 0);
             acknowledge(n, &origin, seq);
+            if crossed {
+                self.stats.acks_implied += 1;
+            } else {
+                n.acks.push((origin, seq));
+            }
         }
         self.old_advert_counted(now, link, origin, seq);
     }
@@ -1097,6 +1134,15 @@ impl Router {
             self.stats.rejected_lsdb_full += 1;
             return;
         }
+        if let Some(h) = self.held.get(&origin) {
+            let held_seq = h.stored.body.seq;
+            if held_seq > seq || (held_seq == seq && h.stored.advert == advert) {
+                // We hold this version (or a newer one) back already: settled, no check.
+                self.ack(link, origin, seq);
+                self.stats.duplicates += 1;
+                return;
+            }
+        }
         let Some(verdict) = self.verify_from(now, link, &origin, &advert) else {
             return; // over the sender's budget: it retransmits
         };
@@ -1125,6 +1171,9 @@ impl Router {
             Some(i) => i.intern(advert, body),
             None => Arc::new(StoredAdvert::new(advert, body)),
         };
+        if self.hold_back(now, link, &stored) {
+            return;
+        }
         let changed = match self.lsdb.offer(stored, now) {
             Offer::Installed { links_changed } => links_changed,
             Offer::Duplicate => {
@@ -1147,6 +1196,71 @@ impl Router {
         for (l, n) in self.links.iter_mut() {
             if *l != link {
                 schedule_send(n, origin, seq, now);
+            }
+        }
+    }
+
+    /// The per-origin acceptance limit: whether `stored` (verified, newer than nothing we hold
+    /// back) replaces `origin`'s entry less than `min_advert_arrival` after that entry was
+    /// installed. If so it is held (replacing an older held one) until the interval has
+    /// passed, and counted. A held advert that `stored` does not supersede also settles it.
+    fn hold_back(&mut self, now: Instant, link: LinkId, stored: &Arc<StoredAdvert>) -> bool {
+        let origin = stored.body.origin;
+        let Some(cur) = self.lsdb.get(&origin) else {
+            return false;
+        };
+        let release = cur.installed_at() + self.cfg.min_advert_arrival;
+        if now >= release || !supersedes(stored, &cur.stored) {
+            return false;
+        }
+        if let Some(h) = self.held.get(&origin)
+            && !supersedes(stored, &h.stored)
+        {
+            self.stats.rejected_stale += 1;
+            return true;
+        }
+        self.drop_held(&origin);
+        self.held_release.insert((release, origin));
+        self.held.insert(
+            origin,
+            Held {
+                stored: stored.clone(),
+                from: link,
+                release,
+            },
+        );
+        self.stats.adverts_rate_limited += 1;
+        true
+    }
+
+    fn drop_held(&mut self, origin: &NodeId) {
+        if let Some(h) = self.held.remove(origin) {
+            self.held_release.remove(&(h.release, *origin));
+        }
+    }
+
+    /// Installs and floods the held adverts whose time has come.
+    fn release_held(&mut self, now: Instant) {
+        while let Some(&(at, origin)) = self.held_release.first() {
+            if at > now {
+                break;
+            }
+            self.held_release.pop_first();
+            let Some(h) = self.held.remove(&origin) else {
+                continue;
+            };
+            let seq = h.stored.body.seq;
+            if let Offer::Installed { links_changed } = self.lsdb.offer(h.stored, now) {
+                self.stats.adverts_installed += 1;
+                if links_changed {
+                    self.topology_changed(now);
+                }
+                for (l, n) in self.links.iter_mut() {
+                    if *l != h.from {
+                        schedule_send(n, origin, seq, now);
+                    }
+                }
+                self.work_pending = true;
             }
         }
     }

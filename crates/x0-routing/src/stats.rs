@@ -29,6 +29,9 @@ pub struct RouterStats {
     pub retransmissions: u64,
     /// Ack datagrams sent.
     pub acks_sent: u64,
+    /// Copies of what we hold that crossed ours to the same neighbour: not acknowledged
+    /// explicitly (our copy acknowledges them when it arrives).
+    pub acks_implied: u64,
     /// Adverts we already held.
     pub duplicates: u64,
     /// Adverts older than what we hold (dropped; our newer copy goes back).

@@ -149,6 +149,8 @@ pub struct RouterTotals {
     pub retransmissions: u64,
     /// Acknowledgement datagrams.
     pub acks_sent: u64,
+    /// Crossing copies left to be acknowledged implicitly (no acknowledgement sent).
+    pub acks_implied: u64,
     /// Adverts received that the receiver already held.
     pub duplicates: u64,
     /// Adverts installed.
@@ -174,6 +176,7 @@ fn router_totals(sim: &RoutingSim) -> RouterTotals {
         t.adverts_sent += s.adverts_sent;
         t.retransmissions += s.retransmissions;
         t.acks_sent += s.acks_sent;
+        t.acks_implied += s.acks_implied;
         t.duplicates += s.duplicates;
         t.adverts_installed += s.adverts_installed;
         t.adverts_rate_limited += s.adverts_rate_limited;
