@@ -186,6 +186,13 @@ fn scaled(cost: u32, factor: u32) -> u32 {
     cost.saturating_mul(factor.max(1))
 }
 
+/// An origin's acceptance bucket (see `Router::hold_back`).
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
 /// A newer advert held back by the per-origin acceptance limit (`min_advert_arrival`).
 #[derive(Debug)]
 struct Held {
@@ -241,6 +248,9 @@ pub struct Router {
     held: BTreeMap<NodeId, Held>,
     /// Release times of `held`.
     held_release: BTreeSet<(Instant, NodeId)>,
+    /// Acceptance buckets of the origins that replaced their advert (removed with the origin's
+    /// entry, so bounded by `max_origins`).
+    arrivals: BTreeMap<NodeId, Bucket>,
 }
 
 impl std::fmt::Debug for Router {
@@ -293,6 +303,7 @@ impl Router {
             restrictions: Restrictions::default(),
             held: BTreeMap::new(),
             held_release: BTreeSet::new(),
+            arrivals: BTreeMap::new(),
         }
     }
 
@@ -579,6 +590,7 @@ impl Router {
                 self.stats.origins_purged += 1;
                 purged = true;
                 self.drop_held(&origin);
+                self.arrivals.remove(&origin);
             }
         }
         if purged {
@@ -637,7 +649,11 @@ impl Router {
         }
         self.release_held(now);
         // Expiry.
-        if !self.lsdb.expire(now).is_empty() {
+        let expired = self.lsdb.expire(now);
+        if !expired.is_empty() {
+            for origin in &expired {
+                self.arrivals.remove(origin);
+            }
             self.topology_changed(now);
         }
         if now >= self.refresh_at {
@@ -1201,24 +1217,30 @@ impl Router {
     }
 
     /// The per-origin acceptance limit: whether `stored` (verified, newer than nothing we hold
-    /// back) replaces `origin`'s entry less than `min_advert_arrival` after that entry was
-    /// installed. If so it is held (replacing an older held one) until the interval has
-    /// passed, and counted. A held advert that `stored` does not supersede also settles it.
+    /// back) must wait before it replaces its origin's entry. Each origin has a token bucket
+    /// (`advert_arrival_burst` tokens, one more per `min_advert_arrival`); installing a
+    /// replacement takes a token. Without one, the advert is held (replacing an older held
+    /// one) until the bucket has a token again, and counted. A held advert that `stored` does
+    /// not supersede also settles it. An origin's first advert is never held.
     fn hold_back(&mut self, now: Instant, link: LinkId, stored: &Arc<StoredAdvert>) -> bool {
         let origin = stored.body.origin;
         let Some(cur) = self.lsdb.get(&origin) else {
             return false;
         };
-        let release = cur.installed_at() + self.cfg.min_advert_arrival;
-        if now >= release || !supersedes(stored, &cur.stored) {
+        if !supersedes(stored, &cur.stored) {
             return false;
         }
-        if let Some(h) = self.held.get(&origin)
-            && !supersedes(stored, &h.stored)
-        {
-            self.stats.rejected_stale += 1;
-            return true;
-        }
+        let release = match self.held.get(&origin) {
+            Some(h) if !supersedes(stored, &h.stored) => {
+                self.stats.rejected_stale += 1;
+                return true;
+            }
+            Some(h) => h.release,
+            None => match self.arrival_token(origin, now) {
+                None => return false,
+                Some(release) => release,
+            },
+        };
         self.drop_held(&origin);
         self.held_release.insert((release, origin));
         self.held.insert(
@@ -1231,6 +1253,28 @@ impl Router {
         );
         self.stats.adverts_rate_limited += 1;
         true
+    }
+
+    /// Takes a token from `origin`'s acceptance bucket: `None` if there was one, otherwise
+    /// when there will be.
+    fn arrival_token(&mut self, origin: NodeId, now: Instant) -> Option<Instant> {
+        let per = self.cfg.min_advert_arrival.as_secs_f64();
+        if per <= 0.0 {
+            return None;
+        }
+        let burst = f64::from(self.cfg.advert_arrival_burst.max(1));
+        let b = self.arrivals.entry(origin).or_insert(Bucket {
+            tokens: burst,
+            refilled: now,
+        });
+        b.tokens = (b.tokens + now.saturating_since(b.refilled).as_secs_f64() / per).min(burst);
+        b.refilled = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return None;
+        }
+        let wait = Duration::from_secs_f64(((1.0 - b.tokens) * per).max(0.0));
+        Some(now + wait + Duration::from_micros(1))
     }
 
     fn drop_held(&mut self, origin: &NodeId) {
@@ -1249,6 +1293,8 @@ impl Router {
             let Some(h) = self.held.remove(&origin) else {
                 continue;
             };
+            // The token it waited for.
+            let _ = self.arrival_token(origin, now);
             let seq = h.stored.body.seq;
             if let Offer::Installed { links_changed } = self.lsdb.offer(h.stored, now) {
                 self.stats.adverts_installed += 1;
