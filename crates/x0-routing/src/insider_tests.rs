@@ -631,3 +631,57 @@ fn a_copy_that_crossed_ours_is_acknowledged_by_ours_not_by_an_ack() {
     assert!(acked(&b, 3, origin, 1));
     assert_eq!(b.router.stats().acks_implied, 1);
 }
+
+// ---- fast reroute around a lost neighbour ----------------------------------------------------
+
+/// An advert of `origin` listing `(neighbour, cost)`.
+fn advert_costs(origin: NodeId, seq: u64, links: &[(NodeId, u32)]) -> Vec<u8> {
+    let links = links
+        .iter()
+        .map(|&(neighbor, cost)| AdvertisedLink {
+            neighbor,
+            cost,
+            class: 0,
+        })
+        .collect();
+    let mut auth = InsecureDigestAuth::new(origin, MESH_KEY);
+    Router::make_advert(origin, seq, Duration::from_secs(3600), links, &mut auth).datagram
+}
+
+#[test]
+fn fast_reroute_leaves_an_old_path_that_crosses_the_lost_neighbour_further_on() {
+    // Us (1) with neighbours y = 2, h = 3 (our link to it made expensive) and w = 5; z = 6 and
+    // the destination d = 4 beyond. Our path to d: 1 → y → z → h → d; the backup avoiding it:
+    // 1 → w → d.
+    let (y, h, d, w, z) = (id(2), id(3), id(4), id(5), id(6));
+    let mut b = Bench::with_digest(0);
+    for n in [2, 3, 5] {
+        b.connect(n);
+    }
+    b.router.set_cost_factor(b.now, h, 100);
+    b.run_for(Duration::from_millis(400));
+    let me = b.me();
+    for bytes in [
+        advert_costs(y, 1, &[(me, 10), (z, 15)]),
+        advert_costs(z, 1, &[(y, 15), (h, 15)]),
+        advert_costs(h, 1, &[(me, 1000), (z, 15), (d, 15)]),
+        advert_costs(d, 1, &[(h, 15), (w, 500)]),
+        advert_costs(w, 1, &[(me, 10), (d, 500)]),
+    ] {
+        b.deliver(2, &bytes);
+    }
+    b.run_for(Duration::from_millis(50));
+    let before = b.router.next_hop(b.now, &d).expect("a route to d");
+    assert_eq!(before.neighbor, y, "through y, z and h");
+    // h goes silent (crashed, for all we know): its link is gone.
+    b.router.link_down(b.now, 3);
+    b.drain();
+    // Our old next hop y is up, but the old path crosses h further on; y is about to converge
+    // and would send the packets back to us. The backup path avoids h.
+    let hop = b.router.next_hop(b.now, &d).expect("a route to d");
+    assert_eq!((hop.neighbor, hop.via_backup), (w, true));
+    assert_eq!(b.router.backup_path(b.now, &d), Some(vec![me, w, d]));
+    // Destinations whose old path does not cross h keep their next hop.
+    let to_z = b.router.next_hop(b.now, &z).expect("a route to z");
+    assert_eq!((to_z.neighbor, to_z.via_backup), (y, false));
+}

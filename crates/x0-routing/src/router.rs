@@ -207,6 +207,32 @@ struct Held {
 struct Frr {
     until: Instant,
     routes: RouteCache,
+    /// The neighbours lost since the hold began, as indices in `routes.graph`. A neighbour
+    /// that went silent may have crashed: a path through it further on is as dead as one
+    /// whose first hop it is.
+    failed: Vec<NodeIx>,
+}
+
+impl Frr {
+    /// Whether the pre-failure primary path to `d` passes through a lost neighbour before
+    /// reaching `d`.
+    fn primary_crosses_failure(&self, d: NodeIx) -> bool {
+        let mut cur = d;
+        let parent = &self.routes.spt.parent;
+        for _ in 0..parent.len() {
+            let Some(&p) = parent.get(cur as usize) else {
+                return false;
+            };
+            if p == NO_NODE || p == self.routes.me {
+                return false;
+            }
+            if self.failed.contains(&p) {
+                return true;
+            }
+            cur = p;
+        }
+        false
+    }
 }
 
 /// The routing state machine of one node.
@@ -241,6 +267,12 @@ pub struct Router {
     /// False only when no link has adverts queued or acknowledgements to send, so that
     /// [`Router::run`] can skip its scans over the links (true is always safe).
     work_pending: bool,
+    /// False only when no link has adverts queued (true is always safe): [`Router::run`] then
+    /// skips its scan over the links, which at a hub of 140 links was most of the cost of
+    /// each duplicate advert received.
+    floods_queued: bool,
+    /// The links with acknowledgements to send (each once).
+    ack_links: Vec<LinkId>,
     /// Restrictions from the self-healing loop.
     restrictions: Restrictions,
     /// Per origin, the newest advert held back by the acceptance limit (at most one per origin
@@ -300,6 +332,8 @@ impl Router {
             epoch: now,
             next_timeout: refresh_at,
             work_pending: false,
+            floods_queued: false,
+            ack_links: Vec::new(),
             restrictions: Restrictions::default(),
             held: BTreeMap::new(),
             held_release: BTreeSet::new(),
@@ -465,6 +499,7 @@ impl Router {
         self.links.insert(link, n);
         self.by_neighbor.insert(neighbor, link);
         self.work_pending = true;
+        self.floods_queued = true;
         self.events
             .push_back(RouterEvent::NeighborUp { link, neighbor });
         self.originate_wanted = true;
@@ -493,6 +528,7 @@ impl Router {
     /// A routing datagram arrived on `link`.
     pub fn handle_datagram(&mut self, now: Instant, link: LinkId, bytes: &[u8]) {
         self.stats.datagrams_received += 1;
+        let sent_before = self.stats.adverts_sent;
         if !self.links.contains_key(&link) {
             self.stats.datagrams_unknown_link += 1;
             return;
@@ -509,7 +545,7 @@ impl Router {
             self.work_pending = true;
             self.old_advert(now, link, origin, seq);
             self.run(now);
-            self.next_timeout = self.compute_timeout();
+            self.next_timeout = self.timeout_after_datagram(now, link, sent_before);
             return;
         }
         let msg = match RoutingMessage::decode(bytes) {
@@ -559,7 +595,43 @@ impl Router {
             _ => self.stats.malformed += 1,
         }
         self.run(now);
-        self.next_timeout = self.compute_timeout();
+        self.next_timeout = self.timeout_after_datagram(now, link, sent_before);
+    }
+
+    /// [`Router::poll_timeout`] after a datagram on `link`, without a scan over every link:
+    /// the cached deadline lowered by what a datagram can have moved earlier (that link's
+    /// timers, floods queued and their retransmission timers, an origination, held adverts,
+    /// expiry). A deadline that moved later leaves the cached one early: the router then wakes
+    /// for nothing once and [`Router::handle_timeout`] computes it afresh. (At a hub of 140
+    /// links the scan was an eighth of the simulator's time.)
+    fn timeout_after_datagram(&self, now: Instant, link: LinkId, sent_before: u64) -> Instant {
+        let mut t = self.next_timeout.min(self.refresh_at);
+        if self.originate_wanted {
+            let ready = self.next_originate_allowed;
+            t = t.min(self.measurement_due(ready).map_or(ready, |m| m.max(ready)));
+        }
+        if let Some(e) = self.lsdb.next_expiry() {
+            t = t.min(e);
+        }
+        if let Some(&(r, _)) = self.held_release.first() {
+            t = t.min(r);
+        }
+        if let Some(n) = self.links.get(&link) {
+            t = t
+                .min(n.session.probe_due())
+                .min(n.session.detect_deadline());
+            if let Some(&(at, _)) = n.schedule.first() {
+                t = t.min(at);
+            }
+        }
+        if self.floods_queued {
+            t = t.min(now + Duration::from_secs_f64(1.0 / f64::from(self.cfg.flood_rate_per_s)));
+        }
+        if self.stats.adverts_sent != sent_before {
+            // Adverts sent just now armed retransmission timers, on other links too.
+            t = t.min(now + self.cfg.retransmit_interval);
+        }
+        t
     }
 
     /// Drops the adverts of origins that lost their admission, if the verifier says the
@@ -643,6 +715,7 @@ impl Router {
                         n.queue.push_back(origin);
                         self.stats.retransmissions += 1;
                         self.work_pending = true;
+                        self.floods_queued = true;
                     }
                 }
             }
@@ -762,7 +835,8 @@ impl Router {
 
     /// When [`Router::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        debug_assert_eq!(self.next_timeout, self.compute_timeout());
+        // Never later than every deadline; possibly earlier (see `timeout_after_datagram`).
+        debug_assert!(self.next_timeout <= self.compute_timeout());
         Some(self.next_timeout)
     }
 
@@ -826,7 +900,12 @@ impl Router {
             if let Some(f) = self.frr.as_mut()
                 && let Some(d) = f.routes.graph.index_of(dst)
             {
-                if let Some(hop) = primary_hop(&f.routes, d, &self.by_neighbor) {
+                // The old next hop, unless it is gone or the old path crosses a lost
+                // neighbour further on: kept, that path would meet nodes that have already
+                // converged and route back through us (a loop for the whole hold).
+                if !f.primary_crosses_failure(d)
+                    && let Some(hop) = primary_hop(&f.routes, d, &self.by_neighbor)
+                {
                     return Some((hop, None));
                 }
                 if let Some(found) = backup_hop(&mut f.routes, d, k, &self.by_neighbor) {
@@ -932,8 +1011,16 @@ impl Router {
             self.frr = Some(Frr {
                 until: now + self.cfg.frr_hold,
                 routes,
+                failed: Vec::new(),
             });
             self.stats.fast_reroutes += 1;
+        }
+        if let Some(f) = self.frr.as_mut()
+            && now < f.until
+            && let Some(ix) = f.routes.graph.index_of(&neighbor)
+            && !f.failed.contains(&ix)
+        {
+            f.failed.push(ix);
         }
         self.events.push_back(RouterEvent::NeighborDown {
             link,
@@ -989,21 +1076,18 @@ impl Router {
             );
             return;
         }
-        if self.links.values().any(|n| !n.queue.is_empty()) {
+        debug_assert!(self.floods_queued || self.links.values().all(|n| n.queue.is_empty()));
+        if self.floods_queued {
             self.flush_floods(now);
+            // Adverts held back by the rate limit stay queued.
+            self.floods_queued = self.links.values().any(|n| !n.queue.is_empty());
         }
-        // Acknowledgements all go out below; adverts held back by the rate limit stay queued.
-        self.work_pending = self.links.values().any(|n| !n.queue.is_empty());
-        if self.links.values().all(|n| n.acks.is_empty()) {
-            return;
-        }
-        let links: Vec<LinkId> = self
-            .links
-            .iter()
-            .filter(|(_, n)| !n.acks.is_empty())
-            .map(|(l, _)| *l)
-            .collect();
-        for link in links {
+        debug_assert!(
+            self.links
+                .iter()
+                .all(|(l, n)| n.acks.is_empty() || self.ack_links.contains(l))
+        );
+        for link in std::mem::take(&mut self.ack_links) {
             let Some(n) = self.links.get_mut(&link) else {
                 continue;
             };
@@ -1013,6 +1097,7 @@ impl Router {
                 self.send(link, &RoutingMessage::AdvertAck(chunk.to_vec()));
             }
         }
+        self.work_pending = self.floods_queued;
     }
 
     /// While a link that came up has no RTT sample yet (for at most `detect_multiplier`
@@ -1085,6 +1170,7 @@ impl Router {
             schedule_send(n, me, seq, now);
         }
         self.work_pending = true;
+        self.floods_queued = true;
     }
 
     /// An advert we already hold (or an older version): acknowledge it and, if older, send the
@@ -1106,6 +1192,9 @@ impl Router {
             if crossed {
                 self.stats.acks_implied += 1;
             } else {
+                if n.acks.is_empty() {
+                    self.ack_links.push(link);
+                }
                 n.acks.push((origin, seq));
             }
         }
@@ -1120,6 +1209,8 @@ impl Router {
                 self.stats.rejected_stale += 1;
                 if let Some(n) = self.links.get_mut(&link) {
                     schedule_send(n, origin, ours, now);
+                    self.floods_queued = true;
+                    self.work_pending = true;
                 }
             }
             None => {}
@@ -1201,6 +1292,8 @@ impl Router {
                 self.stats.rejected_stale += 1;
                 if let Some(n) = self.links.get_mut(&link) {
                     schedule_send(n, origin, ours, now);
+                    self.floods_queued = true;
+                    self.work_pending = true;
                 }
                 return;
             }
@@ -1214,6 +1307,8 @@ impl Router {
                 schedule_send(n, origin, seq, now);
             }
         }
+        self.floods_queued = true;
+        self.work_pending = true;
     }
 
     /// The per-origin acceptance limit: whether `stored` (verified, newer than nothing we hold
@@ -1307,6 +1402,7 @@ impl Router {
                     }
                 }
                 self.work_pending = true;
+                self.floods_queued = true;
             }
         }
     }
@@ -1393,6 +1489,9 @@ impl Router {
     /// Queues an acknowledgement of `(origin, seq)` to the neighbour on `link`.
     fn ack(&mut self, link: LinkId, origin: NodeId, seq: u64) {
         if let Some(n) = self.links.get_mut(&link) {
+            if n.acks.is_empty() {
+                self.ack_links.push(link);
+            }
             n.acks.push((origin, seq));
         }
     }

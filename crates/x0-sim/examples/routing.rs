@@ -10,7 +10,8 @@
 //! Several scenarios run one after the other in the same process, so that their wall times
 //! are comparable (same machine, same load). With `--out DIR` each report goes to
 //! `DIR/sim-<scenario>.json`; with `--session NAME` also `DIR/NAME.json`: every run's wall
-//! time and each one's ratio to the first scenario's. `--hubs K` prints the K nodes of highest
+//! time and CPU time (user + system, the whole experiment: less sensitive to other load on a
+//! shared machine) and each one's ratio to the first scenario's. `--hubs K` prints the K nodes of highest
 //! degree of each topology and runs nothing.
 #![allow(clippy::print_stdout)]
 
@@ -67,6 +68,25 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
+/// CPU time this process has used (user + system), seconds; 0 where `/proc` is missing. On a
+/// shared machine wall time depends on the other load; CPU time much less.
+fn cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn name_of(path: &Path) -> String {
     path.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -85,7 +105,7 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let mut runs: Vec<(String, Report)> = Vec::new();
+    let mut runs: Vec<(String, Report, f64)> = Vec::new();
     for path in &args.paths {
         let instance = match Scenario::from_file(path).and_then(|s| s.instantiate(args.seed)) {
             Ok(i) => i,
@@ -123,6 +143,7 @@ fn main() -> ExitCode {
             ..ExperimentConfig::default()
         };
         eprintln!("running {name} ...");
+        let cpu_before = cpu_s();
         let report = match experiment::run(&instance, &cfg, &mut |_| {}) {
             Ok(r) => r,
             Err(e) => {
@@ -137,7 +158,8 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        println!("{name}:\n{text}");
+        let cpu = cpu_s() - cpu_before;
+        println!("{name}:\n{text}\ncpu_s (whole experiment): {cpu:.1}");
         if let Some(dir) = &args.out {
             let file = dir.join(format!("sim-{name}.json"));
             if let Err(e) = std::fs::write(&file, format!("{text}\n")) {
@@ -145,13 +167,14 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
-        runs.push((name, report));
+        runs.push((name, report, cpu));
     }
     if let (Some(dir), Some(session)) = (&args.out, &args.session) {
-        let reference = runs.first().map_or(1.0, |(_, r)| r.wall_s.max(1e-9));
+        let reference = runs.first().map_or(1.0, |(_, r, _)| r.wall_s.max(1e-9));
+        let cpu_reference = runs.first().map_or(1.0, |(_, _, c)| c.max(1e-9));
         let rows: Vec<serde_json::Value> = runs
             .iter()
-            .map(|(name, r)| {
+            .map(|(name, r, cpu)| {
                 serde_json::json!({
                     "scenario": name,
                     "nodes": r.nodes,
@@ -160,6 +183,9 @@ fn main() -> ExitCode {
                     "wall_s": r.wall_s,
                     "sim_events": r.sim_events,
                     "wall_ratio_vs_first": r.wall_s / reference,
+                    "cpu_s": cpu,
+                    "cpu_ratio_vs_first": cpu / cpu_reference,
+                    "initial_converge_ms": r.initial_converge_ms,
                     "events": r.events,
                 })
             })
@@ -174,11 +200,12 @@ fn main() -> ExitCode {
             eprintln!("{}: {e}", file.display());
             return ExitCode::FAILURE;
         }
-        for (name, r) in &runs {
+        for (name, r, cpu) in &runs {
             println!(
-                "{name}: wall {:.1} s, {:.2}x the first",
+                "{name}: wall {:.1} s ({:.2}x the first), cpu {cpu:.1} s ({:.2}x)",
                 r.wall_s,
-                r.wall_s / reference
+                r.wall_s / reference,
+                cpu / cpu_reference
             );
         }
     }
