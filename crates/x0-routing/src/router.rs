@@ -120,6 +120,9 @@ struct Pending {
     seq: u64,
     due: Instant,
     backoff: u32,
+    /// Whether the origin is in the neighbour's send queue (entries of origins no longer
+    /// queued are skipped there).
+    queued: bool,
 }
 
 #[derive(Debug)]
@@ -127,11 +130,13 @@ struct Neighbor {
     session: Session,
     /// Adverts awaiting acknowledgement, by origin.
     pending: BTreeMap<NodeId, Pending>,
-    /// Retransmission schedule: (due, origin).
+    /// Retransmission schedule: (due, origin). An entry counts only while it matches the
+    /// origin's pending `due` (acknowledgements leave theirs behind, to be skipped when due:
+    /// removing each was a B-tree search per acknowledgement; there are at most as many as
+    /// adverts sent in the longest back-off, 2.4 s).
     schedule: BTreeSet<(Instant, NodeId)>,
-    /// Origins whose advert is to be sent now.
+    /// Origins whose advert is to be sent now (see `Pending::queued`).
     queue: VecDeque<NodeId>,
-    queued: BTreeSet<NodeId>,
     acks: Vec<(NodeId, u64)>,
     tokens: f64,
     refilled: Instant,
@@ -707,11 +712,15 @@ impl Router {
                     break;
                 }
                 n.schedule.pop_first();
-                if let Some(p) = n.pending.get_mut(&origin) {
+                if let Some(p) = n.pending.get_mut(&origin)
+                    && p.backoff != 0
+                    && p.due == at
+                {
                     p.backoff = (p.backoff * 2).min(MAX_BACKOFF);
                     p.due = now + rto * p.backoff;
                     n.schedule.insert((p.due, origin));
-                    if n.queued.insert(origin) {
+                    if !p.queued {
+                        p.queued = true;
                         n.queue.push_back(origin);
                         self.stats.retransmissions += 1;
                         self.work_pending = true;
@@ -1508,10 +1517,13 @@ impl Router {
                 let Some(origin) = n.queue.pop_front() else {
                     break;
                 };
-                n.queued.remove(&origin);
                 let Some(p) = n.pending.get_mut(&origin) else {
                     continue; // acknowledged meanwhile
                 };
+                if !p.queued {
+                    continue; // a stale entry: acknowledged and queued again meanwhile
+                }
+                p.queued = false;
                 let Some(entry) = self.lsdb.get(&origin) else {
                     n.pending.remove(&origin);
                     continue; // expired meanwhile
@@ -1522,7 +1534,6 @@ impl Router {
                 if p.backoff == 0 {
                     // First transmission: arm the retransmission timer.
                     p.backoff = 1;
-                    n.schedule.remove(&(p.due, origin));
                     p.due = now + rto;
                     n.schedule.insert((p.due, origin));
                 }
@@ -1650,7 +1661,6 @@ fn new_neighbor(cfg: &RouterConfig, neighbor: NodeId, now: Instant) -> Neighbor 
         pending: BTreeMap::new(),
         schedule: BTreeSet::new(),
         queue: VecDeque::new(),
-        queued: BTreeSet::new(),
         acks: Vec::new(),
         tokens: f64::from(cfg.flood_rate_per_s),
         refilled: now,
@@ -1664,37 +1674,27 @@ fn new_neighbor(cfg: &RouterConfig, neighbor: NodeId, now: Instant) -> Neighbor 
 }
 
 fn schedule_send(n: &mut Neighbor, origin: NodeId, seq: u64, now: Instant) {
-    match n.pending.get_mut(&origin) {
-        Some(p) => {
-            p.seq = seq;
-            if p.backoff != 0 {
-                // Newer version replaces one in flight: send it at once.
-                n.schedule.remove(&(p.due, origin));
-                p.backoff = 0;
-                p.due = now;
-            }
-        }
-        None => {
-            n.pending.insert(
-                origin,
-                Pending {
-                    seq,
-                    due: now,
-                    backoff: 0,
-                },
-            );
-        }
+    let p = n.pending.entry(origin).or_insert(Pending {
+        seq,
+        due: now,
+        backoff: 0,
+        queued: false,
+    });
+    p.seq = seq;
+    if p.backoff != 0 {
+        // Newer version replaces one in flight: send it at once (its retransmission
+        // timer entry no longer matches and is skipped).
+        p.backoff = 0;
+        p.due = now;
     }
-    if n.queued.insert(origin) {
+    if !p.queued {
+        p.queued = true;
         n.queue.push_back(origin);
     }
 }
 
 fn acknowledge(n: &mut Neighbor, origin: &NodeId, seq: u64) {
-    if let Some(p) = n.pending.get(origin)
-        && seq >= p.seq
-    {
-        n.schedule.remove(&(p.due, *origin));
+    if n.pending.get(origin).is_some_and(|p| seq >= p.seq) {
         n.pending.remove(origin);
     }
 }
