@@ -131,9 +131,9 @@ struct Neighbor {
     /// Adverts awaiting acknowledgement, by origin.
     pending: BTreeMap<NodeId, Pending>,
     /// Retransmission schedule: (due, origin). An entry counts only while it matches the
-    /// origin's pending `due` (acknowledgements leave theirs behind, to be skipped when due:
-    /// removing each was a B-tree search per acknowledgement; there are at most as many as
-    /// adverts sent in the longest back-off, 2.4 s).
+    /// origin's pending `due` (acknowledgements leave theirs behind, to be skipped when due or
+    /// swept once they outnumber the live ones: removing each was a B-tree search per
+    /// acknowledgement).
     schedule: BTreeSet<(Instant, NodeId)>,
     /// Origins whose advert is to be sent now (see `Pending::queued`).
     queue: VecDeque<NodeId>,
@@ -1696,6 +1696,17 @@ fn schedule_send(n: &mut Neighbor, origin: NodeId, seq: u64, now: Instant) {
 fn acknowledge(n: &mut Neighbor, origin: &NodeId, seq: u64) {
     if n.pending.get(origin).is_some_and(|p| seq >= p.seq) {
         n.pending.remove(origin);
+        // The timer entry stays behind; once stale entries outnumber the live ones, sweep
+        // them (amortised: a sweep at least halves the set). Without the sweep a flood left
+        // ~300 ms of sent adverts' entries behind (+400 MB in the 1,200-node simulation).
+        if n.schedule.len() > 2 * n.pending.len() + 64 {
+            let pending = &n.pending;
+            n.schedule.retain(|(at, o)| {
+                pending
+                    .get(o)
+                    .is_some_and(|p| p.backoff != 0 && p.due == *at)
+            });
+        }
     }
 }
 
