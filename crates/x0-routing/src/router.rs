@@ -610,17 +610,7 @@ impl Router {
     /// for nothing once and [`Router::handle_timeout`] computes it afresh. (At a hub of 140
     /// links the scan was an eighth of the simulator's time.)
     fn timeout_after_datagram(&self, now: Instant, link: LinkId, sent_before: u64) -> Instant {
-        let mut t = self.next_timeout.min(self.refresh_at);
-        if self.originate_wanted {
-            let ready = self.next_originate_allowed;
-            t = t.min(self.measurement_due(ready).map_or(ready, |m| m.max(ready)));
-        }
-        if let Some(e) = self.lsdb.next_expiry() {
-            t = t.min(e);
-        }
-        if let Some(&(r, _)) = self.held_release.first() {
-            t = t.min(r);
-        }
+        let mut t = self.next_timeout.min(self.router_deadline());
         if let Some(n) = self.links.get(&link) {
             t = t
                 .min(n.session.probe_due())
@@ -849,8 +839,9 @@ impl Router {
         Some(self.next_timeout)
     }
 
-    /// The earliest of every deadline the router holds (what [`Router::poll_timeout`] caches).
-    fn compute_timeout(&self) -> Instant {
+    /// The earliest deadline that belongs to no link: the refresh, a wanted origination,
+    /// expiry, a held advert's release.
+    fn router_deadline(&self) -> Instant {
         let mut t = self.refresh_at;
         if self.originate_wanted {
             let ready = self.next_originate_allowed;
@@ -862,6 +853,12 @@ impl Router {
         if let Some(&(r, _)) = self.held_release.first() {
             t = t.min(r);
         }
+        t
+    }
+
+    /// The earliest of every deadline the router holds (what [`Router::poll_timeout`] caches).
+    fn compute_timeout(&self) -> Instant {
+        let mut t = self.router_deadline();
         for n in self.links.values() {
             t = t
                 .min(n.session.probe_due())
