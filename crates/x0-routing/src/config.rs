@@ -49,6 +49,17 @@ pub struct RouterConfig {
     /// signatures has its adverts ignored for a while. Honest neighbours forward only adverts
     /// they verified, so they never pay it. Default 100.
     pub bad_signature_penalty: u32,
+    /// Per origin, how often we install and flood on a newer advert in the long run (OSPF's
+    /// MinLSArrival, with a burst): each origin has `advert_arrival_burst` tokens, refilled one
+    /// per `min_advert_arrival`, and replacing its advert takes one. A newer advert arriving
+    /// without a token is verified, acknowledged and held (one per origin, the newest), and
+    /// installed and flooded when a token is back; what is held back is counted
+    /// (`adverts_rate_limited`). An origin re-signing rapidly thus makes every node re-flood and
+    /// recompute routes at most once per interval after its burst; an honest origin's few
+    /// changes in a row (a link up, then its measured cost) pass at once. Default 200 ms.
+    pub min_advert_arrival: Duration,
+    /// Adverts per origin accepted in a row before `min_advert_arrival` applies. Default 3.
+    pub advert_arrival_burst: u32,
     /// Most origins the link-state database holds (ours included). Adverts of new origins
     /// beyond it are refused (`rejected_lsdb_full`). Default 16,384: above the largest mesh we
     /// simulate (10,000), and ~100 MB of ML-DSA-signed adverts at worst.
@@ -81,6 +92,8 @@ impl Default for RouterConfig {
             verify_rate_per_s: 1000,
             verify_burst: 2000,
             bad_signature_penalty: 100,
+            min_advert_arrival: Duration::from_millis(200),
+            advert_arrival_burst: 3,
             max_origins: 16_384,
             spf_delay: Duration::from_millis(10),
             k_paths: 2,

@@ -538,3 +538,150 @@ fn a_revoked_origin_is_purged_and_its_adverts_refused_without_penalty() {
         "not the sender's fault"
     );
 }
+
+// ---- per-origin acceptance limit (OSPF MinLSArrival) ---------------------------------------
+
+/// The sequence numbers of `origin`'s adverts the router sent on `link`, in order.
+fn flooded(b: &Bench, link: LinkId, origin: NodeId) -> Vec<u64> {
+    b.sent
+        .iter()
+        .filter(|(l, _)| *l == link)
+        .filter_map(|(_, bytes)| match RoutingMessage::decode(bytes) {
+            Ok(RoutingMessage::Advert(_, body)) if body.origin == origin => Some(body.seq),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_origin_re_signing_rapidly_is_installed_and_flooded_once_per_interval() {
+    // An insider re-signs its advert (validly) every millisecond and sends each version to
+    // neighbour 2's link. Without the limit every version is installed, flooded to neighbour
+    // 3 and changes the topology: 50 floods in 50 ms.
+    let mut b = Bench::converged(0);
+    b.sent.clear();
+    let rogue = id(9);
+    let cfg = b.router.config().clone();
+    let (interval, burst) = (cfg.min_advert_arrival, u64::from(cfg.advert_arrival_burst));
+    for seq in 1..=50u64 {
+        b.deliver(2, &advert(rogue, seq, &[id(2)], MESH_KEY));
+        b.run_for(Duration::from_millis(1));
+    }
+    let s = b.router.stats().clone();
+    // The first version, then a burst of replacements; the rest is held back and counted.
+    let first: Vec<u64> = (1..=1 + burst).collect();
+    assert_eq!(b.router.lsdb().seq_of(&rogue), Some(1 + burst));
+    assert_eq!(s.adverts_rate_limited, 50 - 1 - burst);
+    assert_eq!(flooded(&b, 3, rogue), first);
+    // Every version was acknowledged (the sender does not retransmit what we hold back).
+    for seq in 1..=50u64 {
+        assert!(acked(&b, 2, rogue, seq), "version {seq} acknowledged");
+    }
+    // Once a token is back, the newest version held is installed and flooded: the
+    // intermediate ones never are.
+    b.run_for(interval);
+    assert_eq!(b.router.lsdb().seq_of(&rogue), Some(50));
+    let mut expected = first.clone();
+    expected.push(50);
+    assert_eq!(flooded(&b, 3, rogue), expected);
+    assert_eq!(b.router.stats().adverts_installed, s.adverts_installed + 1);
+    // Sustained, one version per interval gets through.
+    for seq in 51..=60u64 {
+        b.deliver(2, &advert(rogue, seq, &[id(2)], MESH_KEY));
+        b.run_for(Duration::from_millis(20));
+    }
+    b.run_for(interval);
+    let more = flooded(&b, 3, rogue).len() - expected.len();
+    assert!((1..=2).contains(&more), "{more} floods in 400 ms");
+    // An origin that keeps to the interval is installed and flooded at once.
+    b.run_for(interval * 4);
+    b.deliver(2, &advert(rogue, 61, &[id(2)], MESH_KEY));
+    assert_eq!(b.router.lsdb().seq_of(&rogue), Some(61));
+    assert_eq!(flooded(&b, 3, rogue).last(), Some(&61));
+}
+
+// ---- flooding economy ------------------------------------------------------------------------
+
+/// Whether the router acknowledged `(origin, seq)` on `link`.
+fn acked(b: &Bench, link: LinkId, origin: NodeId, seq: u64) -> bool {
+    b.sent.iter().any(|(l, bytes)| {
+        *l == link
+            && matches!(RoutingMessage::decode(bytes), Ok(RoutingMessage::AdvertAck(a))
+                if a.contains(&(origin, seq)))
+    })
+}
+
+#[test]
+fn a_copy_that_crossed_ours_is_acknowledged_by_ours_not_by_an_ack() {
+    let mut b = Bench::converged(0);
+    b.sent.clear();
+    let origin = id(9);
+    let copy = advert(origin, 1, &[id(2)], MESH_KEY);
+    b.deliver(2, &copy);
+    assert!(acked(&b, 2, origin, 1), "learnt from 2: acknowledged");
+    assert_eq!(flooded(&b, 3, origin), [1], "and sent on to 3");
+    // Neighbour 3 had it from elsewhere and sent it to us before ours arrived: ours, on its
+    // way, acknowledges it; an explicit ack would be a datagram for nothing.
+    b.deliver(3, &copy);
+    assert!(!acked(&b, 3, origin, 1));
+    assert_eq!(b.router.stats().acks_implied, 1);
+    // If ours was lost, 3 retransmits: nothing of ours is pending any more, so that copy is
+    // acknowledged.
+    b.deliver(3, &copy);
+    assert!(acked(&b, 3, origin, 1));
+    assert_eq!(b.router.stats().acks_implied, 1);
+}
+
+// ---- fast reroute around a lost neighbour ----------------------------------------------------
+
+/// An advert of `origin` listing `(neighbour, cost)`.
+fn advert_costs(origin: NodeId, seq: u64, links: &[(NodeId, u32)]) -> Vec<u8> {
+    let links = links
+        .iter()
+        .map(|&(neighbor, cost)| AdvertisedLink {
+            neighbor,
+            cost,
+            class: 0,
+        })
+        .collect();
+    let mut auth = InsecureDigestAuth::new(origin, MESH_KEY);
+    Router::make_advert(origin, seq, Duration::from_secs(3600), links, &mut auth).datagram
+}
+
+#[test]
+fn fast_reroute_leaves_an_old_path_that_crosses_the_lost_neighbour_further_on() {
+    // Us (1) with neighbours y = 2, h = 3 (our link to it made expensive) and w = 5; z = 6 and
+    // the destination d = 4 beyond. Our path to d: 1 → y → z → h → d; the backup avoiding it:
+    // 1 → w → d.
+    let (y, h, d, w, z) = (id(2), id(3), id(4), id(5), id(6));
+    let mut b = Bench::with_digest(0);
+    for n in [2, 3, 5] {
+        b.connect(n);
+    }
+    b.router.set_cost_factor(b.now, h, 100);
+    b.run_for(Duration::from_millis(400));
+    let me = b.me();
+    for bytes in [
+        advert_costs(y, 1, &[(me, 10), (z, 15)]),
+        advert_costs(z, 1, &[(y, 15), (h, 15)]),
+        advert_costs(h, 1, &[(me, 1000), (z, 15), (d, 15)]),
+        advert_costs(d, 1, &[(h, 15), (w, 500)]),
+        advert_costs(w, 1, &[(me, 10), (d, 500)]),
+    ] {
+        b.deliver(2, &bytes);
+    }
+    b.run_for(Duration::from_millis(50));
+    let before = b.router.next_hop(b.now, &d).expect("a route to d");
+    assert_eq!(before.neighbor, y, "through y, z and h");
+    // h goes silent (crashed, for all we know): its link is gone.
+    b.router.link_down(b.now, 3);
+    b.drain();
+    // Our old next hop y is up, but the old path crosses h further on; y is about to converge
+    // and would send the packets back to us. The backup path avoids h.
+    let hop = b.router.next_hop(b.now, &d).expect("a route to d");
+    assert_eq!((hop.neighbor, hop.via_backup), (w, true));
+    assert_eq!(b.router.backup_path(b.now, &d), Some(vec![me, w, d]));
+    // Destinations whose old path does not cross h keep their next hop.
+    let to_z = b.router.next_hop(b.now, &z).expect("a route to z");
+    assert_eq!((to_z.neighbor, to_z.via_backup), (y, false));
+}

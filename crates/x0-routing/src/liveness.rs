@@ -17,7 +17,7 @@ use x0_wire::NodeId;
 use x0_wire::routing::Probe;
 
 use crate::config::RouterConfig;
-use crate::quality::LinkQuality;
+use crate::quality::{LinkQuality, loss_floor};
 use crate::time::Instant;
 
 /// Probe sequence numbers remembered for the receive-loss window.
@@ -28,6 +28,8 @@ const MIN_LOSS_SAMPLES: u32 = 8;
 const MAX_PEER_INTERVAL: Duration = Duration::from_secs(60);
 /// Longest RTT sample accepted.
 const MAX_RTT: Duration = Duration::from_secs(30);
+/// Least grace a late probe gets before its neighbour is declared down (timer granularity).
+const GRACE_MIN: Duration = Duration::from_millis(1);
 
 /// Liveness and quality state of one link.
 #[derive(Debug, Clone)]
@@ -102,9 +104,20 @@ impl Session {
         self.next_probe
     }
 
-    /// When the neighbour will be declared down if nothing more is heard.
+    /// When the neighbour will be declared down if nothing more is heard: its multiplier × its
+    /// interval after the last probe arrived, plus a grace for delay variation. The neighbour's
+    /// probes leave on a fixed grid, so without a grace its `multiplier`-th probe after the last
+    /// one heard would be due exactly at the deadline and would miss it about half the time:
+    /// two lost probes in a row, not three, would take the link down.
     pub fn detect_deadline(&self) -> Instant {
-        self.last_heard + self.peer_interval * u32::from(self.peer_multiplier)
+        self.last_heard + self.peer_interval * u32::from(self.peer_multiplier) + self.grace()
+    }
+
+    /// How late a probe may arrive relative to the one before it and still count: 1 ms (timer
+    /// granularity) plus four times the measured RTT variation, at most half an interval.
+    fn grace(&self) -> Duration {
+        let jitter = Duration::from_secs_f64(self.quality.jitter_ms().max(0.0) / 1000.0);
+        (GRACE_MIN + jitter * 4).min(self.peer_interval / 2)
     }
 
     /// Probe intervals of the neighbour's that passed without a word from it, counted from
@@ -129,11 +142,21 @@ impl Session {
 
     /// Loss measured on the neighbour's probes.
     pub fn rx_loss(&self) -> f64 {
-        let Some(highest) = self.rx_highest else {
+        let (lost, span) = self.rx_window();
+        if span == 0 {
             return 0.0;
+        }
+        f64::from(lost) / f64::from(span)
+    }
+
+    /// Probes of the neighbour's lost and expected in the receive window; `(0, 0)` while
+    /// fewer than `MIN_LOSS_SAMPLES` were expected.
+    fn rx_window(&self) -> (u32, u32) {
+        let Some(highest) = self.rx_highest else {
+            return (0, 0);
         };
         if self.rx_seen < MIN_LOSS_SAMPLES {
-            return 0.0;
+            return (0, 0);
         }
         let span = self.rx_seen.min(LOSS_WINDOW).min(highest.saturating_add(1));
         let mask = if span >= 64 {
@@ -142,7 +165,18 @@ impl Session {
             (1u64 << span) - 1
         };
         let got = (self.rx_bits & mask).count_ones();
-        1.0 - f64::from(got) / f64::from(span.max(1))
+        (span.saturating_sub(got), span)
+    }
+
+    /// The least round-trip loss the probes show with confidence (see
+    /// [`crate::quality::loss_floor`]): one lost probe among the first few is not a collapse.
+    /// The neighbour's figure for our probes stands on at most as many probes as we sent.
+    pub fn loss_floor(&self) -> f64 {
+        let (lost, span) = self.rx_window();
+        let rx = loss_floor(lost, span);
+        let sent = self.tx_seq.min(LOSS_WINDOW);
+        let tx = loss_floor((self.tx_loss * f64::from(sent)).round() as u32, sent);
+        1.0 - (1.0 - rx) * (1.0 - tx)
     }
 
     /// Loss the neighbour reports on our probes.
@@ -222,7 +256,8 @@ impl Session {
             }
         }
         let round_trip_loss = 1.0 - (1.0 - self.rx_loss()) * (1.0 - self.tx_loss);
-        self.quality.update(round_trip_loss, now)
+        let floor = self.loss_floor();
+        self.quality.update_with_floor(round_trip_loss, floor, now)
     }
 
     /// Records that the link carries traffic; tightens the probe interval at once.
@@ -301,10 +336,38 @@ mod tests {
     }
 
     #[test]
+    fn two_lost_probes_in_a_row_do_not_take_a_link_down() {
+        // Probes 10 and 11 from a to b are lost; the next one arrives exactly three intervals
+        // after the last one heard. b must count it before declaring a down (a timeout due at
+        // the same instant as an arrival may run first, so the deadline must be later).
+        let c = cfg();
+        let mut a = Session::new(NodeId::from_bytes([1; 16]), t(0), &c);
+        let mut b = Session::new(NodeId::from_bytes([2; 16]), t(0), &c);
+        let mut flight: Vec<(Instant, Probe)> = Vec::new();
+        for ms in 0..3_000 {
+            let now = t(ms);
+            assert!(
+                b.detect_deadline() > now,
+                "b would declare a down at {ms} ms after two lost probes"
+            );
+            if a.probe_due() <= now {
+                let p = a.make_probe(now, &c, Instant::ZERO);
+                if p.seq != 10 && p.seq != 11 {
+                    flight.push((now + Duration::from_millis(3), p));
+                }
+            }
+            while flight.first().is_some_and(|f| f.0 <= now) {
+                let (at, p) = flight.remove(0);
+                b.on_probe(at, &p);
+            }
+        }
+    }
+
+    #[test]
     fn detection_deadline_follows_the_peers_announcement() {
         let c = cfg();
         let mut s = Session::new(NodeId::from_bytes([1; 16]), t(0), &c);
-        assert_eq!(s.detect_deadline(), t(300));
+        assert_eq!(s.detect_deadline(), t(301));
         let p = Probe {
             seq: 1,
             sent_at_us: 0,
@@ -315,7 +378,7 @@ mod tests {
             rx_loss_permille: 0,
         };
         s.on_probe(t(10), &p);
-        assert_eq!(s.detect_deadline(), t(210));
+        assert_eq!(s.detect_deadline(), t(211));
     }
 
     #[test]

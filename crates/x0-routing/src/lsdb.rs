@@ -95,6 +95,17 @@ impl LsdbEntry {
     pub fn body(&self) -> &AdvertBody {
         &self.stored.body
     }
+
+    /// When this version was installed (its expiry minus its lifetime: not stored twice).
+    pub fn installed_at(&self) -> Instant {
+        let lifetime =
+            Duration::from_secs(u64::from(self.stored.body.lifetime_s)).min(MAX_LIFETIME);
+        Instant::from_micros(
+            self.expires_at
+                .as_micros()
+                .saturating_sub(u64::try_from(lifetime.as_micros()).unwrap_or(u64::MAX)),
+        )
+    }
 }
 
 /// What offering an advert to the database did.
@@ -132,6 +143,16 @@ impl Default for Lsdb {
             digest: 0,
         }
     }
+}
+
+/// Whether `new` replaces `cur` (two versions of one origin's advert): a higher sequence
+/// number, or the same number and other contents whose hash is higher (see [`Lsdb::offer`]).
+pub fn supersedes(new: &StoredAdvert, cur: &StoredAdvert) -> bool {
+    let (n, c) = (new.body.seq, cur.body.seq);
+    n > c
+        || (n == c
+            && new.datagram != cur.datagram
+            && content_hash(&cur.datagram) < content_hash(&new.datagram))
 }
 
 /// FNV-1a over an advert datagram: the tie-break between two adverts of equal sequence number.
@@ -184,16 +205,12 @@ impl Lsdb {
         let seq = stored.body.seq;
         if let Some(cur) = self.get(&origin) {
             let ours = cur.stored.body.seq;
-            if ours > seq {
-                return Offer::Older { ours };
-            }
-            if ours == seq {
-                if cur.stored.datagram == stored.datagram {
-                    return Offer::Duplicate;
-                }
-                if content_hash(&cur.stored.datagram) >= content_hash(&stored.datagram) {
-                    return Offer::Older { ours };
-                }
+            if !supersedes(&stored, &cur.stored) {
+                return if cur.stored.datagram == stored.datagram {
+                    Offer::Duplicate
+                } else {
+                    Offer::Older { ours }
+                };
             }
         }
         let lifetime = Duration::from_secs(u64::from(stored.body.lifetime_s)).min(MAX_LIFETIME);

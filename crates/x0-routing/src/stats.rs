@@ -29,6 +29,9 @@ pub struct RouterStats {
     pub retransmissions: u64,
     /// Ack datagrams sent.
     pub acks_sent: u64,
+    /// Copies of what we hold that crossed ours to the same neighbour: not acknowledged
+    /// explicitly (our copy acknowledges them when it arrives).
+    pub acks_implied: u64,
     /// Adverts we already held.
     pub duplicates: u64,
     /// Adverts older than what we hold (dropped; our newer copy goes back).
@@ -62,6 +65,10 @@ pub struct RouterStats {
     /// Originations refused because our sequence number reached `u64::MAX` (see
     /// [`crate::RouterEvent::SequenceExhausted`]).
     pub own_seq_exhausted: u64,
+    /// Newer adverts held back because their origin's previous advert was accepted less than
+    /// `min_advert_arrival` earlier (counted once per advert held back; see
+    /// `docs/routing.md`, "Per-origin acceptance limit").
+    pub adverts_rate_limited: u64,
     /// Neighbours declared down after silence.
     pub neighbors_down_silent: u64,
     /// Neighbours whose link the caller reported down.

@@ -133,6 +133,58 @@ pub struct Report {
     pub sim_events: u64,
     /// Digest of the run's trace (same seed ⇒ same digest).
     pub trace_digest: String,
+    /// Router counters summed over the nodes alive at the end (a restarted node counts from
+    /// its restart): where the control traffic and the work went.
+    pub router_totals: RouterTotals,
+}
+
+/// Router counters summed over the live nodes (see [`x0_routing::RouterStats`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RouterTotals {
+    /// Adverts originated.
+    pub adverts_originated: u64,
+    /// Advert transmissions (first ones and retransmissions).
+    pub adverts_sent: u64,
+    /// Retransmissions.
+    pub retransmissions: u64,
+    /// Acknowledgement datagrams.
+    pub acks_sent: u64,
+    /// Crossing copies left to be acknowledged implicitly (no acknowledgement sent).
+    pub acks_implied: u64,
+    /// Adverts received that the receiver already held.
+    pub duplicates: u64,
+    /// Adverts installed.
+    pub adverts_installed: u64,
+    /// Adverts held back by the per-origin acceptance limit.
+    pub adverts_rate_limited: u64,
+    /// Probes sent.
+    pub probes_sent: u64,
+    /// SPF runs.
+    pub spf_runs: u64,
+    /// Neighbours declared down after silence.
+    pub neighbors_down_silent: u64,
+}
+
+fn router_totals(sim: &RoutingSim) -> RouterTotals {
+    let mut t = RouterTotals::default();
+    for ix in 0..sim.node_count() as NodeIx {
+        let Some(r) = sim.node(ix).and_then(|n| n.router()) else {
+            continue;
+        };
+        let s = r.stats();
+        t.adverts_originated += s.adverts_originated;
+        t.adverts_sent += s.adverts_sent;
+        t.retransmissions += s.retransmissions;
+        t.acks_sent += s.acks_sent;
+        t.acks_implied += s.acks_implied;
+        t.duplicates += s.duplicates;
+        t.adverts_installed += s.adverts_installed;
+        t.adverts_rate_limited += s.adverts_rate_limited;
+        t.probes_sent += s.probes_sent;
+        t.spf_runs += s.spf_runs;
+        t.neighbors_down_silent += s.neighbors_down_silent;
+    }
+    t
 }
 
 /// A failure the metrics track.
@@ -319,6 +371,7 @@ pub fn run_observed(
     // The simulation's own peak, before the final check makes every router on a sampled path
     // build its routing table (at 10,000 nodes that alone takes gigabytes).
     let peak_rss_sim = peak_rss_bytes();
+    let totals = router_totals(&sim);
 
     // Final check of every sampled pair.
     let components = components(&sim);
@@ -368,6 +421,7 @@ pub fn run_observed(
             .digest()
             .map(|d| format!("{d:016x}"))
             .unwrap_or_default(),
+        router_totals: totals,
     })
 }
 

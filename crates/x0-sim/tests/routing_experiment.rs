@@ -96,3 +96,37 @@ latency = "2ms"
     sim.apply(x0_sim::Event::NodeCrash { node: 4 }).unwrap();
     assert!(sim.call_node(4, |_, _, _| ()).is_none());
 }
+
+/// Links that come back after a partition are found as fast as links that go: the ends of a
+/// silently cut link keep knocking on the probe cadence (100 ms), not with a back-off that has
+/// grown to seconds during a long partition, so the mesh re-converges within a second of the
+/// heal (virtual time).
+#[test]
+fn links_that_come_back_after_a_long_partition_are_found_at_once() {
+    let r = run(r#"
+duration = "34s"
+seed = 2
+[topology]
+generator = "grid"
+width = 6
+height = 4
+[links]
+latency = "1ms..5ms"
+[[events]]
+at = "3s"
+kind = "partition"
+cut = [[2, 3], [8, 9], [14, 15], [20, 21]]
+[[events]]
+at = "33s"
+kind = "heal"
+"#);
+    eprintln!("{r:#?}");
+    let heal = &r.events[1];
+    assert_eq!(heal.kind, "heal");
+    let converge = heal.converge_ms.expect("converged after the heal");
+    assert!(
+        converge < 1000.0,
+        "re-converged {converge} ms (virtual) after the heal"
+    );
+    assert_eq!((r.loops_found, r.unreachable_pairs), (0, 0));
+}

@@ -40,10 +40,12 @@ fn every_example_parses_and_builds() {
         names,
         [
             "grid-10x10-node-crash.toml",
+            "grid-1200-partition-heal.toml",
             "partition-heal.toml",
             "rgg-10000-steady.toml",
             "rgg-1200-link-and-node-loss.toml",
             "ring-8-link-down.toml",
+            "scale-free-1500-hub-crash.toml",
         ]
     );
     for name in &names {
@@ -64,6 +66,30 @@ fn every_example_parses_and_builds() {
     for seed in [2, 3, 99] {
         let j = mid.instantiate(Some(seed)).unwrap();
         assert_eq!(j.topology.links(), i.topology.links());
+    }
+    // The hub crash takes down the node of highest degree.
+    let sf = load("scale-free-1500-hub-crash.toml")
+        .instantiate(None)
+        .unwrap();
+    let mut degree = vec![0u32; sf.topology.node_count() as usize];
+    for l in sf.topology.links() {
+        degree[l.a as usize] += 1;
+        degree[l.b as usize] += 1;
+    }
+    let hub = (0..degree.len()).max_by_key(|&i| degree[i]).unwrap();
+    assert_eq!((hub, degree[hub]), (3, 140));
+    assert_eq!(sf.kinds, ["node-crash", "node-restart"]);
+    assert!(matches!(
+        sf.events[0].1,
+        x0_sim::Event::NodeCrash { node: 3 }
+    ));
+    // The grid partition cuts it in two halves of 600 nodes.
+    let grid = load("grid-1200-partition-heal.toml")
+        .instantiate(None)
+        .unwrap();
+    match &grid.events[0].1 {
+        x0_sim::Event::Partition { links } => assert_eq!(links.len(), 30),
+        other => panic!("{other:?}"),
     }
 }
 
