@@ -142,6 +142,9 @@ struct ResultRow {
     /// CPU time of the tunnel processes (all of them, every node) over the iperf3 run, as a
     /// percentage of one core; null for kernel-only `raw`.
     cpu_percent: Option<f64>,
+    /// `cpu_percent` per Gbit/s carried: the CPU cost of a bit, which a busy shared machine
+    /// disturbs less than the throughput itself.
+    cpu_percent_per_gbit: Option<f64>,
     mtu: u32,
     relayed_by_system: bool,
     path: &'static str,
@@ -183,6 +186,8 @@ struct CeilingRow {
     ceiling_mbps: Option<f64>,
     /// x0t ÷ ceiling.
     ratio: Option<f64>,
+    /// The ceiling's CPU per Gbit/s ÷ x0t's (1 = x0t costs as little per bit).
+    cpu_efficiency: Option<f64>,
 }
 
 /// x0t over more hops against x0t over one hop, same round and streams.
@@ -915,6 +920,10 @@ fn run_case(
             streams,
             mbps: r.mbps,
             cpu_percent: r.cpu_percent,
+            cpu_percent_per_gbit: r
+                .cpu_percent
+                .filter(|_| r.mbps > 0.0)
+                .map(|c| c / (r.mbps / 1000.0)),
             mtu: tunnel.mtu,
             relayed_by_system: tunnel.relayed_by_system,
             path: tunnel.path,
@@ -1055,6 +1064,21 @@ fn median(values: &[f64]) -> Option<f64> {
     }
 }
 
+/// The values `field` gives for `hops` and `streams`, round after round.
+fn per_round<T>(
+    rows: &[T],
+    hops: u32,
+    streams: u32,
+    field: impl Fn(&T) -> (u32, u32, Option<f64>),
+) -> Vec<f64> {
+    rows.iter()
+        .filter_map(|r| {
+            let (h, s, v) = field(r);
+            (h == hops && s == streams).then_some(v).flatten()
+        })
+        .collect()
+}
+
 /// Goal for x0t ÷ ceiling on one hop (issue 12).
 const GOAL_VS_CEILING_ONE_HOP: f64 = 0.85;
 /// Goal for x0t over three hops ÷ x0t over one hop (issue 12).
@@ -1075,13 +1099,16 @@ fn finish(report: &mut Report, args: &ThroughputArgs) {
             .find(|(r, h, _)| *r == p.round && *h == p.hops)
             .map(|(_, _, raw)| p.rtt_ms_avg - raw);
     }
-    let mbps = |results: &[ResultRow], round: u32, system: &str, hops: u32, streams: u32| {
+    let find = |results: &[ResultRow], round: u32, system: &str, hops: u32, streams: u32| {
         results
             .iter()
             .find(|r| {
                 r.round == round && r.system == system && r.hops == hops && r.streams == streams
             })
-            .map(|r| r.mbps)
+            .map(|r| (r.mbps, r.cpu_percent_per_gbit))
+    };
+    let mbps = |results: &[ResultRow], round: u32, system: &str, hops: u32, streams: u32| {
+        find(results, round, system, hops, streams).map(|(m, _)| m)
     };
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
@@ -1113,6 +1140,9 @@ fn finish(report: &mut Report, args: &ThroughputArgs) {
                     ratio: ratio(x0t, best.map(|b| b.mbps)),
                 });
                 let ceiling = mbps(&report.results, round, "ceiling", hops, streams);
+                let cost = |system: &str| {
+                    find(&report.results, round, system, hops, streams).and_then(|(_, c)| c)
+                };
                 report.ratio_vs_ceiling.push(CeilingRow {
                     round,
                     hops,
@@ -1120,6 +1150,7 @@ fn finish(report: &mut Report, args: &ThroughputArgs) {
                     x0t_mbps: x0t,
                     ceiling_mbps: ceiling,
                     ratio: ratio(x0t, ceiling),
+                    cpu_efficiency: ratio(cost("ceiling"), cost("x0t")),
                 });
                 if hops > 1 {
                     let one = mbps(&report.results, round, "x0t", 1, streams);
@@ -1150,35 +1181,35 @@ fn finish(report: &mut Report, args: &ThroughputArgs) {
                     met: goal.zip(median).map(|(g, m)| m >= g),
                 }
             };
-            let per = |rows: &mut dyn Iterator<Item = Option<f64>>| rows.flatten().collect();
             summary.push(row(
                 "x0t ÷ ceiling",
                 (hops == 1).then_some(GOAL_VS_CEILING_ONE_HOP),
-                per(&mut report
-                    .ratio_vs_ceiling
-                    .iter()
-                    .filter(|r| r.hops == hops && r.streams == streams)
-                    .map(|r| r.ratio)),
+                per_round(&report.ratio_vs_ceiling, hops, streams, |r| {
+                    (r.hops, r.streams, r.ratio)
+                }),
+            ));
+            summary.push(row(
+                "ceiling ÷ x0t, CPU per bit",
+                None,
+                per_round(&report.ratio_vs_ceiling, hops, streams, |r| {
+                    (r.hops, r.streams, r.cpu_efficiency)
+                }),
             ));
             if hops > 1 {
                 summary.push(row(
                     "x0t ÷ x0t over one hop",
                     (hops == 3).then_some(GOAL_THREE_HOPS_VS_ONE),
-                    per(&mut report
-                        .x0t_hops_vs_one_hop
-                        .iter()
-                        .filter(|r| r.hops == hops && r.streams == streams)
-                        .map(|r| r.ratio)),
+                    per_round(&report.x0t_hops_vs_one_hop, hops, streams, |r| {
+                        (r.hops, r.streams, r.ratio)
+                    }),
                 ));
             }
             summary.push(row(
                 "x0t ÷ best peer",
                 Some(1.0),
-                per(&mut report
-                    .ratio_vs_best_peer
-                    .iter()
-                    .filter(|r| r.hops == hops && r.streams == streams)
-                    .map(|r| r.ratio)),
+                per_round(&report.ratio_vs_best_peer, hops, streams, |r| {
+                    (r.hops, r.streams, r.ratio)
+                }),
             ));
         }
     }
@@ -1236,7 +1267,7 @@ fn print_table(report: &Report, file: &Path) {
     for r in &report.summary {
         let rounds: Vec<String> = r.per_round.iter().map(|v| format!("{v:.2}")).collect();
         println!(
-            "  {:<24} {} hop(s), {} stream(s): {} [{}]{}",
+            "  {:<27} {} hop(s), {} stream(s): {} [{}]{}",
             r.what,
             r.hops,
             r.streams,
