@@ -1,5 +1,5 @@
-//! The data-plane frame decoders: link header, overlay header, end-to-end header, handshake
-//! messages, and the in-place relay step and receive path on arbitrary datagrams. Whatever
+//! The data-plane frame decoders: link header, direct header, overlay header, end-to-end
+//! header, handshake messages, and the in-place relay step and receive path on arbitrary datagrams. Whatever
 //! decodes must re-encode to the bytes it came from.
 #![no_main]
 
@@ -12,8 +12,8 @@ use x0_dataplane::buf::PacketBuf;
 use x0_dataplane::channel::{Channel, Limits};
 use x0_dataplane::e2e::HandshakeMessage;
 use x0_dataplane::frame::{
-    E2E_HEADER_LEN, E2eHeader, LINK_HEADER_LEN, LinkHeader, OverlayHeader, forward_in_place,
-    open_e2e, open_link,
+    DIRECT_HEADER_LEN, E2E_HEADER_LEN, E2eHeader, LINK_HEADER_LEN, LinkHeader, OverlayHeader,
+    direct_overlay, forward_in_place, open_e2e, open_link, prepend_direct, strip_direct,
 };
 use x0_wire::NodeId;
 
@@ -34,6 +34,15 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(m) = HandshakeMessage::decode(data) {
         assert_eq!(m.encode(), data);
+    }
+    let mut raw = data.to_vec();
+    let len = raw.len();
+    let mut pb = PacketBuf::new(&mut raw, 0..len).unwrap();
+    let direct = strip_direct(&mut pb).ok();
+    if let Some(index) = direct {
+        assert_eq!(pb.range(), DIRECT_HEADER_LEN..len);
+        prepend_direct(index, &mut pb).unwrap();
+        assert_eq!(pb.data(), data);
     }
 
     // The receive path with real keys: never panics, never authenticates junk.
@@ -56,5 +65,13 @@ fuzz_target!(|data: &[u8]| {
         let len = raw.len();
         let mut pb = PacketBuf::new(&mut raw, hl..len).unwrap();
         assert!(open_e2e(e2e, Duration::ZERO, &h, &mut pb).is_err());
+    }
+    if direct.is_some() {
+        let mut raw = data.to_vec();
+        let len = raw.len();
+        let mut pb = PacketBuf::new(&mut raw, DIRECT_HEADER_LEN..len).unwrap();
+        let me = NodeId::from_bytes([7; NodeId::LEN]);
+        let from = NodeId::from_bytes([8; NodeId::LEN]);
+        assert!(open_e2e(e2e, Duration::ZERO, &direct_overlay(from, me), &mut pb).is_err());
     }
 });

@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod ceiling;
 pub mod demo;
 pub mod ebpf;
 pub mod failover;

@@ -12,8 +12,14 @@
 //! with kernel forwarding at the relays ("end to end over routed underlay"); `raw` is that
 //! underlay without an overlay. `x0t` is a defined case that is skipped until the data plane
 //! exists — never faked.
+//!
+//! `ceiling` is the bare offload tunnel ([`crate::ceiling`]): TUN offload, UDP GSO/GRO and one
+//! AES-256-GCM layer, nothing else. It is what a userspace tunnel built from the same parts can
+//! carry on this machine right now, so x0t ÷ ceiling, taken within one round, holds on any
+//! machine where absolute figures do not. `--rounds N` repeats every case N times and reports
+//! the median of the per-round ratios.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -36,6 +42,9 @@ pub enum System {
     Nebula,
     /// Yggdrasil 0.4, one daemon per node.
     Yggdrasil,
+    /// The bare offload tunnel (TUN offload, UDP GSO/GRO, one AES-256-GCM layer, nothing
+    /// else; [`crate::ceiling`]): the ceiling x0t is judged against.
+    Ceiling,
     /// The x0t daemon with its TUN data plane.
     X0t,
 }
@@ -48,6 +57,7 @@ impl System {
             System::WireguardGo => "wireguard-go",
             System::Nebula => "nebula",
             System::Yggdrasil => "yggdrasil",
+            System::Ceiling => "ceiling",
             System::X0t => "x0t",
         }
     }
@@ -58,6 +68,7 @@ impl System {
             System::WireguardGo => "wg",
             System::Nebula => "neb",
             System::Yggdrasil => "ygg",
+            System::Ceiling => "ceil",
             System::X0t => "x0t",
         }
     }
@@ -65,7 +76,7 @@ impl System {
     /// Programs the system needs, with their Debian packages.
     fn programs(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            System::Raw | System::X0t => &[],
+            System::Raw | System::Ceiling | System::X0t => &[],
             System::WireguardGo => &[("wireguard-go", "wireguard-go"), ("wg", "wireguard-tools")],
             System::Nebula => &[("nebula", "nebula"), ("nebula-cert", "nebula")],
             System::Yggdrasil => &[("yggdrasil", "yggdrasil")],
@@ -94,7 +105,7 @@ pub struct ThroughputArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "raw,wireguard-go,nebula,yggdrasil,x0t"
+        default_value = "raw,wireguard-go,nebula,yggdrasil,ceiling,x0t"
     )]
     pub systems: Vec<System>,
     /// Hop counts, comma-separated (a line of hops + 1 namespaces each).
@@ -106,13 +117,24 @@ pub struct ThroughputArgs {
     /// Pings per RTT measurement (20 ms apart).
     #[arg(long, default_value_t = 50)]
     pub pings: u32,
+    /// Rounds: every (hops, system) case is measured this many times, round after round, and
+    /// the ratios are taken within each round (the ceiling and x0t minutes apart, not more), then
+    /// their median is reported.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
     /// Directory for throughput.json.
     #[arg(long, default_value = "bench-results")]
     pub out: PathBuf,
+    /// Runs one endpoint of the bare offload tunnel with this config (the bench starts it in a
+    /// lab namespace; not for use by hand).
+    #[arg(long, hide = true)]
+    pub ceiling_endpoint: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 struct ResultRow {
+    /// Round (1-based; see `--rounds`).
+    round: u32,
     system: &'static str,
     hops: u32,
     streams: u32,
@@ -120,6 +142,9 @@ struct ResultRow {
     /// CPU time of the tunnel processes (all of them, every node) over the iperf3 run, as a
     /// percentage of one core; null for kernel-only `raw`.
     cpu_percent: Option<f64>,
+    /// `cpu_percent` per Gbit/s carried: the CPU cost of a bit, which a busy shared machine
+    /// disturbs less than the throughput itself.
+    cpu_percent_per_gbit: Option<f64>,
     mtu: u32,
     relayed_by_system: bool,
     path: &'static str,
@@ -128,6 +153,7 @@ struct ResultRow {
 
 #[derive(Debug, Clone, Serialize)]
 struct PingRow {
+    round: u32,
     system: &'static str,
     hops: u32,
     rtt_ms_avg: f64,
@@ -141,12 +167,51 @@ struct PingRow {
 
 #[derive(Debug, Clone, Serialize)]
 struct RatioRow {
+    round: u32,
     hops: u32,
     streams: u32,
     x0t_mbps: Option<f64>,
     best_peer: Option<&'static str>,
     best_peer_mbps: Option<f64>,
     ratio: Option<f64>,
+}
+
+/// x0t against the bare offload tunnel measured in the same round, over the same hops.
+#[derive(Debug, Clone, Serialize)]
+struct CeilingRow {
+    round: u32,
+    hops: u32,
+    streams: u32,
+    x0t_mbps: Option<f64>,
+    ceiling_mbps: Option<f64>,
+    /// x0t ÷ ceiling.
+    ratio: Option<f64>,
+    /// The ceiling's CPU per Gbit/s ÷ x0t's (1 = x0t costs as little per bit).
+    cpu_efficiency: Option<f64>,
+}
+
+/// x0t over more hops against x0t over one hop, same round and streams.
+#[derive(Debug, Clone, Serialize)]
+struct HopsRow {
+    round: u32,
+    hops: u32,
+    streams: u32,
+    x0t_mbps: Option<f64>,
+    x0t_one_hop_mbps: Option<f64>,
+    /// x0t over `hops` ÷ x0t over one hop.
+    ratio: Option<f64>,
+}
+
+/// A ratio over all rounds: the median, every round's value, and the goal it is held to.
+#[derive(Debug, Clone, Serialize)]
+struct SummaryRow {
+    what: &'static str,
+    hops: u32,
+    streams: u32,
+    median: Option<f64>,
+    per_round: Vec<f64>,
+    goal: Option<f64>,
+    met: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -164,6 +229,18 @@ struct Report {
     results: Vec<ResultRow>,
     ping: Vec<PingRow>,
     ratio_vs_best_peer: Vec<RatioRow>,
+    /// x0t ÷ the bare offload tunnel, per round.
+    ratio_vs_ceiling: Vec<CeilingRow>,
+    /// x0t over 3 hops (or more) ÷ x0t over one hop, per round.
+    x0t_hops_vs_one_hop: Vec<HopsRow>,
+    /// Medians over the rounds, with the goals (issue 12: ≥ 0.85× the ceiling on one hop;
+    /// three hops ≥ 0.7× one hop).
+    summary: Vec<SummaryRow>,
+    rounds: u32,
+    /// /proc/loadavg (1, 5, 15 min) when the bench started and when it ended: the machine is
+    /// shared, and this says how busy it was.
+    load_average_start: Option<[f64; 3]>,
+    load_average_end: Option<[f64; 3]>,
     skipped: Vec<Skipped>,
     versions: std::collections::BTreeMap<&'static str, String>,
     notes: Vec<String>,
@@ -540,6 +617,76 @@ fn setup_yggdrasil(lab: &mut Lab, hops: u32) -> SetupResult {
     })
 }
 
+/// The bare offload tunnel ([`crate::ceiling`]) between the two ends, over the lab's routed
+/// underlay like wireguard-go, with x0t's overlay MTU (so that the ratio measures what x0t
+/// does per packet, not a difference in packet size).
+fn setup_ceiling(lab: &mut Lab, hops: u32) -> SetupResult {
+    const PORT: u16 = 7300;
+    let mtu = x0_node::config::DataplaneSection::default().mtu;
+    let last = lab.node_count() - 1;
+    let ends = [0, last];
+    let dir = lab.dir().to_owned();
+    let binary = std::env::current_exe().map_err(|e| e.to_string())?;
+    let binary = binary.display().to_string();
+    let mut keys = [[0u8; 32]; 2];
+    for k in &mut keys {
+        aws_lc_rs::rand::fill(k).map_err(|_| "no randomness for the ceiling's keys")?;
+    }
+    let address = |end: usize| Ipv6Addr::new(0xfd00, 0xce11, 0, 0, 0, 0, 0, end as u16 + 1);
+    let mut pids = Vec::new();
+    for (end, &node) in ends.iter().enumerate() {
+        let other = 1 - end;
+        let underlay = |n: usize| -> Result<SocketAddr, String> {
+            Ok(SocketAddr::new(
+                IpAddr::V4(lab.node_addr(n).map_err(|e| e.to_string())?),
+                PORT,
+            ))
+        };
+        let config = crate::ceiling::EndpointConfig {
+            tun: format!("ceil{end}"),
+            mtu,
+            address: address(end),
+            bind: underlay(node)?,
+            peer: underlay(ends[other])?,
+            tx_key: keys[end].to_vec(),
+            rx_key: keys[other].to_vec(),
+        };
+        let config_path = dir.join(format!("ceiling{end}.json"));
+        let text = serde_json::to_string(&config).map_err(|e| e.to_string())?;
+        write_private(&config_path, &text)?;
+        let log = dir.join(format!("ceiling-{end}.log"));
+        let p = lab
+            .spawn(
+                node,
+                "ceiling",
+                &[
+                    &binary,
+                    "bench",
+                    "throughput",
+                    "--ceiling-endpoint",
+                    &config_path.display().to_string(),
+                ],
+                &SpawnOptions {
+                    log: Some(log.clone()),
+                    detach: false,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        pids.push(p.pid);
+        wait_iface(lab, node, &format!("ceil{end}"), p.pid, &log)?;
+    }
+    let target = IpAddr::V6(address(1));
+    wait_reachable(lab, target, Duration::from_secs(10))?;
+    let mtu = lab.mtu(0, "ceil0").map_err(|e| e.to_string())?;
+    Ok(Tunnel {
+        target,
+        pids,
+        mtu,
+        relayed_by_system: false,
+        path: underlay_path(hops),
+    })
+}
+
 /// The x0t case: starts `x0t up` with a TUN device in every namespace (through
 /// [`crate::lab::start_daemons`]) once the data plane exists; until then it is skipped.
 fn setup_x0t(lab: &mut Lab, _hops: u32) -> SetupResult {
@@ -689,13 +836,14 @@ fn missing_program(system: System) -> Option<String> {
 
 /// One (system, hops) case in its own lab; the lab is removed when this returns.
 fn run_case(
+    round: u32,
     system: System,
     hops: u32,
     args: &ThroughputArgs,
     report: &mut Report,
 ) -> Result<(), String> {
     let name = LabName::new(&format!(
-        "tp{}_{}_{hops}h",
+        "tp{}_{}_{hops}h{round}",
         std::process::id(),
         system.short()
     ))
@@ -711,6 +859,7 @@ fn run_case(
         System::WireguardGo => setup_wireguard(&mut lab, hops),
         System::Nebula => setup_nebula(&mut lab, hops),
         System::Yggdrasil => setup_yggdrasil(&mut lab, hops),
+        System::Ceiling => setup_ceiling(&mut lab, hops),
         System::X0t => setup_x0t(&mut lab, hops),
     }?;
     let server_log = lab.dir().join("iperf3-server.log");
@@ -739,6 +888,7 @@ fn run_case(
         tunnel.mtu
     ));
     report.ping.push(PingRow {
+        round,
         system: system.name(),
         hops,
         rtt_ms_avg: p.avg,
@@ -764,11 +914,16 @@ fn run_case(
                 .map_or_else(|| "n/a (kernel only)".into(), |c| format!("{c:.0} %"))
         ));
         report.results.push(ResultRow {
+            round,
             system: system.name(),
             hops,
             streams,
             mbps: r.mbps,
             cpu_percent: r.cpu_percent,
+            cpu_percent_per_gbit: r
+                .cpu_percent
+                .filter(|_| r.mbps > 0.0)
+                .map(|c| c / (r.mbps / 1000.0)),
             mtu: tunnel.mtu,
             relayed_by_system: tunnel.relayed_by_system,
             path: tunnel.path,
@@ -784,6 +939,9 @@ fn run_case(
 
 /// Runs `x0t bench throughput`.
 pub fn run(args: ThroughputArgs) -> CmdResult {
+    if let Some(config) = &args.ceiling_endpoint {
+        return crate::ceiling::serve(config);
+    }
     crate::lab::require_tools(&[("iperf3", "iperf3"), ("ping", "iputils-ping")])?;
     let mut systems = args.systems.clone();
     systems.dedup();
@@ -795,6 +953,12 @@ pub fn run(args: ThroughputArgs) -> CmdResult {
         results: Vec::new(),
         ping: Vec::new(),
         ratio_vs_best_peer: Vec::new(),
+        ratio_vs_ceiling: Vec::new(),
+        x0t_hops_vs_one_hop: Vec::new(),
+        summary: Vec::new(),
+        rounds: args.rounds,
+        load_average_start: load_average(),
+        load_average_end: None,
         skipped: Vec::new(),
         versions: Default::default(),
         notes: vec![
@@ -806,6 +970,11 @@ pub fn run(args: ThroughputArgs) -> CmdResult {
                 .into(),
             "cpu_percent: utime+stime of all tunnel processes (/proc/PID/stat) over the iperf3 \
              run divided by wall time, in percent of one core; iperf3 itself is not counted"
+                .into(),
+            "ceiling: the bare offload tunnel (TUN offload, UDP GSO/GRO, one AES-256-GCM layer \
+             in place, two threads per end, no routing, no second layer, no replay window), at \
+             the two ends over the routed underlay, with x0t's overlay MTU; ratio_vs_ceiling \
+             compares x0t with it over the same hops in the same round"
                 .into(),
         ],
         cores: std::thread::available_parallelism()
@@ -821,41 +990,45 @@ pub fn run(args: ThroughputArgs) -> CmdResult {
             report.versions.insert(system.name(), v);
         }
     }
-    for &hops in &args.hops {
-        for &system in &systems {
-            if let Some(reason) = missing_program(system) {
-                progress(format!("{}: {reason}", system.name()));
-                report.skipped.push(Skipped {
-                    system: system.name(),
-                    hops: Some(hops),
-                    reason,
-                });
-                continue;
-            }
-            if system == System::X0t && !crate::lab::daemons_available() {
-                let reason = crate::lab::DATA_PLANE_MISSING.to_owned();
-                progress(format!("x0t {hops} hop(s): skipped: {reason}"));
-                report.skipped.push(Skipped {
-                    system: system.name(),
-                    hops: Some(hops),
-                    reason,
-                });
-                continue;
-            }
-            progress(format!("{} {hops} hop(s): setting up", system.name()));
-            if let Err(reason) = run_case(system, hops, &args, &mut report) {
-                progress(format!(
-                    "{} {hops} hop(s): skipped: {reason}",
-                    system.name()
-                ));
-                report.skipped.push(Skipped {
-                    system: system.name(),
-                    hops: Some(hops),
-                    reason,
-                });
+    let mut runnable = Vec::new();
+    for &system in &systems {
+        let reason = if let Some(reason) = missing_program(system) {
+            reason
+        } else if system == System::X0t && !crate::lab::daemons_available() {
+            crate::lab::DATA_PLANE_MISSING.to_owned()
+        } else {
+            runnable.push(system);
+            continue;
+        };
+        progress(format!("{}: skipped: {reason}", system.name()));
+        report.skipped.push(Skipped {
+            system: system.name(),
+            hops: None,
+            reason,
+        });
+    }
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            progress(format!("round {round} of {}", args.rounds));
+        }
+        for &hops in &args.hops {
+            for &system in &runnable {
+                progress(format!("{} {hops} hop(s): setting up", system.name()));
+                if let Err(reason) = run_case(round, system, hops, &args, &mut report) {
+                    progress(format!(
+                        "{} {hops} hop(s): skipped: {reason}",
+                        system.name()
+                    ));
+                    report.skipped.push(Skipped {
+                        system: system.name(),
+                        hops: Some(hops),
+                        reason,
+                    });
+                }
             }
         }
     }
+    report.load_average_end = load_average();
     finish(&mut report, &args);
     let (text, file) = crate::report::write_report(&report, &args.out, "throughput.json")?;
     if args.json {
@@ -872,51 +1045,175 @@ pub fn run(args: ThroughputArgs) -> CmdResult {
     Ok(())
 }
 
-/// Fills in RTT overheads against raw and the x0t ÷ best-peer ratios.
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut it = text.split_whitespace().map(|v| v.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}
+
+/// The median of `values` (the mean of the two middle ones for an even count).
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// The values `field` gives for `hops` and `streams`, round after round.
+fn per_round<T>(
+    rows: &[T],
+    hops: u32,
+    streams: u32,
+    field: impl Fn(&T) -> (u32, u32, Option<f64>),
+) -> Vec<f64> {
+    rows.iter()
+        .filter_map(|r| {
+            let (h, s, v) = field(r);
+            (h == hops && s == streams).then_some(v).flatten()
+        })
+        .collect()
+}
+
+/// Goal for x0t ÷ ceiling on one hop (issue 12).
+const GOAL_VS_CEILING_ONE_HOP: f64 = 0.85;
+/// Goal for x0t over three hops ÷ x0t over one hop (issue 12).
+const GOAL_THREE_HOPS_VS_ONE: f64 = 0.7;
+
+/// Fills in RTT overheads against raw, and the ratios of every round: x0t ÷ best peer,
+/// x0t ÷ ceiling, x0t over more hops ÷ over one; then their medians with the goals.
 fn finish(report: &mut Report, args: &ThroughputArgs) {
-    let raw_rtt: Vec<(u32, f64)> = report
+    let raw_rtt: Vec<(u32, u32, f64)> = report
         .ping
         .iter()
         .filter(|p| p.system == "raw")
-        .map(|p| (p.hops, p.rtt_ms_avg))
+        .map(|p| (p.round, p.hops, p.rtt_ms_avg))
         .collect();
     for p in &mut report.ping {
         p.overhead_vs_raw_ms = raw_rtt
             .iter()
-            .find(|(h, _)| *h == p.hops)
-            .map(|(_, raw)| p.rtt_ms_avg - raw);
+            .find(|(r, h, _)| *r == p.round && *h == p.hops)
+            .map(|(_, _, raw)| p.rtt_ms_avg - raw);
     }
-    for &hops in &args.hops {
-        for &streams in &args.streams {
-            let case = |s: &ResultRow| s.hops == hops && s.streams == streams;
-            let best = report
-                .results
-                .iter()
-                .filter(|r| case(r))
-                .filter(|r| {
-                    [System::WireguardGo, System::Nebula, System::Yggdrasil]
-                        .iter()
-                        .any(|s| s.is_peer() && s.name() == r.system)
-                })
-                .max_by(|a, b| a.mbps.total_cmp(&b.mbps));
-            let x0t = report
-                .results
-                .iter()
-                .find(|r| case(r) && r.system == "x0t")
-                .map(|r| r.mbps);
-            report.ratio_vs_best_peer.push(RatioRow {
-                hops,
-                streams,
-                x0t_mbps: x0t,
-                best_peer: best.map(|b| b.system),
-                best_peer_mbps: best.map(|b| b.mbps),
-                ratio: match (x0t, best) {
-                    (Some(x), Some(b)) if b.mbps > 0.0 => Some(x / b.mbps),
-                    _ => None,
-                },
-            });
+    let find = |results: &[ResultRow], round: u32, system: &str, hops: u32, streams: u32| {
+        results
+            .iter()
+            .find(|r| {
+                r.round == round && r.system == system && r.hops == hops && r.streams == streams
+            })
+            .map(|r| (r.mbps, r.cpu_percent_per_gbit))
+    };
+    let mbps = |results: &[ResultRow], round: u32, system: &str, hops: u32, streams: u32| {
+        find(results, round, system, hops, streams).map(|(m, _)| m)
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    for round in 1..=args.rounds {
+        for &hops in &args.hops {
+            for &streams in &args.streams {
+                let case =
+                    |s: &ResultRow| s.round == round && s.hops == hops && s.streams == streams;
+                let best = report
+                    .results
+                    .iter()
+                    .filter(|r| case(r))
+                    .filter(|r| {
+                        [System::WireguardGo, System::Nebula, System::Yggdrasil]
+                            .iter()
+                            .any(|s| s.is_peer() && s.name() == r.system)
+                    })
+                    .max_by(|a, b| a.mbps.total_cmp(&b.mbps));
+                let x0t = mbps(&report.results, round, "x0t", hops, streams);
+                report.ratio_vs_best_peer.push(RatioRow {
+                    round,
+                    hops,
+                    streams,
+                    x0t_mbps: x0t,
+                    best_peer: best.map(|b| b.system),
+                    best_peer_mbps: best.map(|b| b.mbps),
+                    ratio: ratio(x0t, best.map(|b| b.mbps)),
+                });
+                let ceiling = mbps(&report.results, round, "ceiling", hops, streams);
+                let cost = |system: &str| {
+                    find(&report.results, round, system, hops, streams).and_then(|(_, c)| c)
+                };
+                report.ratio_vs_ceiling.push(CeilingRow {
+                    round,
+                    hops,
+                    streams,
+                    x0t_mbps: x0t,
+                    ceiling_mbps: ceiling,
+                    ratio: ratio(x0t, ceiling),
+                    cpu_efficiency: ratio(cost("ceiling"), cost("x0t")),
+                });
+                if hops > 1 {
+                    let one = mbps(&report.results, round, "x0t", 1, streams);
+                    report.x0t_hops_vs_one_hop.push(HopsRow {
+                        round,
+                        hops,
+                        streams,
+                        x0t_mbps: x0t,
+                        x0t_one_hop_mbps: one,
+                        ratio: ratio(x0t, one),
+                    });
+                }
+            }
         }
     }
+    let mut summary = Vec::new();
+    for &hops in &args.hops {
+        for &streams in &args.streams {
+            let row = |what, goal: Option<f64>, per_round: Vec<f64>| {
+                let median = median(&per_round);
+                SummaryRow {
+                    what,
+                    hops,
+                    streams,
+                    median,
+                    per_round,
+                    goal,
+                    met: goal.zip(median).map(|(g, m)| m >= g),
+                }
+            };
+            summary.push(row(
+                "x0t ÷ ceiling",
+                (hops == 1).then_some(GOAL_VS_CEILING_ONE_HOP),
+                per_round(&report.ratio_vs_ceiling, hops, streams, |r| {
+                    (r.hops, r.streams, r.ratio)
+                }),
+            ));
+            summary.push(row(
+                "ceiling ÷ x0t, CPU per bit",
+                None,
+                per_round(&report.ratio_vs_ceiling, hops, streams, |r| {
+                    (r.hops, r.streams, r.cpu_efficiency)
+                }),
+            ));
+            if hops > 1 {
+                summary.push(row(
+                    "x0t ÷ x0t over one hop",
+                    (hops == 3).then_some(GOAL_THREE_HOPS_VS_ONE),
+                    per_round(&report.x0t_hops_vs_one_hop, hops, streams, |r| {
+                        (r.hops, r.streams, r.ratio)
+                    }),
+                ));
+            }
+            summary.push(row(
+                "x0t ÷ best peer",
+                Some(1.0),
+                per_round(&report.ratio_vs_best_peer, hops, streams, |r| {
+                    (r.hops, r.streams, r.ratio)
+                }),
+            ));
+        }
+    }
+    report.summary = summary;
 }
 
 fn print_table(report: &Report, file: &Path) {
@@ -925,12 +1222,13 @@ fn print_table(report: &Report, file: &Path) {
         report.seconds
     );
     println!(
-        "  {:<13} {:>4} {:>7} {:>10} {:>7} {:>6}  path",
-        "system", "hops", "streams", "Mbit/s", "CPU %", "MTU"
+        "  {:>5} {:<13} {:>4} {:>7} {:>10} {:>7} {:>6}  path",
+        "round", "system", "hops", "streams", "Mbit/s", "CPU %", "MTU"
     );
     for r in &report.results {
         println!(
-            "  {:<13} {:>4} {:>7} {:>10.0} {:>7} {:>6}  {}",
+            "  {:>5} {:<13} {:>4} {:>7} {:>10.0} {:>7} {:>6}  {}",
+            r.round,
             r.system,
             r.hops,
             r.streams,
@@ -946,12 +1244,13 @@ fn print_table(report: &Report, file: &Path) {
         report.ping.first().map_or(0, |p| p.sent)
     );
     println!(
-        "  {:<13} {:>4} {:>9} {:>9} {:>12}",
-        "system", "hops", "avg ms", "p50 ms", "vs raw ms"
+        "  {:>5} {:<13} {:>4} {:>9} {:>9} {:>12}",
+        "round", "system", "hops", "avg ms", "p50 ms", "vs raw ms"
     );
     for p in &report.ping {
         println!(
-            "  {:<13} {:>4} {:>9.3} {:>9} {:>12}",
+            "  {:>5} {:<13} {:>4} {:>9.3} {:>9} {:>12}",
+            p.round,
             p.system,
             p.hops,
             p.rtt_ms_avg,
@@ -961,26 +1260,36 @@ fn print_table(report: &Report, file: &Path) {
                 .map_or_else(|| "-".into(), |v| format!("{v:+.3}"))
         );
     }
-    for r in &report.ratio_vs_best_peer {
+    println!(
+        "ratios (median over {} round(s); every round's value in brackets):",
+        report.rounds
+    );
+    for r in &report.summary {
+        let rounds: Vec<String> = r.per_round.iter().map(|v| format!("{v:.2}")).collect();
         println!(
-            "  x0t ÷ best peer, {} hop(s), {} stream(s): {} (best peer {} {})",
+            "  {:<27} {} hop(s), {} stream(s): {} [{}]{}",
+            r.what,
             r.hops,
             r.streams,
-            r.ratio.map_or_else(
-                || {
-                    if r.best_peer.is_some() {
-                        "n/a (x0t not measured)".into()
-                    } else {
-                        "n/a (no peer measured)".into()
-                    }
-                },
-                |v| format!("{v:.2}")
-            ),
-            r.best_peer.unwrap_or("-"),
-            r.best_peer_mbps
-                .map_or_else(String::new, |m| format!("{m:.0} Mbit/s"))
+            r.median
+                .map_or_else(|| "n/a (not measured)".into(), |v| format!("{v:.2}")),
+            rounds.join(", "),
+            match (r.goal, r.met) {
+                (Some(g), Some(true)) => format!("  goal ≥ {g}: met"),
+                (Some(g), Some(false)) => format!("  goal ≥ {g}: MISSED"),
+                _ => String::new(),
+            }
         );
     }
+    let load = |l: Option<[f64; 3]>| {
+        l.map_or_else(|| "n/a".into(), |[a, b, c]| format!("{a:.2} {b:.2} {c:.2}"))
+    };
+    println!(
+        "load average (1/5/15 min): {} at the start, {} at the end ({} cores)",
+        load(report.load_average_start),
+        load(report.load_average_end),
+        report.cores
+    );
     for s in &report.skipped {
         println!(
             "  skipped {}{}: {}",

@@ -40,7 +40,8 @@ use x0_dataplane::aead::TrafficSecret;
 use x0_dataplane::buf::{HEADROOM, TAILROOM};
 use x0_dataplane::e2e::{LINK_EXPORTER_LABEL, TlsRole, export_secrets};
 use x0_dataplane::frame::{
-    ExplicitPath, Forward, LinkHeader, forward_in_place, open_link, seal_link,
+    ExplicitPath, Forward, LinkHeader, direct_overlay, forward_in_place, is_direct_frame,
+    open_link, prepend_direct, seal_link, strip_direct,
 };
 use x0_dataplane::packet::{self, Icmpv4Error, Icmpv6Error, IpHeader};
 use x0_dataplane::{
@@ -895,10 +896,7 @@ impl DataPlane {
                 }
             }
         }
-        if overlay.prepend_to(&mut pb).is_err() {
-            return st.counters.drop("buffer");
-        }
-        let first = self.send_link(st, table, &overlay, &mut pb, now, &mut out.udp);
+        let first = self.send_envelope(st, table, &overlay, &mut pb, now, &mut out.udp);
         let mut second = false;
         if let Some((h, len)) = second_header
             && let Ok(mut pb2) = PacketBuf::at_headroom(&mut out.scratch, len)
@@ -935,6 +933,48 @@ impl DataPlane {
         routed_header(self.me, table, kind, dst)
     }
 
+    /// Sends the end-to-end envelope in `pb`, sealed for `overlay`, toward its destination:
+    /// as a direct frame when the next hop is the destination and the frame carries no
+    /// explicit path and no redundancy sequence (one AES pass instead of two), else behind
+    /// its overlay header in a link frame.
+    fn send_envelope(
+        &self,
+        st: &mut State,
+        table: &RouteTable,
+        overlay: &OverlayHeader,
+        pb: &mut PacketBuf<'_>,
+        now: Duration,
+        tx: &mut UdpTx,
+    ) -> bool {
+        if goes_direct(overlay, table) {
+            return self.send_direct(st, overlay.destination, pb, tx);
+        }
+        if overlay.prepend_to(pb).is_err() {
+            st.counters.drop("buffer");
+            return false;
+        }
+        self.send_link(st, table, overlay, pb, now, tx)
+    }
+
+    /// Queues the envelope in `pb` as a direct frame to the neighbour `dst`, its destination.
+    fn send_direct(
+        &self,
+        st: &mut State,
+        dst: NodeId,
+        pb: &mut PacketBuf<'_>,
+        tx: &mut UdpTx,
+    ) -> bool {
+        let Some((_, addr, index)) = ready_link(&mut st.links, &mut st.counters, dst) else {
+            return false;
+        };
+        if prepend_direct(index, pb).is_err() {
+            st.counters.drop("buffer");
+            return false;
+        }
+        tx.push(&self.udp, addr, pb.data());
+        true
+    }
+
     /// Seals the overlay frame in `pb` for the next hop toward its destination and queues it.
     fn send_link(
         &self,
@@ -967,12 +1007,7 @@ impl DataPlane {
         now: Duration,
         tx: &mut UdpTx,
     ) -> bool {
-        let Some(link) = st.links.get_mut(&next) else {
-            st.counters.drop("no_link");
-            return false;
-        };
-        let Some((addr, index)) = link.peer else {
-            st.counters.drop("link_not_ready");
+        let Some((link, addr, index)) = ready_link(&mut st.links, &mut st.counters, next) else {
             return false;
         };
         if link.channel.needs_rekey(now) {
@@ -1107,6 +1142,9 @@ impl DataPlane {
         let Ok(mut pb) = PacketBuf::new(frame, 0..n) else {
             return st.counters.drop("buffer");
         };
+        if pb.data().first().is_some_and(|&b| is_direct_frame(b)) {
+            return self.handle_direct(st, table, &mut pb, now, out);
+        }
         let Ok(header) = LinkHeader::decode(pb.data()) else {
             return st.counters.drop("link_malformed");
         };
@@ -1173,6 +1211,29 @@ impl DataPlane {
         }
     }
 
+    /// A direct frame: an end-to-end envelope from the neighbour the link index names, to us
+    /// (no link layer, no overlay header; `x0_dataplane::frame`).
+    fn handle_direct(
+        &self,
+        st: &mut State,
+        table: &Arc<RouteTable>,
+        pb: &mut PacketBuf<'_>,
+        now: Duration,
+        out: &mut Out,
+    ) {
+        let n = pb.len();
+        // Counted with the malformed link frames: both are what a neighbour's socket sent.
+        let Ok(index) = strip_direct(pb) else {
+            return st.counters.drop("link_malformed");
+        };
+        let Some(from_node) = st.link_by_index.get(&index).copied() else {
+            return st.counters.drop("link_unknown_index");
+        };
+        if self.deliver_data(st, table, &direct_overlay(from_node, self.me), pb, now, out) {
+            *st.counters.rx_link_bytes.entry(from_node).or_default() += n as u64;
+        }
+    }
+
     fn deliver(
         &self,
         st: &mut State,
@@ -1209,58 +1270,91 @@ impl DataPlane {
                 }
             }
             OverlayKind::Data => {
-                let Some(session) = st.sessions.get_mut(&source) else {
-                    return st.counters.drop("e2e_no_session");
-                };
-                let epoch_before = session.e2e.is_established();
-                match session.e2e.open(now, &overlay, pb) {
-                    Ok(_) => {}
-                    Err(x0_dataplane::frame::RecvError::Open(OpenError::Replay(_)))
-                        if overlay.redundant_seq.is_some() =>
-                    {
-                        // The other copy of a redundant packet arrived first.
-                        if !session.redundant_seen {
-                            session.redundant_seen = true;
-                            info!(peer = %source, "redundant delivery: copies arrive over two paths");
-                        }
-                        st.counters.redundant_duplicates += 1;
-                        return;
-                    }
-                    Err(x0_dataplane::frame::RecvError::Open(OpenError::Replay(_))) => {
-                        return st.counters.drop("e2e_replay");
-                    }
-                    Err(_) => return st.counters.drop("e2e_auth"),
-                }
-                // The session may have switched keys on this packet, or have events to report.
-                if !epoch_before || session.e2e.has_pending() {
-                    self.flush_session(st, table, source, now, out);
-                }
-                // A control message travels as data: only its first byte, inside the
-                // end-to-end AEAD, tells it from an IP packet.
-                if x0_dataplane::control::is_control(pb.data()) {
-                    return self.handle_control(st, table, source, pb.data(), now, out);
-                }
-                let Ok(inner) = packet::parse(pb.data()) else {
-                    return st.counters.drop("inner_malformed");
-                };
-                if !self.inner_addresses_ok(&inner, source) {
-                    return st.counters.drop("inner_spoofed");
-                }
-                st.counters.delivered_bytes += pb.len() as u64;
-                match (&self.tun, &self.app) {
-                    (Some(tun), _) => out.tun.push(tun, pb.data()),
-                    (None, Some(app)) => {
-                        if app.send(pb.data()) {
-                            st.counters.delivered += 1;
-                        } else {
-                            st.counters.drop("app_send");
-                        }
-                    }
-                    (None, None) => st.counters.drop("no_tun"),
-                }
+                self.deliver_data(st, table, &overlay, pb, now, out);
             }
             _ => st.counters.drop("overlay_kind_unsupported"),
         }
+    }
+
+    /// Opens an end-to-end envelope (kind data) from `overlay.source` and delivers what it
+    /// holds: an IP packet to TUN, a control message to the prober. Returns whether the
+    /// envelope authenticated.
+    fn deliver_data(
+        &self,
+        st: &mut State,
+        table: &Arc<RouteTable>,
+        overlay: &OverlayHeader,
+        pb: &mut PacketBuf<'_>,
+        now: Duration,
+        out: &mut Out,
+    ) -> bool {
+        let source = overlay.source;
+        let Some(session) = st.sessions.get_mut(&source) else {
+            {
+                st.counters.drop("e2e_no_session");
+                return false;
+            };
+        };
+        let epoch_before = session.e2e.is_established();
+        match session.e2e.open(now, overlay, pb) {
+            Ok(_) => {}
+            Err(x0_dataplane::frame::RecvError::Open(OpenError::Replay(_)))
+                if overlay.redundant_seq.is_some() =>
+            {
+                // The other copy of a redundant packet arrived first.
+                if !session.redundant_seen {
+                    session.redundant_seen = true;
+                    info!(peer = %source, "redundant delivery: copies arrive over two paths");
+                }
+                st.counters.redundant_duplicates += 1;
+                return false;
+            }
+            Err(x0_dataplane::frame::RecvError::Open(OpenError::Replay(_))) => {
+                {
+                    st.counters.drop("e2e_replay");
+                    return false;
+                };
+            }
+            Err(_) => {
+                st.counters.drop("e2e_auth");
+                return false;
+            }
+        }
+        // The session may have switched keys on this packet, or have events to report.
+        if !epoch_before || session.e2e.has_pending() {
+            self.flush_session(st, table, source, now, out);
+        }
+        // A control message travels as data: only its first byte, inside the
+        // end-to-end AEAD, tells it from an IP packet.
+        if x0_dataplane::control::is_control(pb.data()) {
+            self.handle_control(st, table, source, pb.data(), now, out);
+            return true;
+        }
+        let Ok(inner) = packet::parse(pb.data()) else {
+            {
+                st.counters.drop("inner_malformed");
+                return false;
+            }
+        };
+        if !self.inner_addresses_ok(&inner, source) {
+            {
+                st.counters.drop("inner_spoofed");
+                return false;
+            }
+        }
+        st.counters.delivered_bytes += pb.len() as u64;
+        match (&self.tun, &self.app) {
+            (Some(tun), _) => out.tun.push(tun, pb.data()),
+            (None, Some(app)) => {
+                if app.send(pb.data()) {
+                    st.counters.delivered += 1;
+                } else {
+                    st.counters.drop("app_send");
+                }
+            }
+            (None, None) => st.counters.drop("no_tun"),
+        }
+        true
     }
 
     // ---- sessions ---------------------------------------------------------------------------
@@ -1451,6 +1545,34 @@ fn routed_header(me: NodeId, table: &RouteTable, kind: OverlayKind, dst: NodeId)
     h
 }
 
+/// The link to the neighbour `next` and where it receives data frames (address, receiver
+/// index); `None`, with the drop counted, if there is none or it was not announced yet.
+fn ready_link<'a>(
+    links: &'a mut HashMap<NodeId, LinkChan>,
+    counters: &mut Counters,
+    next: NodeId,
+) -> Option<(&'a mut LinkChan, SocketAddr, u32)> {
+    let Some(link) = links.get_mut(&next) else {
+        counters.drop("no_link");
+        return None;
+    };
+    let Some((addr, index)) = link.peer else {
+        counters.drop("link_not_ready");
+        return None;
+    };
+    Some((link, addr, index))
+}
+
+/// Whether a frame under `overlay` leaves as a direct frame: data, no explicit path, no
+/// redundancy sequence, and the route's next hop is the destination itself.
+fn goes_direct(overlay: &OverlayHeader, table: &RouteTable) -> bool {
+    let dst = overlay.destination;
+    overlay.kind == OverlayKind::Data
+        && overlay.path.is_none()
+        && overlay.redundant_seq.is_none()
+        && table.routes.get(&dst).is_some_and(|r| r.next_hop == dst)
+}
+
 /// Whether `addr` lies in `net/len` (families must match).
 fn in_prefix(addr: IpAddr, net: IpAddr, len: u8) -> bool {
     let bits = |a: IpAddr| -> (u128, u32) {
@@ -1584,6 +1706,52 @@ mod tests {
             n[pick(f, paths)] += 1;
         }
         n.iter().map(|&c| f64::from(c) / 20_000.0).collect()
+    }
+
+    /// Data to a neighbour that is the destination goes direct (one AES layer); anything a
+    /// relay must read, or that carries a path or a redundancy copy, keeps the link layer.
+    #[test]
+    fn only_plain_data_to_the_neighbour_it_is_for_goes_direct() {
+        let (me, nb, far) = (
+            NodeId::from_bytes([1; 16]),
+            NodeId::from_bytes([2; 16]),
+            NodeId::from_bytes([3; 16]),
+        );
+        let route = |next_hop| crate::routing::Route {
+            next_hop,
+            link: 1,
+            via_backup: false,
+            path: None,
+        };
+        let mut table = RouteTable::default();
+        table.routes.insert(nb, route(nb));
+        table.routes.insert(far, route(nb));
+        let data = |dst| OverlayHeader::new(OverlayKind::Data, me, dst);
+        assert!(goes_direct(&data(nb), &table));
+        assert!(!goes_direct(&data(far), &table), "relayed by nb");
+        assert!(
+            !goes_direct(
+                &OverlayHeader::new(OverlayKind::E2eHandshake, me, nb),
+                &table
+            ),
+            "handshakes keep the link layer"
+        );
+        let mut redundant = data(nb);
+        redundant.redundant_seq = Some(7);
+        assert!(!goes_direct(&redundant, &table));
+        let mut explicit = data(nb);
+        explicit.path = ExplicitPath::new(&[nb], 0).ok();
+        assert!(!goes_direct(&explicit, &table));
+        table.routes.remove(&nb);
+        assert!(!goes_direct(&data(nb), &table), "no route");
+        let mut backup = route(far);
+        backup.via_backup = true;
+        backup.path = Some(vec![me, far, nb]);
+        table.routes.insert(nb, backup);
+        assert!(
+            !goes_direct(&routed_header(me, &table, OverlayKind::Data, nb), &table),
+            "a fast-reroute backup through another node"
+        );
     }
 
     #[test]

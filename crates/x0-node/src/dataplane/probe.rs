@@ -343,10 +343,7 @@ impl DataPlane {
             debug!(dst = %dst, "end-to-end seal of a control message failed: {e}");
             return false;
         }
-        if overlay.prepend_to(&mut pb).is_err() {
-            return false;
-        }
-        self.send_link(st, table, &overlay, &mut pb, now, &mut out.udp)
+        self.send_envelope(st, table, &overlay, &mut pb, now, &mut out.udp)
     }
 
     /// An end-to-end control message from `source`, already opened: `payload` is the
