@@ -22,7 +22,7 @@
 //! connection) and its packets are dropped as duplicates. A one-datagram flight (a classical
 //! ClientHello) is not copied: a copy arriving after the listener refused the first would be
 //! taken for a second attempt. The dial's first Initials are recognised by their Destination
-//! Connection ID, which [`DialIds`] makes (20 bytes: a random nonce and a keyed tag), so a
+//! Connection ID, which `DialIds` makes (20 bytes: a random nonce and a keyed tag), so a
 //! server's Initials and any later packet are never copied.
 //!
 //! **Fault injection.** An optional [`Impairment`] (the daemon's dangerous, off-by-default
