@@ -585,7 +585,7 @@ impl Collector for NodeCollector {
             None,
             table.routes.len() as f64,
         )?;
-        let counters: [(&str, &str, u64); 17] = [
+        let counters: [(&str, &str, u64); 19] = [
             (
                 "routing_adverts_originated",
                 "Link-state adverts this node originated",
@@ -666,6 +666,16 @@ impl Collector for NodeCollector {
                 "routing_origins_purged",
                 "Origins whose advert left the link-state database because they lost their admission (revoked)",
                 s.origins_purged,
+            ),
+            (
+                "routing_adverts_rate_limited",
+                "Newer adverts held back by their origin's acceptance limit (routing: min_advert_arrival), installed and flooded when the origin's bucket refills",
+                s.adverts_rate_limited,
+            ),
+            (
+                "routing_acks_implied",
+                "Adverts not acknowledged explicitly because our copy crossed theirs on the same link",
+                s.acks_implied,
             ),
         ];
         for (name, help, v) in counters {
